@@ -140,6 +140,14 @@ func (c Config) Validate() error {
 	if !window.IsInt64() || window.Int64() > int64(maxWindow) {
 		return fmt.Errorf("%w: burst %d at %v takes longer than %v to refill", ErrInvalidBurst, c.Burst, c.Rate, maxWindow)
 	}
+	// The engine counts time in units of 1/t ns, where t/p is the rate in
+	// lowest terms, so that one token is exactly p units. The window
+	// burst*p must stay below 2^61 units. This only bites for odd token
+	// counts with very long windows ("7 per year, burst 100000").
+	_, p := c.Rate.reduce()
+	if hi, lo := mul64(uint64(c.Burst), uint64(p)); hi != 0 || lo > maxWindowUnits {
+		return fmt.Errorf("%w: burst %d at %v is too fine to track exactly (burst*period/gcd(tokens,period) > 2^61 ns); use a rounder rate or a smaller burst", ErrInvalidBurst, c.Burst, c.Rate)
+	}
 	return nil
 }
 

@@ -1,0 +1,245 @@
+package caddymodule
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/edgelimit/edgelimit/limiter"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// statePool holds the app state that outlives config reloads (the explicit
+// buckets with their tokens, the etcd client and the syncer's watch), keyed
+// by the config that shapes it, so `caddy reload` with the same edge_limit
+// options reuses it. A reload that changes the etcd connection builds a
+// new state: a fresh list from etcd, with full buckets.
+var statePool = caddy.NewUsagePool()
+
+// EtcdServer is an etcd server run inside Caddy, configured under the app's
+// etcd_server (namespace edge_limit.etcd_servers); caddymodule/embedetcd
+// provides "embedded". The app connects to it when no endpoints are given.
+type EtcdServer interface {
+	caddy.Module
+	ClientEndpoints() []string
+}
+
+// App is the edge_limit app: the etcd connection, the instance identity,
+// the syncer and the table of explicit buckets that every edge_limit
+// handler consults first. Without etcd it still works: handlers use their
+// templates only.
+type App struct {
+	// Etcd is the connection to the etcd cluster that holds bucket configs.
+	Etcd *EtcdConfig `json:"etcd,omitempty"`
+
+	// EtcdServerRaw runs an etcd server inside Caddy (module namespace
+	// edge_limit.etcd_servers, e.g. "embedded" from caddymodule/embedetcd).
+	EtcdServerRaw json.RawMessage `json:"etcd_server,omitempty" caddy:"namespace=edge_limit.etcd_servers inline_key=server"`
+
+	// InstanceID names this Caddy instance to its peers (global limits) and
+	// in logs. Hostname plus a random suffix if empty; the generated ID is
+	// kept across reloads.
+	InstanceID string `json:"instance_id,omitempty"`
+
+	// SnapshotFile is where the syncer keeps the last known bucket configs,
+	// so that a cold start with etcd down still enforces them. A relative
+	// path is inside Caddy's data dir. No snapshot if empty.
+	SnapshotFile string `json:"snapshot_file,omitempty"`
+
+	// Global configures global (scope=global) buckets, whose rate the
+	// instances share through etcd leases. On by default with etcd.
+	Global *GlobalConfig `json:"global,omitempty"`
+
+	state    *appState
+	stateKey string
+	server   EtcdServer
+	logger   *zap.Logger
+
+	// zones records this config's zone templates (handlers provision
+	// concurrently only in theory, but the lock costs nothing here).
+	zones *zoneClaims
+}
+
+type zoneClaims struct {
+	mu sync.Mutex
+	m  map[string]limiter.Config
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "edge_limit",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// appState is the part of the app kept across reloads.
+type appState struct {
+	created    time.Time
+	instanceID string
+	explicit   *limiter.Limiter
+	etcd       *etcdState // nil without etcd
+	startOnce  sync.Once
+	startErr   error
+}
+
+// Destruct implements caddy.Destructor: no config uses the state anymore.
+func (s *appState) Destruct() error {
+	var err error
+	if s.etcd != nil {
+		err = s.etcd.close()
+	}
+	s.explicit.Close()
+	return err
+}
+
+func (s *appState) metricsSnapshot() stateMetrics {
+	m := stateMetrics{explicit: float64(s.explicit.Stats().ExplicitBuckets)}
+	if s.etcd != nil {
+		s.etcd.fillMetrics(&m)
+	}
+	return m
+}
+
+// Provision loads the etcd server module, if any, and attaches the app to
+// its long-lived state.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	a.zones = &zoneClaims{m: map[string]limiter.Config{}}
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("edge_limit: registering metrics: %w", err)
+	}
+	if a.EtcdServerRaw != nil {
+		mod, err := ctx.LoadModule(a, "EtcdServerRaw")
+		if err != nil {
+			return fmt.Errorf("edge_limit: loading etcd_server: %w", err)
+		}
+		srv, ok := mod.(EtcdServer)
+		if !ok {
+			return fmt.Errorf("%w: etcd_server module %T does not provide client endpoints", ErrInvalidConfig, mod)
+		}
+		a.server = srv
+	}
+	if a.SnapshotFile != "" && !filepath.IsAbs(a.SnapshotFile) {
+		a.SnapshotFile = filepath.Join(caddy.AppDataDir(), a.SnapshotFile)
+	}
+	etcdCfg, err := a.etcdConfig()
+	if err != nil {
+		return err
+	}
+	key, err := json.Marshal(struct {
+		Etcd     *EtcdConfig   `json:"etcd"`
+		ID       string        `json:"id"`
+		Snapshot string        `json:"snapshot"`
+		Global   *GlobalConfig `json:"global"`
+	}{etcdCfg, a.InstanceID, a.SnapshotFile, a.Global})
+	if err != nil {
+		return err
+	}
+	v, loaded, err := statePool.LoadOrNew(string(key), func() (caddy.Destructor, error) {
+		return a.newState(etcdCfg)
+	})
+	if err != nil {
+		return err
+	}
+	a.stateKey = string(key)
+	a.state = v.(*appState)
+	a.logger.Info("edge_limit ready",
+		zap.String("instance_id", a.state.instanceID),
+		zap.Bool("etcd", a.state.etcd != nil),
+		zap.Bool("state_reused", loaded))
+	return nil
+}
+
+func (a *App) newState(etcdCfg *EtcdConfig) (*appState, error) {
+	id := a.InstanceID
+	if id == "" {
+		id = defaultInstanceID()
+	}
+	s := &appState{created: time.Now(), instanceID: id, explicit: limiter.New()}
+	if etcdCfg != nil {
+		es, err := newEtcdState(etcdCfg, s, a.SnapshotFile, a.Global, a.logger)
+		if err != nil {
+			s.explicit.Close()
+			return nil, err
+		}
+		s.etcd = es
+	}
+	return s, nil
+}
+
+// defaultInstanceID is the hostname plus a short random suffix, so two
+// processes on one host (a blue/green restart) never share an identity.
+func defaultInstanceID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "caddy"
+	}
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return host + "-" + hex.EncodeToString(b[:])
+}
+
+// Start starts the syncer (once per state: a reload that keeps the state
+// keeps its watch).
+func (a *App) Start() error {
+	s := a.state
+	s.startOnce.Do(func() {
+		if s.etcd != nil {
+			s.startErr = s.etcd.start(a.logger)
+		}
+	})
+	return s.startErr
+}
+
+// Stop does nothing: the state is released in Cleanup, after the next
+// config (if any) has taken it over.
+func (a *App) Stop() error { return nil }
+
+// Cleanup releases the state. It works after a Provision that failed halfway.
+func (a *App) Cleanup() error {
+	if a.stateKey == "" {
+		return nil
+	}
+	_, err := statePool.Delete(a.stateKey)
+	a.stateKey = ""
+	return err
+}
+
+// Explicit returns the table of explicit buckets (from etcd).
+func (a *App) Explicit() *limiter.Limiter { return a.state.explicit }
+
+// InstanceIDValue returns the instance ID in use, configured or generated.
+func (a *App) InstanceIDValue() string { return a.state.instanceID }
+
+// claimZone records a zone's template for this config and rejects a second
+// handler that gives the same zone a different template: the zone's table
+// can hold only one.
+func (a *App) claimZone(zone string, c limiter.Config) error {
+	a.zones.mu.Lock()
+	defer a.zones.mu.Unlock()
+	if prev, ok := a.zones.m[zone]; ok && prev != c {
+		return fmt.Errorf("%w: zone %q is defined twice, with %v burst %d and %v burst %d; give each limit its own zone",
+			ErrInvalidConfig, zone, prev.Rate, prev.Burst, c.Rate, c.Burst)
+	}
+	a.zones.m[zone] = c
+	return nil
+}
+
+// Interface guards.
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+)

@@ -1,0 +1,179 @@
+package caddymodule
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/edgelimit/edgelimit/policy"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("edge_limit", parseHandler)
+	// After header, redir and the rewrites (a limit sees the final URI, and
+	// headers set by `header` reach 429 responses too), before basic_auth,
+	// forward_auth and every handler that does real work, so that password
+	// guessing is throttled and a denied request costs nothing downstream.
+	httpcaddyfile.RegisterDirectiveOrder("edge_limit", httpcaddyfile.Before, "basic_auth")
+}
+
+func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	var hd Handler
+	err := hd.UnmarshalCaddyfile(h.Dispenser)
+	return &hd, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	edge_limit [<matcher>] [<zone>] {
+//		zone      <name>
+//		key       <template>                 # e.g. {http.request.header.X-API-Key}
+//		policy    header <name>
+//		policy    client_ip [<ipv4_bits> [<ipv6_bits>]]
+//		policy    <module> ...               # any edge_limit policy module, e.g. wasm
+//		rate      <tokens>/<period>          # 100/1s, 10/1m, 0.5/s
+//		burst     <tokens>
+//		unknown   default|allow|deny
+//		empty_key client_ip|shared|skip|deny
+//		cost      <tokens>
+//		shadow
+//		status    <code>
+//		headers   draft|legacy|both|off
+//		log_key
+//	}
+//
+// Without key or policy, requests are keyed by client IP (/32, /64).
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		h.Zone = d.Val()
+		if err := noMore(d); err != nil {
+			return err
+		}
+	}
+	seen := map[string]bool{}
+	for d.NextBlock(0) {
+		opt := d.Val()
+		if seen[opt] {
+			return d.Errf("%s is given twice", opt)
+		}
+		seen[opt] = true
+		if (opt == "key" && seen["policy"]) || (opt == "policy" && seen["key"]) {
+			return d.Err("key and policy are exclusive: key <template> is short for policy placeholder <template>")
+		}
+		switch opt {
+		case "zone":
+			if !d.Args(&h.Zone) {
+				return d.ArgErr()
+			}
+			if !zoneName.MatchString(h.Zone) {
+				return d.Errf("zone %q: want 1-64 letters, digits, '_', '.', ':' or '-'", h.Zone)
+			}
+		case "key":
+			var key string
+			if !d.Args(&key) {
+				return d.ArgErr()
+			}
+			if _, err := policy.ParseTemplate(key); err != nil {
+				return d.Errf("key: %v", err)
+			}
+			h.PolicyRaw = caddyconfig.JSONModuleObject(PlaceholderPolicy{Key: key}, "source", "placeholder", nil)
+		case "policy":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			name := d.Val()
+			unm, err := caddyfile.UnmarshalModule(d, PolicyNamespace+"."+name)
+			if err != nil {
+				return err
+			}
+			h.PolicyRaw = caddyconfig.JSONModuleObject(unm, "source", name, nil)
+			continue // UnmarshalModule consumed the segment
+		case "rate":
+			var s string
+			if !d.Args(&s) {
+				return d.ArgErr()
+			}
+			rate, per, err := parseRate(s)
+			if err != nil {
+				return d.Err(err.Error())
+			}
+			h.Rate, h.Per = rate, caddyDuration(per)
+		case "burst":
+			n, err := intArg(d, "burst")
+			if err != nil {
+				return err
+			}
+			h.Burst = n
+		case "cost":
+			n, err := intArg(d, "cost")
+			if err != nil {
+				return err
+			}
+			h.Cost = n
+		case "status":
+			n, err := intArg(d, "status")
+			if err != nil {
+				return err
+			}
+			h.Status = int(n)
+		case "unknown":
+			if !d.Args(&h.Unknown) {
+				return d.ArgErr()
+			}
+			if h.Unknown != UnknownDefault && h.Unknown != UnknownAllow && h.Unknown != UnknownDeny {
+				return d.Errf("unknown %q; want default, allow or deny", h.Unknown)
+			}
+		case "empty_key":
+			if !d.Args(&h.EmptyKey) {
+				return d.ArgErr()
+			}
+			if _, err := policy.ParseFallback(h.EmptyKey); err != nil {
+				return d.Errf("empty_key: %v", err)
+			}
+		case "headers":
+			var s string
+			if !d.Args(&s) {
+				return d.ArgErr()
+			}
+			h.Headers = HeaderMode(s)
+			if err := h.Headers.validate(); err != nil {
+				return d.Err(err.Error())
+			}
+		case "shadow":
+			h.Shadow = true
+		case "log_key":
+			h.LogKey = true
+		default:
+			return d.Errf("unknown edge_limit option %q", opt)
+		}
+		if err := noMore(d); err != nil {
+			return err
+		}
+	}
+	if h.Zone != "" && !zoneName.MatchString(h.Zone) {
+		return d.Errf("zone %q: want 1-64 letters, digits, '_', '.', ':' or '-'", h.Zone)
+	}
+	if h.Rate == 0 && (h.Unknown == "" || h.Unknown == UnknownDefault) {
+		return d.Err("rate is required (e.g. rate 100/1s), unless unknown is allow or deny")
+	}
+	return nil
+}
+
+// intArg reads one positive integer argument.
+func intArg(d *caddyfile.Dispenser, name string) (int64, error) {
+	var s string
+	if !d.Args(&s) {
+		return 0, d.ArgErr()
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, d.Errf("%s %q: want a positive integer", name, s)
+	}
+	return n, nil
+}
+
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

@@ -1,0 +1,138 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// TestCaddyfileErrors adapts broken Caddyfiles and checks that the error
+// names the file, the bad line and the problem.
+func TestCaddyfileErrors(t *testing.T) {
+	tests := []struct {
+		name, body, want, line string
+	}{
+		{"bad rate", "edge_limit {\n\trate fast\n}", `rate "fast": want <tokens>/<period>`, "at Caddyfile:3"},
+		{"zero rate", "edge_limit {\n\trate 0/1s\n}", "", "at Caddyfile:3"},
+		{"bad period", "edge_limit {\n\trate 10/soon\n}", `"soon" is not a positive duration`, "at Caddyfile:3"},
+		{"missing rate", "edge_limit {\n\tzone z\n}", "rate is required", "at Caddyfile:4"},
+		{"bad burst", "edge_limit {\n\trate 1/s\n\tburst -3\n}", "burst \"-3\": want a positive integer", "at Caddyfile:4"},
+		{"unknown option", "edge_limit {\n\trate 1/s\n\tbrust 3\n}", "unknown edge_limit option \"brust\"", "at Caddyfile:4"},
+		{"twice", "edge_limit {\n\trate 1/s\n\trate 2/s\n}", "rate is given twice", "at Caddyfile:4"},
+		{"bad unknown", "edge_limit {\n\tunknown maybe\n}", `unknown "maybe"; want default, allow or deny`, "at Caddyfile:3"},
+		{"bad empty_key", "edge_limit {\n\trate 1/s\n\tempty_key never\n}", "", "at Caddyfile:4"},
+		{"bad headers", "edge_limit {\n\trate 1/s\n\theaders fancy\n}", `headers "fancy"`, "at Caddyfile:4"},
+		{"bad template", "edge_limit {\n\trate 1/s\n\tkey {http.request.header.X\n}", "key: policy: invalid key template", "at Caddyfile:4"},
+		{"constant key", "edge_limit {\n\trate 1/s\n\tkey everyone\n}", "has no placeholder", "at Caddyfile:4"},
+		{"key and policy", "edge_limit {\n\trate 1/s\n\tkey {a}\n\tpolicy header X\n}", "key and policy are exclusive", "at Caddyfile:5"},
+		{"unknown policy", "edge_limit {\n\trate 1/s\n\tpolicy magic\n}", "getting module named 'http.handlers.edge_limit.policies.magic'", "at Caddyfile:4"},
+		{"bad prefix", "edge_limit {\n\trate 1/s\n\tpolicy client_ip 40\n}", "policy: invalid IP prefix length: ipv4 prefix /40", "at Caddyfile:4"},
+		{"bad zone", "edge_limit {\n\tzone \"a b\"\n\trate 1/s\n}", `zone "a b"`, "at Caddyfile:3"},
+		{"extra arg", "edge_limit {\n\trate 1/s extra\n}", "unexpected argument \"extra\"", "at Caddyfile:3"},
+		{"shadow arg", "edge_limit {\n\trate 1/s\n\tshadow yes\n}", "unexpected argument \"yes\"", "at Caddyfile:4"},
+		{"bad status", "edge_limit {\n\trate 1/s\n\tstatus many\n}", `status "many"`, "at Caddyfile:4"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src := ":8080 {\n" + tt.body + "\n}\n"
+			_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), map[string]any{"filename": "Caddyfile"})
+			if err == nil {
+				t.Fatalf("adapting\n%s\nsucceeded; want an error containing %q", src, tt.want)
+			}
+			if !strings.Contains(err.Error(), tt.want) || !strings.HasSuffix(err.Error(), tt.line) {
+				t.Errorf("error = %q\nwant it to contain %q and end with %q", err, tt.want, tt.line)
+			}
+		})
+	}
+}
+
+func TestGlobalOptionErrors(t *testing.T) {
+	tests := []struct{ body, want, line string }{
+		{"edge_limit {\n\tetcd\n}", "etcd: no endpoints", "at Caddyfile:3"},
+		{"edge_limit {\n\tetcd http://e:2379 {\n\t\tdial_timeout never\n\t}\n}", "dial_timeout \"never\"", "at Caddyfile:4"},
+		{"edge_limit {\n\tetcd http://e:2379 {\n\t\ttls {\n\t\t\tcrt x\n\t\t}\n\t}\n}", "unknown etcd tls option \"crt\"", "at Caddyfile:5"},
+		{"edge_limit {\n\tinstance\n}", "unknown edge_limit global option \"instance\"", "at Caddyfile:3"},
+		{"edge_limit {\n\tetcd_server nope\n}", "getting module named 'edge_limit.etcd_servers.nope'", "at Caddyfile:3"},
+	}
+	for _, tt := range tests {
+		src := "{\n" + tt.body + "\n}\n:8080 {\n\trespond ok\n}\n"
+		_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), map[string]any{"filename": "Caddyfile"})
+		if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.HasSuffix(err.Error(), tt.line) {
+			t.Errorf("adapting\n%s\nerror = %v\nwant it to contain %q and end with %q", src, err, tt.want, tt.line)
+		}
+	}
+}
+
+func TestParseRate(t *testing.T) {
+	tests := []struct {
+		in   string
+		rate float64
+		per  string
+	}{
+		{"100/1s", 100, "1s"},
+		{"10/1m", 10, "1m0s"},
+		{"2.5/s", 2.5, "1s"},
+		{"1000/h", 1000, "1h0m0s"},
+		{"5/500ms", 5, "500ms"},
+		{"1/1d", 1, "24h0m0s"},
+	}
+	for _, tt := range tests {
+		rate, per, err := parseRate(tt.in)
+		if err != nil || rate != tt.rate || per.String() != tt.per {
+			t.Errorf("parseRate(%q) = %v, %v, %v; want %v, %s", tt.in, rate, per, err, tt.rate, tt.per)
+		}
+	}
+	for _, bad := range []string{"", "100", "/s", "x/s", "-1/s", "0/s", "1/", "1/-1s", "1/x", "NaN/s"} {
+		if _, _, err := parseRate(bad); err == nil {
+			t.Errorf("parseRate(%q) succeeded", bad)
+		}
+	}
+}
+
+// FuzzHandlerCaddyfile feeds arbitrary directive bodies to the parser. It
+// must never panic, and whatever it accepts must survive a JSON round trip
+// and pass Validate except for limits the engine rejects.
+func FuzzHandlerCaddyfile(f *testing.F) {
+	for _, s := range []string{
+		"rate 100/1s\nburst 200",
+		"key {http.request.header.X-API-Key}\nrate 10/1m",
+		"policy client_ip 24 48\nrate 1/s\nshadow",
+		"policy header X\nunknown deny",
+		"policy client_ip {\nipv4 24\n}\nrate 5/s",
+		"rate 0.5/s\nheaders legacy\nstatus 503\ncost 2\nempty_key skip",
+		"zone z\nrate 1e9/1ns",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, body string) {
+		src := "edge_limit {\n" + body + "\n}"
+		toks, err := caddyfile.Tokenize([]byte(src), "Caddyfile")
+		if err != nil {
+			return
+		}
+		var h Handler
+		if err := h.UnmarshalCaddyfile(caddyfile.NewDispenser(toks)); err != nil {
+			if !strings.Contains(err.Error(), "Caddyfile:") {
+				t.Fatalf("error without a position: %v", err)
+			}
+			return
+		}
+		b, err := json.Marshal(h)
+		if err != nil {
+			t.Fatalf("marshal: %v", err)
+		}
+		var back Handler
+		if err := json.Unmarshal(b, &back); err != nil {
+			t.Fatalf("round trip of %s: %v", b, err)
+		}
+		if back.Zone == "" {
+			back.Zone = DefaultZone
+		}
+		if err := back.check(); err != nil {
+			t.Fatalf("parser accepted %q but check rejects it: %v", body, err)
+		}
+	})
+}

@@ -1,0 +1,186 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/edgelimit/edgelimit/etcdsync"
+	"github.com/edgelimit/edgelimit/etcdsync/global"
+)
+
+// EtcdConfig is the app's connection to etcd. String fields accept Caddy's
+// global placeholders, e.g. "{env.ETCD_PASSWORD}", to keep secrets out of
+// the config.
+type EtcdConfig struct {
+	// Endpoints are the client URLs, e.g. "https://etcd-1:2379". With an
+	// etcd_server and no endpoints, the server's own endpoints are used.
+	Endpoints []string `json:"endpoints,omitempty"`
+	// Prefix is the key prefix of edgelimit's keys; "/edgelimit/" if empty.
+	Prefix string `json:"prefix,omitempty"`
+	// DialTimeout bounds the first connection; 5s if zero.
+	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
+	// Username and Password authenticate to etcd.
+	Username string `json:"username,omitempty"`
+	Password string `json:"password,omitempty"`
+	// TLS configures transport security to etcd.
+	TLS *EtcdTLS `json:"tls,omitempty"`
+}
+
+// EtcdTLS is the client-side TLS to etcd.
+type EtcdTLS struct {
+	CA         string `json:"ca,omitempty"`
+	Cert       string `json:"cert,omitempty"`
+	Key        string `json:"key,omitempty"`
+	ServerName string `json:"server_name,omitempty"`
+}
+
+// etcdConfig returns the effective connection, with placeholders replaced
+// and the embedded server's endpoints filled in; nil means no etcd.
+func (a *App) etcdConfig() (*EtcdConfig, error) {
+	if a.Etcd == nil && a.server == nil {
+		return nil, nil
+	}
+	var c EtcdConfig
+	if a.Etcd != nil {
+		c = *a.Etcd
+	}
+	if len(c.Endpoints) == 0 && a.server != nil {
+		c.Endpoints = a.server.ClientEndpoints()
+	}
+	if len(c.Endpoints) == 0 {
+		return nil, fmt.Errorf("%w: etcd: no endpoints", ErrInvalidConfig)
+	}
+	repl := caddy.NewReplacer()
+	c.Endpoints = append([]string(nil), c.Endpoints...)
+	for i := range c.Endpoints {
+		c.Endpoints[i] = repl.ReplaceAll(c.Endpoints[i], "")
+	}
+	c.Username = repl.ReplaceAll(c.Username, "")
+	c.Password = repl.ReplaceAll(c.Password, "")
+	if c.TLS != nil {
+		t := *c.TLS
+		t.CA, t.Cert, t.Key = repl.ReplaceAll(t.CA, ""), repl.ReplaceAll(t.Cert, ""), repl.ReplaceAll(t.Key, "")
+		t.ServerName = repl.ReplaceAll(t.ServerName, "")
+		c.TLS = &t
+	}
+	if c.Prefix == "" {
+		c.Prefix = etcdsync.DefaultPrefix
+	}
+	return &c, nil
+}
+
+// clientConfig converts to etcdsync's form.
+func (c *EtcdConfig) clientConfig() etcdsync.ClientConfig {
+	cc := etcdsync.ClientConfig{
+		Endpoints:   c.Endpoints,
+		DialTimeout: time.Duration(c.DialTimeout),
+		Username:    c.Username,
+		Password:    c.Password,
+	}
+	if cc.DialTimeout == 0 {
+		cc.DialTimeout = 5 * time.Second
+	}
+	if c.TLS != nil {
+		cc.CAFile, cc.CertFile, cc.KeyFile, cc.ServerName = c.TLS.CA, c.TLS.Cert, c.TLS.Key, c.TLS.ServerName
+	}
+	return cc
+}
+
+// startTimeout bounds how long Caddy's start waits for the first bucket set
+// (from etcd, or from the snapshot when etcd does not answer). Past it, Caddy
+// serves with the templates while the syncer keeps trying.
+const startTimeout = 10 * time.Second
+
+// etcdState is the etcd part of the app state: the client, the syncer and,
+// for global buckets, the coordinator.
+type etcdState struct {
+	client *clientv3.Client
+	syncer *etcdsync.Syncer
+	coord  *global.Coordinator // nil with global disabled
+	ctx    context.Context     // lives as long as the state
+	cancel context.CancelFunc
+}
+
+func newEtcdState(c *EtcdConfig, s *appState, snapshot string, g *GlobalConfig, logger *zap.Logger) (*etcdState, error) {
+	cc := c.clientConfig()
+	cli, err := cc.New(logger.Named("etcd"))
+	if err != nil {
+		return nil, fmt.Errorf("edge_limit: connecting to etcd %s: %w", cc, err)
+	}
+	e := &etcdState{client: cli}
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	var target etcdsync.Target = etcdsync.LimiterTarget(s.explicit)
+	if g.enabled() {
+		e.coord, err = newCoordinator(cli, target, s, c.Prefix, g, logger)
+		if err != nil {
+			e.close()
+			return nil, err
+		}
+		target = e.coord
+	}
+	e.syncer = etcdsync.NewSyncer(cli, etcdsync.SyncerOptions{
+		Prefix:       c.Prefix,
+		Target:       target,
+		Logger:       logger.Named("sync"),
+		SnapshotPath: snapshot,
+	})
+	logger.Info("etcd configured", zap.Object("etcd", cc), zap.String("prefix", c.Prefix), zap.Bool("global", e.coord != nil))
+	return e, nil
+}
+
+// start joins the fleet and applies the first bucket set. Neither failure
+// stops Caddy: the syncer and the coordinator keep trying in the
+// background, and requests are served meanwhile (fail-static).
+func (e *etcdState) start(logger *zap.Logger) error {
+	ctx, cancel := context.WithTimeout(e.ctx, startTimeout)
+	defer cancel()
+	if e.coord != nil {
+		go func() {
+			if err := e.coord.Start(e.ctx); err != nil && e.ctx.Err() == nil {
+				logger.Warn("global limits: not joined yet; using safe shares", zap.Error(err))
+			}
+		}()
+	}
+	if err := e.syncer.Start(ctx); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			logger.Warn("etcd: first bucket sync still pending; serving with templates, retrying in the background", zap.Error(err))
+			return nil
+		}
+		return fmt.Errorf("edge_limit: starting the etcd syncer: %w", err)
+	}
+	return nil
+}
+
+// close stops the syncer (writing its last snapshot), leaves the fleet and
+// closes the client. It works on a half-built state.
+func (e *etcdState) close() error {
+	e.cancel()
+	var errs []error
+	if e.syncer != nil {
+		e.syncer.Stop()
+	}
+	if e.coord != nil {
+		errs = append(errs, e.coord.Close())
+	}
+	errs = append(errs, e.client.Close())
+	return errors.Join(errs...)
+}
+
+func (e *etcdState) fillMetrics(m *stateMetrics) {
+	h := e.syncer.Health()
+	m.hasEtcd = true
+	if h.Connected {
+		m.connected = 1
+	}
+	m.revision = float64(h.Revision)
+	if !h.LastSync.IsZero() {
+		m.syncAge = time.Since(h.LastSync).Seconds()
+	}
+	m.rejected = float64(e.syncer.Stats().Rejected)
+}

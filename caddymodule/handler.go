@@ -1,0 +1,321 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"regexp"
+	"strconv"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/edgelimit/edgelimit/limiter"
+	"github.com/edgelimit/edgelimit/policy"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Unknown-key behaviours: what a request gets when its key has no
+// explicit bucket.
+const (
+	// UnknownDefault counts it in the zone's table, under the template.
+	UnknownDefault = "default"
+	// UnknownAllow lets it through unlimited: only explicit buckets limit.
+	UnknownAllow = "allow"
+	// UnknownDeny rejects it: only keys with an explicit bucket get in.
+	UnknownDeny = "deny"
+)
+
+// DefaultZone is the zone of a handler that names none.
+const DefaultZone = "default"
+
+// zoneName restricts zone names so that they can go into a structured
+// field string and a metric label without escaping.
+var zoneName = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,64}$`)
+
+// Handler rate-limits requests. It asks its policy for the request's key
+// and cost, counts the request against the explicit bucket of that key if
+// etcd defines one, otherwise against the zone's dynamic bucket made from
+// the template, and denies with 429 (a caddyhttp.HandlerError, so
+// handle_errors can shape the response) when the bucket is empty.
+//
+// Caddy's request matchers select which requests are limited.
+type Handler struct {
+	// Zone names the handler's bucket table, and appears in the
+	// RateLimit fields and metrics. Handlers with the same zone and
+	// template share one table. "default" if empty.
+	Zone string `json:"zone,omitempty"`
+
+	// PolicyRaw makes the key of each request: a module in
+	// http.handlers.edge_limit.policies (placeholder, header, client_ip,
+	// or a plugin such as wasm). Client IP if empty.
+	PolicyRaw json.RawMessage `json:"policy,omitempty" caddy:"namespace=http.handlers.edge_limit.policies inline_key=source"`
+
+	// Template is the limit of keys without an explicit bucket.
+	Template
+
+	// Unknown is what keys without an explicit bucket get: "default"
+	// (the template; the default), "allow" or "deny".
+	Unknown string `json:"unknown,omitempty"`
+
+	// EmptyKey is what the built-in policies do with a request they cannot
+	// key (missing header, all placeholders empty): "client_ip" (the
+	// default: count it per client address, in a bucket separate from any
+	// key), "shared" (one bucket for all such requests), "skip" or "deny".
+	EmptyKey string `json:"empty_key,omitempty"`
+
+	// Cost is the tokens a request takes; 1 if zero.
+	Cost int64 `json:"cost,omitempty"`
+
+	// Shadow makes the handler decide and count but never deny: requests
+	// that would be denied pass, are counted as shadow_denied and logged.
+	// Buckets with "shadow": true in etcd behave the same way. In shadow
+	// mode no rate-limit fields are sent, so clients see no change.
+	Shadow bool `json:"shadow,omitempty"`
+
+	// Status is the status code of denied requests; 429 if zero.
+	Status int `json:"status,omitempty"`
+
+	// Headers selects the rate-limit response fields: "draft" (the
+	// default), "legacy", "both" or "off".
+	Headers HeaderMode `json:"headers,omitempty"`
+
+	// LogKey adds the bucket key to log entries. Off by default: keys are
+	// often API keys or personal data.
+	LogKey bool `json:"log_key,omitempty"`
+
+	policy   policy.Policy
+	polClose io.Closer
+	explicit *limiter.Limiter
+	zone     *zoneState
+	zoneKey  *zoneKey
+	unknown  string
+	status   int
+	hdr      headerWriter
+	counters zoneCounters
+	logger   *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.edge_limit",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets defaults, builds the policy and attaches the handler to
+// the app's explicit buckets and to its zone's table.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.Zone == "" {
+		h.Zone = DefaultZone
+	}
+	if err := h.check(); err != nil {
+		return err
+	}
+	h.unknown = h.Unknown
+	if h.unknown == "" {
+		h.unknown = UnknownDefault
+	}
+	h.status = h.Status
+	if h.status == 0 {
+		h.status = http.StatusTooManyRequests
+	}
+	if h.Cost == 0 {
+		h.Cost = 1
+	}
+
+	appIface, err := ctx.App("edge_limit")
+	if err != nil {
+		return fmt.Errorf("edge_limit handler: loading the edge_limit app: %w", err)
+	}
+	app := appIface.(*App)
+	h.explicit = app.Explicit()
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("edge_limit handler: registering metrics: %w", err)
+	}
+	h.counters = newZoneCounters(h.Zone)
+
+	fallback, _ := policy.ParseFallback(h.EmptyKey) // checked above
+	env := PolicyEnv{Cost: h.Cost, Fallback: fallback, Lookup: caddyLookup, ClientAddr: caddyClientAddr, Logger: h.logger}
+	var pm PolicyModule = &ClientIPPolicy{}
+	if h.PolicyRaw != nil {
+		mod, err := ctx.LoadModule(h, "PolicyRaw")
+		if err != nil {
+			return fmt.Errorf("edge_limit handler: loading policy: %w", err)
+		}
+		var ok bool
+		if pm, ok = mod.(PolicyModule); !ok {
+			return fmt.Errorf("%w: module %T is not an edge_limit policy", ErrInvalidConfig, mod)
+		}
+	}
+	h.policy, err = pm.NewPolicy(env)
+	if err != nil {
+		return policyError(string(pm.CaddyModule().ID.Name()), err)
+	}
+	if c, ok := h.policy.(io.Closer); ok {
+		h.polClose = c
+	}
+
+	var tmpl limiter.Config
+	hasTmpl := h.Rate > 0
+	if hasTmpl {
+		tmpl, err = h.Template.config(false)
+		if err != nil {
+			return fmt.Errorf("edge_limit zone %q: %w", h.Zone, err)
+		}
+		if err := app.claimZone(h.Zone, tmpl); err != nil {
+			return err
+		}
+		key := zoneKey{name: h.Zone, config: tmpl}
+		if h.zone, err = loadZone(key); err != nil {
+			return err
+		}
+		h.zoneKey = &key
+	}
+	h.hdr = newHeaderWriter(h.Headers, h.Zone, tmpl, hasTmpl)
+	return nil
+}
+
+// check validates the plain fields; Validate repeats it for JSON configs.
+func (h *Handler) check() error {
+	if !zoneName.MatchString(h.Zone) {
+		return fmt.Errorf("%w: zone %q: want 1-64 letters, digits, '_', '.', ':' or '-'", ErrInvalidConfig, h.Zone)
+	}
+	switch h.Unknown {
+	case "", UnknownDefault:
+		if h.Rate <= 0 {
+			return fmt.Errorf("%w: zone %q: a rate is required unless unknown is allow or deny", ErrInvalidConfig, h.Zone)
+		}
+	case UnknownAllow, UnknownDeny:
+	default:
+		return fmt.Errorf("%w: unknown %q; want default, allow or deny", ErrInvalidConfig, h.Unknown)
+	}
+	if h.Rate < 0 || h.Burst < 0 || h.Per < 0 {
+		return fmt.Errorf("%w: zone %q: rate, per and burst must not be negative", ErrInvalidConfig, h.Zone)
+	}
+	if _, err := policy.ParseFallback(h.EmptyKey); err != nil {
+		return fmt.Errorf("%w: empty_key: %w", ErrInvalidConfig, err)
+	}
+	if h.Cost < 0 || h.Cost > limiter.MaxBurst {
+		return fmt.Errorf("%w: cost %d; want 1..%d", ErrInvalidConfig, h.Cost, limiter.MaxBurst)
+	}
+	if h.Status != 0 && (h.Status < 400 || h.Status > 599) {
+		return fmt.Errorf("%w: status %d; want an error status, 400..599", ErrInvalidConfig, h.Status)
+	}
+	return h.Headers.validate()
+}
+
+// Validate implements caddy.Validator.
+func (h *Handler) Validate() error { return h.check() }
+
+// Cleanup releases the zone table and the policy. It works after a
+// Provision that failed halfway.
+func (h *Handler) Cleanup() error {
+	var errs []error
+	if h.zoneKey != nil {
+		if _, err := zonePool.Delete(*h.zoneKey); err != nil {
+			errs = append(errs, err)
+		}
+		h.zoneKey = nil
+	}
+	if h.polClose != nil {
+		errs = append(errs, h.polClose.Close())
+		h.polClose = nil
+	}
+	return errors.Join(errs...)
+}
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	v, err := h.policy.Evaluate(r)
+	if err != nil {
+		// The verdict is already the policy's fallback; the error is news.
+		h.counters.policyErrors.Inc()
+		h.logger.Warn("policy failed; applying its fallback", zap.String("zone", h.Zone), zap.String("action", v.Action.String()), zap.Error(err))
+	}
+	switch v.Action {
+	case policy.Skip:
+		h.counters.byResult[resultSkipped].Inc()
+		return next.ServeHTTP(w, r)
+	case policy.Deny:
+		h.counters.byResult[resultPolicyDenied].Inc()
+		return caddyhttp.Error(h.status, ErrPolicyDenied)
+	}
+
+	now := time.Now()
+	var d limiter.Decision
+	err = limiter.ErrBucketNotFound
+	// BucketConfig is a lock-free probe; asking AllowN directly would build
+	// a not-found error for every key without an explicit bucket, which is
+	// most of them.
+	if _, ok := h.explicit.BucketConfig(v.Key); ok {
+		d, err = h.explicit.AllowN(v.Key, now, int(v.Cost))
+	}
+	if errors.Is(err, limiter.ErrBucketNotFound) { // also a bucket deleted since the probe
+		switch {
+		case h.unknown == UnknownAllow:
+			h.counters.byResult[resultUnknownAllowed].Inc()
+			return next.ServeHTTP(w, r)
+		case h.unknown == UnknownDeny:
+			h.counters.byResult[resultUnknownDenied].Inc()
+			h.logDenied("unknown key denied", v.Key)
+			return caddyhttp.Error(h.status, ErrUnknownKey)
+		}
+		d, err = h.zone.lim.AllowN(v.Key, now, int(v.Cost))
+	}
+	if err != nil {
+		// A cost beyond the bucket's burst, or an engine error: fail open,
+		// since a limiter bug must not take the site down.
+		h.counters.byResult[resultError].Inc()
+		h.logger.Error("rate-limit decision failed; request passed", zap.String("zone", h.Zone), zap.Error(err))
+		return next.ServeHTTP(w, r)
+	}
+
+	if !d.Allowed && (h.Shadow || d.Config.Shadow) {
+		h.counters.byResult[resultShadowDenied].Inc()
+		h.logDenied("shadow: request would be denied", v.Key)
+		return next.ServeHTTP(w, r)
+	}
+	if !h.Shadow && !d.Config.Shadow {
+		h.hdr.write(w.Header(), d.Config, d.Remaining, d.ResetAfter)
+	}
+	if !d.Allowed {
+		h.counters.byResult[resultDenied].Inc()
+		w.Header()[hdrRetryAfter] = []string{strconv.FormatInt(max(1, ceilSeconds(d.RetryAfter)), 10)}
+		h.logDenied("rate limit exceeded", v.Key)
+		return caddyhttp.Error(h.status, ErrRateLimited)
+	}
+	h.counters.byResult[resultAllowed].Inc()
+	return next.ServeHTTP(w, r)
+}
+
+// logDenied logs a denial at debug level (a flood of denials must not
+// flood the log), with the key only when the operator asked for it.
+func (h *Handler) logDenied(msg, key string) {
+	ce := h.logger.Check(zap.DebugLevel, msg)
+	if ce == nil {
+		return
+	}
+	if h.LogKey {
+		ce.Write(zap.String("zone", h.Zone), zap.String("key", key))
+		return
+	}
+	ce.Write(zap.String("zone", h.Zone))
+}
+
+// Interface guards.
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

@@ -1,0 +1,135 @@
+package caddymodule
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/edgelimit/edgelimit/limiter"
+)
+
+// HeaderMode selects the rate-limit response fields.
+type HeaderMode string
+
+// Header modes.
+const (
+	// HeadersDraft sends RateLimit-Policy and RateLimit from
+	// draft-ietf-httpapi-ratelimit-headers: `"zone";q=100;w=60` and
+	// `"zone";r=50;t=30`. The default.
+	HeadersDraft HeaderMode = "draft"
+	// HeadersLegacy sends X-RateLimit-Limit, -Remaining and -Reset.
+	HeadersLegacy HeaderMode = "legacy"
+	// HeadersBoth sends both sets.
+	HeadersBoth HeaderMode = "both"
+	// HeadersOff sends none; denied responses still carry Retry-After.
+	HeadersOff HeaderMode = "off"
+)
+
+func (m HeaderMode) validate() error {
+	switch m {
+	case "", HeadersDraft, HeadersLegacy, HeadersBoth, HeadersOff:
+		return nil
+	}
+	return fmt.Errorf("%w: headers %q; want draft, legacy, both or off", ErrInvalidConfig, m)
+}
+
+// Canonical header names, written straight into the header map to skip
+// canonicalization on every request.
+const (
+	hdrPolicy     = "Ratelimit-Policy"
+	hdrRateLimit  = "Ratelimit"
+	hdrLimit      = "X-Ratelimit-Limit"
+	hdrRemaining  = "X-Ratelimit-Remaining"
+	hdrReset      = "X-Ratelimit-Reset"
+	hdrRetryAfter = "Retry-After"
+)
+
+// ceilSeconds rounds a duration up to whole seconds, as the header fields
+// and Retry-After count in delta-seconds; a client told "0" would retry at
+// once and be denied again.
+func ceilSeconds(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return int64((d + time.Second - 1) / time.Second)
+}
+
+// policyValue is the RateLimit-Policy value of a config: the quota is the
+// burst, and the window is the time an empty bucket takes to refill it.
+func policyValue(zone string, c limiter.Config) string {
+	w := ceilSeconds(c.Window())
+	if w == 0 {
+		w = 1
+	}
+	b := make([]byte, 0, len(zone)+40)
+	b = append(b, '"')
+	b = append(b, zone...)
+	b = append(b, `";q=`...)
+	b = strconv.AppendInt(b, c.Burst, 10)
+	b = append(b, ";w="...)
+	b = strconv.AppendInt(b, w, 10)
+	return string(b)
+}
+
+// headerWriter writes one zone's fields. Zone names are checked at
+// provisioning to need no quoting inside a structured-field string.
+type headerWriter struct {
+	mode HeaderMode
+	zone string
+	// tmplConfig and tmplPolicy cache the RateLimit-Policy of the zone's
+	// template, the value on nearly every response.
+	tmplConfig limiter.Config
+	tmplPolicy []string
+}
+
+func newHeaderWriter(mode HeaderMode, zone string, tmpl limiter.Config, hasTmpl bool) headerWriter {
+	if mode == "" {
+		mode = HeadersDraft
+	}
+	hw := headerWriter{mode: mode, zone: zone}
+	if hasTmpl {
+		hw.tmplConfig = tmpl
+		hw.tmplPolicy = []string{policyValue(zone, tmpl)}
+	}
+	return hw
+}
+
+// write sets the fields for a decision made under config c.
+func (hw *headerWriter) write(h http.Header, c limiter.Config, remaining int64, reset time.Duration) {
+	if hw.mode == HeadersOff {
+		return
+	}
+	if remaining < 0 {
+		remaining = 0
+	}
+	resetS := ceilSeconds(reset)
+	if hw.mode == HeadersDraft || hw.mode == HeadersBoth {
+		pol := hw.tmplPolicy
+		if pol == nil || c != hw.tmplConfig {
+			pol = []string{policyValue(hw.zone, c)}
+		}
+		var buf [128]byte // zones are at most 64 bytes: no heap buffer
+		b := append(buf[:0], '"')
+		b = append(b, hw.zone...)
+		b = append(b, `";r=`...)
+		b = strconv.AppendInt(b, remaining, 10)
+		b = append(b, ";t="...)
+		b = strconv.AppendInt(b, resetS, 10)
+		// Both fields are lists: when several edge_limit handlers pass a
+		// request, each adds its zone's item (the draft's multiple policies).
+		if prev := h[hdrPolicy]; prev != nil {
+			h[hdrPolicy] = append(prev, pol...)
+			h[hdrRateLimit] = append(h[hdrRateLimit], string(b))
+		} else {
+			h[hdrPolicy] = pol // cap 1: a later append copies, never writes into the cache
+			h[hdrRateLimit] = []string{string(b)}
+		}
+	}
+	// The legacy fields hold one limit: the innermost handler's wins.
+	if hw.mode == HeadersLegacy || hw.mode == HeadersBoth {
+		h[hdrLimit] = []string{strconv.FormatInt(c.Burst, 10)}
+		h[hdrRemaining] = []string{strconv.FormatInt(remaining, 10)}
+		h[hdrReset] = []string{strconv.FormatInt(resetS, 10)}
+	}
+}

@@ -1,0 +1,168 @@
+package caddymodule
+
+import (
+	"errors"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Decision results, the values of the "result" label.
+const (
+	resultAllowed        = "allowed"
+	resultDenied         = "denied"
+	resultShadowDenied   = "shadow_denied" // would have been denied; passed in shadow mode
+	resultSkipped        = "skipped"       // the policy said Skip
+	resultPolicyDenied   = "policy_denied" // the policy said Deny
+	resultUnknownAllowed = "unknown_allowed"
+	resultUnknownDenied  = "unknown_denied"
+	resultError          = "error" // the engine refused the request (bad cost); it passed
+)
+
+var allResults = []string{
+	resultAllowed, resultDenied, resultShadowDenied, resultSkipped,
+	resultPolicyDenied, resultUnknownAllowed, resultUnknownDenied, resultError,
+}
+
+// metrics are process-wide and created once: Caddy gives every config load
+// a fresh registry, but counters must keep counting across reloads, so the
+// same collectors are registered into each new registry. Labels are zones
+// and results, never client keys, which would make the series unbounded.
+var metrics = struct {
+	once         sync.Once
+	decisions    *prometheus.CounterVec
+	policyErrors *prometheus.CounterVec
+	state        stateCollector
+}{}
+
+func initMetrics() {
+	metrics.once.Do(func() {
+		metrics.decisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "edgelimit",
+			Name:      "decisions_total",
+			Help:      "Rate-limit decisions by zone and result.",
+		}, []string{"zone", "result"})
+		metrics.policyErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "edgelimit",
+			Name:      "policy_errors_total",
+			Help:      "Requests whose policy failed and got the policy's fallback, by zone.",
+		}, []string{"zone"})
+	})
+}
+
+// registerMetrics adds the collectors to a config's registry. Several
+// modules of one config call it; only the first registration counts.
+func registerMetrics(reg *prometheus.Registry) error {
+	initMetrics()
+	if reg == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{metrics.decisions, metrics.policyErrors, &metrics.state} {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// zoneCounters are one zone's decision counters, resolved once at
+// provisioning so that a request only does an atomic add.
+type zoneCounters struct {
+	byResult     map[string]prometheus.Counter
+	policyErrors prometheus.Counter
+}
+
+func newZoneCounters(zone string) zoneCounters {
+	initMetrics()
+	zc := zoneCounters{byResult: make(map[string]prometheus.Counter, len(allResults))}
+	for _, r := range allResults {
+		zc.byResult[r] = metrics.decisions.WithLabelValues(zone, r)
+	}
+	zc.policyErrors = metrics.policyErrors.WithLabelValues(zone)
+	return zc
+}
+
+var (
+	descExplicit = prometheus.NewDesc("edgelimit_explicit_buckets",
+		"Explicit buckets (from etcd) held in memory.", nil, nil)
+	descDynamic = prometheus.NewDesc("edgelimit_dynamic_buckets",
+		"Dynamic buckets (made from a zone's template) held in memory, by zone.", []string{"zone"}, nil)
+	descEvictions = prometheus.NewDesc("edgelimit_evictions_total",
+		"Dynamic buckets evicted after refilling to full, by zone.", []string{"zone"}, nil)
+	descConnected = prometheus.NewDesc("edgelimit_etcd_connected",
+		"1 when the bucket watch on etcd is live, 0 while it retries (serving the last known configs).", nil, nil)
+	descRevision = prometheus.NewDesc("edgelimit_etcd_revision",
+		"etcd revision of the last applied bucket config change.", nil, nil)
+	descSyncAge = prometheus.NewDesc("edgelimit_etcd_last_sync_age_seconds",
+		"Seconds since the syncer last heard from etcd (event, list or progress notification).", nil, nil)
+	descRejected = prometheus.NewDesc("edgelimit_etcd_rejected_configs_total",
+		"Bucket configs in etcd that failed validation and were not applied.", nil, nil)
+)
+
+// stateCollector reports the state that outlives reloads (the pools of
+// zones and app states) at scrape time, so the figures are never stale and
+// nothing runs on the request path to keep them.
+type stateCollector struct{}
+
+func (*stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descExplicit, descDynamic, descEvictions, descConnected, descRevision, descSyncAge, descRejected} {
+		ch <- d
+	}
+}
+
+func (*stateCollector) Collect(ch chan<- prometheus.Metric) {
+	// While a reload swaps configs, two tables may exist for one zone; their
+	// figures are summed so that every series stays unique.
+	type zsum struct{ dynamic, evictions float64 }
+	zones := map[string]*zsum{}
+	zonePool.Range(func(_, v any) bool {
+		z := v.(*zoneState)
+		st := z.stats()
+		s := zones[z.name]
+		if s == nil {
+			s = &zsum{}
+			zones[z.name] = s
+		}
+		s.dynamic += float64(st.DynamicBuckets)
+		s.evictions += float64(st.Evictions)
+		return true
+	})
+	for name, s := range zones {
+		ch <- prometheus.MustNewConstMetric(descDynamic, prometheus.GaugeValue, s.dynamic, name)
+		ch <- prometheus.MustNewConstMetric(descEvictions, prometheus.CounterValue, s.evictions, name)
+	}
+	// One app state per process in practice; during a reload that changes
+	// the etcd connection, the newest state is reported.
+	var newest *appState
+	statePool.Range(func(_, v any) bool {
+		s := v.(*appState)
+		if newest == nil || s.created.After(newest.created) {
+			newest = s
+		}
+		return true
+	})
+	if newest == nil {
+		return
+	}
+	m := newest.metricsSnapshot()
+	ch <- prometheus.MustNewConstMetric(descExplicit, prometheus.GaugeValue, m.explicit)
+	if m.hasEtcd {
+		ch <- prometheus.MustNewConstMetric(descConnected, prometheus.GaugeValue, m.connected)
+		ch <- prometheus.MustNewConstMetric(descRevision, prometheus.GaugeValue, m.revision)
+		ch <- prometheus.MustNewConstMetric(descSyncAge, prometheus.GaugeValue, m.syncAge)
+		ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, m.rejected)
+	}
+}
+
+// stateMetrics is what an app state reports at scrape time.
+type stateMetrics struct {
+	explicit  float64
+	hasEtcd   bool
+	connected float64
+	revision  float64
+	syncAge   float64
+	rejected  float64
+}

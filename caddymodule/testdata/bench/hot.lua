@@ -1,0 +1,2 @@
+-- hot.lua: every request on one key.
+wrk.headers["X-Key"] = "hot"

@@ -1,0 +1,51 @@
+package caddymodule
+
+import (
+	"fmt"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/edgelimit/edgelimit/limiter"
+)
+
+// zonePool holds each zone's dynamic-bucket table across config reloads,
+// keyed by zone name and template, so that `caddy reload` keeps every
+// client's tokens. A reload that changes a zone's template starts that
+// zone afresh: its buckets were sized for the old limit.
+var zonePool = caddy.NewUsagePool()
+
+// zoneKey identifies a zone table in zonePool.
+type zoneKey struct {
+	name   string
+	config limiter.Config
+}
+
+func (k zoneKey) String() string {
+	return fmt.Sprintf("zone %q %v burst %d", k.name, k.config.Rate, k.config.Burst)
+}
+
+// zoneState is one zone's table of dynamic buckets.
+type zoneState struct {
+	name string
+	lim  *limiter.Limiter
+}
+
+func (z *zoneState) stats() limiter.Stats { return z.lim.Stats() }
+
+// Destruct implements caddy.Destructor: the last config using the zone is gone.
+func (z *zoneState) Destruct() error {
+	z.lim.Close()
+	return nil
+}
+
+// loadZone returns the zone table for key, making it on first use. The
+// caller must release it with zonePool.Delete(key).
+func loadZone(key zoneKey) (*zoneState, error) {
+	v, _, err := zonePool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return &zoneState{name: key.name, lim: limiter.New(limiter.WithDefault(key.config))}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*zoneState), nil
+}

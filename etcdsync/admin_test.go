@@ -1,0 +1,148 @@
+package etcdsync
+
+import (
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/edgelimit/edgelimit/etcdsync/etcdtest"
+	"github.com/edgelimit/edgelimit/limiter"
+)
+
+func TestAdminErrors(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	a := NewAdmin(cli, testPrefix)
+	ctx := ctxT(t)
+
+	if err := a.CreateBucket(ctx, "t1", spec(10, 20)); err != nil {
+		t.Fatal(err)
+	}
+	// The stored value is the canonical form.
+	resp, err := cli.Get(ctx, bkey("t1"))
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != `{"rate":10,"per":"1s","burst":20,"scope":"local","shadow":false}` {
+		t.Fatalf("stored value: %v %v", resp, err)
+	}
+	tests := []struct {
+		name string
+		err  error
+		want error
+		msg  string
+	}{
+		{"create existing", a.CreateBucket(ctx, "t1", spec(1, 1)), ErrBucketExists, `"t1"`},
+		{"update missing", a.UpdateBucket(ctx, "nope", spec(1, 1)), ErrBucketNotFound, `"nope"`},
+		{"delete missing", a.DeleteBucket(ctx, "nope"), ErrBucketNotFound, `"nope"`},
+		{"create invalid spec", a.CreateBucket(ctx, "t2", spec(1, 0)), limiter.ErrInvalidBurst, `burst 0`},
+		{"create invalid scope", a.CreateBucket(ctx, "t2", Spec{Rate: 1, Burst: 1, Scope: "world"}), ErrInvalidSpec, `"world"`},
+		{"update invalid spec", a.UpdateBucket(ctx, "t1", spec(-1, 1)), limiter.ErrInvalidRate, `rate -1`},
+		{"empty id", a.CreateBucket(ctx, "", spec(1, 1)), limiter.ErrInvalidBucketID, "empty"},
+		{"oversize id", a.CreateBucket(ctx, strings.Repeat("i", 300), spec(1, 1)), limiter.ErrInvalidBucketID, "300 bytes"},
+		{"control char id", a.DeleteBucket(ctx, "a\nb"), limiter.ErrInvalidBucketID, "control character"},
+	}
+	for _, tt := range tests {
+		if !errors.Is(tt.err, tt.want) || !strings.Contains(tt.err.Error(), tt.msg) {
+			t.Errorf("%s: %v, want %v mentioning %s", tt.name, tt.err, tt.want, tt.msg)
+		}
+	}
+	if _, _, err := a.GetBucket(ctx, "nope"); !errors.Is(err, ErrBucketNotFound) {
+		t.Errorf("get missing: %v", err)
+	}
+
+	// Update, get, compare-and-swap.
+	if err := a.UpdateBucket(ctx, "t1", spec(30, 40)); err != nil {
+		t.Fatal(err)
+	}
+	got, rev, err := a.GetBucket(ctx, "t1")
+	if err != nil || got != spec(30, 40) || rev == 0 {
+		t.Fatalf("GetBucket = %+v, %d, %v", got, rev, err)
+	}
+	if err := a.CompareAndSwap(ctx, "t1", spec(50, 60), rev-1); !errors.Is(err, ErrRevisionMismatch) || !strings.Contains(err.Error(), "not") {
+		t.Fatalf("CAS with a stale revision: %v", err)
+	}
+	if err := a.CompareAndSwap(ctx, "t1", spec(50, 60), rev); err != nil {
+		t.Fatalf("CAS at the current revision: %v", err)
+	}
+	if err := a.CompareAndSwap(ctx, "t1", spec(70, 80), rev); !errors.Is(err, ErrRevisionMismatch) {
+		t.Fatalf("second CAS at the same revision: %v", err)
+	}
+	if err := a.CompareAndSwap(ctx, "fresh", spec(1, 1), 0); err != nil {
+		t.Fatalf("CAS at 0 on a missing bucket creates it: %v", err)
+	}
+	if err := a.CompareAndSwap(ctx, "fresh", spec(1, 1), 0); !errors.Is(err, ErrRevisionMismatch) {
+		t.Fatalf("CAS at 0 on an existing bucket: %v", err)
+	}
+
+	// An invalid value put behind the admin's back is reported, with its revision.
+	mustPut(t, cli, bkey("broken"), `{"rate":1}`)
+	if _, rev, err := a.GetBucket(ctx, "broken"); !errors.Is(err, ErrInvalidSpec) || rev == 0 {
+		t.Fatalf("get broken: rev %d, %v", rev, err)
+	}
+	list, err := a.ListBuckets(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, b := range list {
+		ids = append(ids, b.ID)
+		if (b.ID == "broken") != (b.Err != nil) {
+			t.Errorf("bucket %s: err %v", b.ID, b.Err)
+		}
+	}
+	if strings.Join(ids, ",") != "broken,fresh,t1" {
+		t.Fatalf("ListBuckets IDs = %v", ids)
+	}
+	if err := a.DeleteBucket(ctx, "t1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.DeleteBucket(ctx, "t1"); !errors.Is(err, ErrBucketNotFound) {
+		t.Fatalf("second delete: %v", err)
+	}
+}
+
+func TestAdminCreateRace(t *testing.T) {
+	e := etcdtest.Start(t)
+	a := NewAdmin(e.Client(t), testPrefix)
+	ctx := ctxT(t)
+	const n = 8
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = a.CreateBucket(ctx, "contended", spec(float64(i+1), 1))
+		}()
+	}
+	wg.Wait()
+	won := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			won++
+		case !errors.Is(err, ErrBucketExists):
+			t.Fatalf("unexpected error: %v", err)
+		}
+	}
+	if won != 1 {
+		t.Fatalf("%d creators won, want exactly 1", won)
+	}
+}
+
+func TestAdminListPaginates(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	putBuckets(t, cli, 2500, 1000)
+	a := NewAdmin(cli, testPrefix)
+	a.PageSize = 100
+	start := time.Now()
+	list, err := a.ListBuckets(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 2500 || list[0].ID != "b0000000" || list[2499].ID != "b0002499" {
+		t.Fatalf("listed %d buckets, first %q last %q", len(list), list[0].ID, list[len(list)-1].ID)
+	}
+	t.Logf("listed 2500 in %v", time.Since(start))
+}

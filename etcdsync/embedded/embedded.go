@@ -1,0 +1,248 @@
+// Package embedded runs a single-node etcd server in process, on loopback
+// ports and in a data dir. Tests use it through etcdsync/etcdtest, and
+// Caddy's embedded-etcd mode uses it directly, which is why it must not
+// import the testing package.
+package embedded
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// ErrStart is returned, wrapped with the cause, when the server fails to
+// start or to become ready in time.
+var ErrStart = errors.New("embedded: starting etcd")
+
+// Config describes the server to start. The zero value, with Dir set, is a
+// plain-HTTP server on free loopback ports with a silent logger.
+type Config struct {
+	// Dir is the data dir. It is created if missing; reusing it on a later
+	// start keeps the data (that is what Restart does).
+	Dir string
+	// Name is the member name; "default" if empty.
+	Name string
+	// Host is the address to listen on; "127.0.0.1" if empty.
+	Host string
+	// ClientPort and PeerPort are fixed ports; 0 picks a free one.
+	ClientPort, PeerPort int
+	// TLS, when set, makes the client listener serve HTTPS.
+	TLS *TLS
+	// Logger receives etcd's own logs. Nil means zap.NewNop(): etcd logs a
+	// lot at info level, and callers that want it pass a named logger.
+	Logger *zap.Logger
+	// StartTimeout bounds the wait for the server to become ready; 30s if zero.
+	StartTimeout time.Duration
+	// MaxTxnOps raises etcd's limit on operations per transaction (128 by
+	// default); bulk loaders in tests want more.
+	MaxTxnOps uint
+	// MaxRequestBytes raises etcd's request size limit (1.5 MiB by default).
+	MaxRequestBytes uint
+	// QuotaBackendBytes sets the backend size quota; etcd's default if zero.
+	QuotaBackendBytes int64
+	// UnsafeNoFsync skips fsync in etcd's WAL and backend. Only for tests:
+	// a crash loses data.
+	UnsafeNoFsync bool
+}
+
+// TLS is the client-side transport security of the server.
+type TLS struct {
+	CertFile, KeyFile string
+	// TrustedCAFile verifies client certificates when ClientCertAuth is set.
+	TrustedCAFile  string
+	ClientCertAuth bool
+}
+
+// Server is a running (or stopped) embedded etcd. Its methods are safe for
+// concurrent use.
+type Server struct {
+	mu  sync.Mutex
+	cfg Config // ports fixed after the first start, so Restart reuses them
+	etc *embed.Etcd
+}
+
+// Start starts a server and waits until it serves clients.
+func Start(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Dir == "" {
+		return nil, fmt.Errorf("%w: a data dir is required", ErrStart)
+	}
+	if cfg.Host == "" {
+		cfg.Host = "127.0.0.1"
+	}
+	if cfg.Name == "" {
+		cfg.Name = "default"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.StartTimeout == 0 {
+		cfg.StartTimeout = 30 * time.Second
+	}
+	s := &Server{cfg: cfg}
+	// A free port found by listening on :0 can be taken by someone else
+	// before etcd binds it; try a few fresh pairs before giving up.
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		c := cfg
+		if c.ClientPort == 0 {
+			if c.ClientPort, err = freePort(c.Host); err != nil {
+				return nil, err
+			}
+		}
+		if c.PeerPort == 0 {
+			if c.PeerPort, err = freePort(c.Host); err != nil {
+				return nil, err
+			}
+		}
+		s.cfg = c
+		if err = s.start(ctx); err == nil {
+			return s, nil
+		}
+		if (cfg.ClientPort != 0 && cfg.PeerPort != 0) || !isAddrInUse(err) {
+			break
+		}
+	}
+	return nil, err
+}
+
+// Endpoints returns the client URLs, e.g. "http://127.0.0.1:23791".
+func (s *Server) Endpoints() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return []string{s.clientURL().String()}
+}
+
+// Dir returns the data dir.
+func (s *Server) Dir() string { return s.cfg.Dir }
+
+// Running reports whether the server is started.
+func (s *Server) Running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.etc != nil
+}
+
+// Etcd returns the underlying server while it runs, nil otherwise, for
+// callers that need etcd internals (compaction, member status).
+func (s *Server) Etcd() *embed.Etcd {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.etc
+}
+
+// Stop stops the server and waits for it to release its ports and data
+// dir. Stopping a stopped server does nothing.
+func (s *Server) Stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.etc == nil {
+		return
+	}
+	s.etc.Close()
+	<-s.etc.Server.StopNotify()
+	s.etc = nil
+}
+
+// Restart stops the server if it runs, then starts it again on the same
+// data dir and ports, so clients reconnect to the same endpoints.
+func (s *Server) Restart(ctx context.Context) error {
+	s.Stop()
+	return s.start(ctx)
+}
+
+func (s *Server) start(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.etc != nil {
+		return fmt.Errorf("%w: already running", ErrStart)
+	}
+	if err := os.MkdirAll(s.cfg.Dir, 0o700); err != nil {
+		return fmt.Errorf("%w: data dir: %w", ErrStart, err)
+	}
+	ec := s.embedConfig()
+	etc, err := embed.StartEtcd(ec)
+	if err != nil {
+		return fmt.Errorf("%w: on %s: %w", ErrStart, s.clientURL().String(), err)
+	}
+	timer := time.NewTimer(s.cfg.StartTimeout)
+	defer timer.Stop()
+	select {
+	case <-etc.Server.ReadyNotify():
+		s.etc = etc
+		return nil
+	case err := <-etc.Err():
+		etc.Close()
+		return fmt.Errorf("%w: %w", ErrStart, err)
+	case <-timer.C:
+		etc.Close()
+		return fmt.Errorf("%w: not ready after %v", ErrStart, s.cfg.StartTimeout)
+	case <-ctx.Done():
+		etc.Close()
+		return fmt.Errorf("%w: %w", ErrStart, ctx.Err())
+	}
+}
+
+func (s *Server) clientURL() *url.URL {
+	scheme := "http"
+	if s.cfg.TLS != nil {
+		scheme = "https"
+	}
+	return &url.URL{Scheme: scheme, Host: net.JoinHostPort(s.cfg.Host, strconv.Itoa(s.cfg.ClientPort))}
+}
+
+func (s *Server) embedConfig() *embed.Config {
+	c := s.cfg
+	ec := embed.NewConfig()
+	ec.Name = c.Name
+	ec.Dir = c.Dir
+	cu := *s.clientURL()
+	pu := url.URL{Scheme: "http", Host: net.JoinHostPort(c.Host, strconv.Itoa(c.PeerPort))}
+	ec.ListenClientUrls = []url.URL{cu}
+	ec.AdvertiseClientUrls = []url.URL{cu}
+	ec.ListenPeerUrls = []url.URL{pu}
+	ec.AdvertisePeerUrls = []url.URL{pu}
+	ec.InitialCluster = ec.InitialClusterFromName(c.Name)
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(c.Logger)
+	// A single member elects itself at once; short ticks make start and
+	// restart fast without hurting a one-node cluster.
+	ec.TickMs = 10
+	ec.ElectionMs = 100
+	ec.UnsafeNoFsync = c.UnsafeNoFsync
+	if c.MaxTxnOps > 0 {
+		ec.MaxTxnOps = c.MaxTxnOps
+	}
+	if c.MaxRequestBytes > 0 {
+		ec.MaxRequestBytes = c.MaxRequestBytes
+	}
+	if c.QuotaBackendBytes > 0 {
+		ec.QuotaBackendBytes = c.QuotaBackendBytes
+	}
+	if c.TLS != nil {
+		ec.ClientTLSInfo.CertFile = c.TLS.CertFile
+		ec.ClientTLSInfo.KeyFile = c.TLS.KeyFile
+		ec.ClientTLSInfo.TrustedCAFile = c.TLS.TrustedCAFile
+		ec.ClientTLSInfo.ClientCertAuth = c.TLS.ClientCertAuth
+	}
+	return ec
+}
+
+func freePort(host string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return 0, fmt.Errorf("%w: finding a free port on %s: %w", ErrStart, host, err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func isAddrInUse(err error) bool { return errors.Is(err, syscall.EADDRINUSE) }

@@ -1,0 +1,298 @@
+package global
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/edgelimit/edgelimit/etcdsync"
+	"github.com/edgelimit/edgelimit/limiter"
+)
+
+// state is where a Coordinator stands with its fleet.
+type state int
+
+const (
+	// stateJoining: never joined yet; shares are rate/ExpectedMembers.
+	stateJoining state = iota
+	// stateJoined: holding a lease and a live view of the members; shares
+	// come from Allocate.
+	stateJoined
+	// stateFallback: the lease would have expired; shares are rate/(last
+	// known member count) until the instance joins again.
+	stateFallback
+)
+
+func (s state) String() string {
+	switch s {
+	case stateJoined:
+		return "joined"
+	case stateFallback:
+		return "fallback"
+	}
+	return "joining"
+}
+
+// Coordinator enforces this instance's share of every global bucket. It is
+// an etcdsync.Target: give it to the Syncer in place of the plain limiter
+// target. Local specs pass through to inner; global ones are recorded, and
+// the limiter gets this instance's share, updated as the fleet's demand and
+// membership change.
+//
+// A Coordinator is safe for concurrent use. Requests never wait on it: it
+// only changes bucket configs in the limiter, which keeps their tokens.
+type Coordinator struct {
+	cli     *clientv3.Client
+	inner   etcdsync.Target
+	lim     *limiter.Limiter
+	opts    Options
+	log     *zap.Logger
+	members string // MembersPrefix
+	key     string // this instance's member key
+
+	// ctx ends at Close; every goroutine and etcd call hangs off it.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	start  sync.Once
+	joined chan struct{} // closed at the first join
+	// leaseLost wakes the session loop when the reporter finds that the
+	// lease would have expired, or etcd says it has.
+	leaseLost chan struct{}
+
+	// mu guards everything below. It is held while shares are applied to
+	// the limiter (no I/O), never across an etcd call.
+	mu      sync.Mutex
+	buckets map[string]*gbucket
+	state   state
+	view    view
+	known   int // member count (with this one) when last joined
+	lease   clientv3.LeaseID
+	listed  clientv3.LeaseID // the lease under which view was last listed
+	renewed time.Time        // when the lease was last known to be renewed
+	// report is the latest encoded report; written is the one etcd holds
+	// under the current lease (nil: write it at the next tick).
+	report, written []byte
+	lastReport      time.Time
+	reported        int // buckets in the report
+	omitted         int // active buckets left out by MaxReportBytes
+	writes, joins   uint64
+	entries         []demandEntry // scratch for measureLocked
+	demands         []uint64      // scratch for shareLocked
+	badReports      map[string]bool
+}
+
+// gbucket is one global bucket as this instance holds it.
+type gbucket struct {
+	global  Bucket
+	shadow  bool
+	applied limiter.Config // the share in the limiter; zero before the first
+	lastReq uint64         // limiter.Demand at lastAt
+	lastAt  time.Time
+	demand  uint64 // last measured, 1/DemandScale tokens per second
+	// raiseAt is when a held-back raise of the share is due; zero if none.
+	raiseAt time.Time
+}
+
+// New returns a Coordinator for this instance. inner receives local specs
+// (usually etcdsync.LimiterTarget(lim)); lim receives the shares of global
+// buckets. Call Start to join the fleet and Close to leave it.
+func New(client *clientv3.Client, inner etcdsync.Target, lim *limiter.Limiter, opts Options) (*Coordinator, error) {
+	if client == nil || inner == nil || lim == nil {
+		return nil, fmt.Errorf("%w: client, inner target and limiter are required", ErrInvalidOptions)
+	}
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Coordinator{
+		cli: client, inner: inner, lim: lim, opts: opts,
+		log:        opts.Logger.With(zap.String("instance", opts.InstanceID)),
+		members:    MembersPrefix(opts.Prefix),
+		key:        MemberKey(opts.Prefix, opts.InstanceID),
+		ctx:        ctx,
+		cancel:     cancel,
+		joined:     make(chan struct{}),
+		leaseLost:  make(chan struct{}, 1),
+		buckets:    map[string]*gbucket{},
+		badReports: map[string]bool{},
+	}, nil
+}
+
+// Start joins the fleet in the background and waits, until ctx ends, for
+// the first join. If ctx ends first it returns an error wrapping
+// ErrNotJoined, but the coordinator keeps trying: shares stay at
+// rate/ExpectedMembers until it joins. Start returns ErrClosed after Close.
+// Calling Start again only waits again.
+func (c *Coordinator) Start(ctx context.Context) error {
+	if c.ctx.Err() != nil {
+		return ErrClosed
+	}
+	c.start.Do(func() {
+		c.wg.Add(2)
+		go c.sessions()
+		go c.reporter()
+	})
+	select {
+	case <-c.joined:
+		return nil
+	case <-c.ctx.Done():
+		return ErrClosed
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %s: %w", ErrNotJoined, c.opts.InstanceID, ctx.Err())
+	}
+}
+
+// Close leaves the fleet: it revokes the lease, so the other instances
+// take this one's shares back at once rather than after the TTL, and stops
+// every goroutine. Buckets stay in the limiter with their current shares.
+// Close is idempotent.
+func (c *Coordinator) Close() error {
+	c.cancel()
+	c.wg.Wait()
+	return nil
+}
+
+// Put applies a bucket spec: a local spec goes to the inner target, a
+// global one gets this instance's share. A bucket may switch scope.
+func (c *Coordinator) Put(id string, spec etcdsync.Spec) error {
+	if spec.Scope != etcdsync.ScopeGlobal {
+		c.mu.Lock()
+		delete(c.buckets, id)
+		c.mu.Unlock()
+		return c.inner.Put(id, spec)
+	}
+	cfg, err := spec.Config()
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	gb, ok := c.buckets[id]
+	global := Bucket{Rate: cfg.Rate, Burst: cfg.Burst}
+	if ok && gb.global == global && gb.shadow == cfg.Shadow {
+		return nil // a replay (the syncer relisted): the share stands
+	}
+	if !ok {
+		gb = &gbucket{}
+	}
+	gb.global = global
+	gb.shadow = cfg.Shadow
+	// A spec change reaches every member at about the same time through its
+	// own syncer: apply it whole, at once.
+	if err := c.applyLocked(id, gb, false); err != nil {
+		return err
+	}
+	if !ok {
+		// Demand is counted from here: earlier requests, if the bucket was
+		// local before, are not this interval's arrivals.
+		gb.lastReq, _ = c.lim.Demand(id)
+		gb.lastAt = time.Now()
+		c.buckets[id] = gb
+	}
+	return nil
+}
+
+// Delete removes a bucket, local or global.
+func (c *Coordinator) Delete(id string) error {
+	c.mu.Lock()
+	delete(c.buckets, id)
+	c.mu.Unlock()
+	return c.inner.Delete(id)
+}
+
+// applyLocked sets gb's share on the limiter if it changed. With guard set,
+// only the parts of the change that lower the share apply now; a raise waits
+// for raiseGuard (see raise.go). It requires c.mu.
+func (c *Coordinator) applyLocked(id string, gb *gbucket, guard bool) error {
+	share, err := c.shareLocked(id, gb)
+	if err != nil {
+		return err
+	}
+	cfg := share.Config(gb.shadow)
+	if guard && gb.applied.Burst != 0 {
+		now, raise := lowered(gb.applied, cfg)
+		if raise {
+			c.scheduleRaiseLocked(gb)
+		}
+		cfg = now
+	} else {
+		gb.raiseAt = time.Time{}
+	}
+	if cfg == gb.applied {
+		return nil
+	}
+	if _, err := c.lim.PutBucketConfig(id, cfg); err != nil {
+		return fmt.Errorf("global: applying share %v burst %d of bucket %q: %w", cfg.Rate, cfg.Burst, id, err)
+	}
+	gb.applied = cfg
+	return nil
+}
+
+// shareLocked is this instance's share of gb: its part of the allocation
+// while joined and in the member view, the safe share otherwise. It
+// requires c.mu.
+func (c *Coordinator) shareLocked(id string, gb *gbucket) (Share, error) {
+	if c.state == stateJoined {
+		if self, ok := slices.BinarySearch(c.view.members, c.opts.InstanceID); ok {
+			d := c.demands[:0]
+			for _, m := range c.view.members {
+				d = append(d, c.view.reports[m][id])
+			}
+			c.demands = d
+			shares, err := AllocateBucket(gb.global, d)
+			if err == nil {
+				return shares[self], nil
+			}
+			c.log.Warn("global: cannot split bucket; enforcing the safe share", zap.String("bucket", id), zap.Error(err))
+		}
+	}
+	return SafeShare(gb.global, c.safeMembersLocked())
+}
+
+// safeMembersLocked is the divisor of the safe share: the last known member
+// count, or ExpectedMembers before any is known.
+func (c *Coordinator) safeMembersLocked() int {
+	return max(c.known, c.opts.ExpectedMembers, 1)
+}
+
+// reapplyLocked recomputes the shares of the given buckets, or of all of
+// them if ids is nil; guard delays raises (see applyLocked). It requires c.mu.
+func (c *Coordinator) reapplyLocked(ids map[string]struct{}, guard bool) {
+	apply := func(id string, gb *gbucket) {
+		if err := c.applyLocked(id, gb, guard); err != nil {
+			c.log.Error("global: applying share", zap.String("bucket", id), zap.Error(err))
+		}
+	}
+	if ids == nil {
+		for id, gb := range c.buckets {
+			apply(id, gb)
+		}
+		return
+	}
+	for id := range ids {
+		if gb, ok := c.buckets[id]; ok {
+			apply(id, gb)
+		}
+	}
+}
+
+// setStateLocked moves to st and reapplies every share. It requires c.mu.
+func (c *Coordinator) setStateLocked(st state) {
+	if c.state == st {
+		return
+	}
+	c.state = st
+	c.reapplyLocked(nil, false)
+}
+
+// errLeaseLost ends a session whose lease would have expired.
+var errLeaseLost = errors.New("global: lease lost")
+
+var _ etcdsync.Target = (*Coordinator)(nil)

@@ -1,0 +1,156 @@
+package global
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/edgelimit/edgelimit/etcdsync/etcdtest"
+)
+
+// sampler polls the rate shares the fleet enforces every millisecond. It
+// records the largest sum at one instant (members apply a new allocation
+// at slightly different times) and integrates the excess over the global
+// rate into tokens: the over-admission those moments can cause at most.
+type sampler struct {
+	stop, done chan struct{}
+	rate       float64
+	maxSum     float64
+	excess     float64 // tokens
+	overFor    time.Duration
+}
+
+func startSampler(t *testing.T, fleet []*member, id string, rate float64) *sampler {
+	s := &sampler{stop: make(chan struct{}), done: make(chan struct{}), rate: rate}
+	go func() {
+		defer close(s.done)
+		tk := time.NewTicker(time.Millisecond)
+		defer tk.Stop()
+		last := time.Now()
+		for {
+			select {
+			case <-s.stop:
+				return
+			case now := <-tk.C:
+				sum := 0.0
+				for _, m := range fleet {
+					if c, ok := m.lim.BucketConfig(id); ok {
+						sum += c.Rate.PerSecondFloat()
+					}
+				}
+				s.maxSum = max(s.maxSum, sum)
+				if dt := now.Sub(last); sum > s.rate*1.000001 {
+					s.excess += (sum - s.rate) * dt.Seconds()
+					s.overFor += dt
+				}
+				last = now
+			}
+		}
+	}()
+	return s
+}
+
+func (s *sampler) halt() { close(s.stop); <-s.done }
+
+func (s *sampler) String() string {
+	return fmt.Sprintf("peak sum of shares %.1f/s (%.3f of the rate), above the rate for %v in all, excess %.2f tokens",
+		s.maxSum, s.maxSum/s.rate, s.overFor, s.excess)
+}
+
+func sleepFor(t *testing.T, d time.Duration) {
+	start := time.Now()
+	waitFor(t, d+10*time.Second, fmt.Sprintf("%v elapsed", d), func() (bool, string) { return time.Since(start) >= d, "" })
+}
+
+func admitted(loads []*load) int64 {
+	var n int64
+	for _, l := range loads {
+		n += l.allowed.Load()
+	}
+	return n
+}
+
+// TestAdmissionFigures measures, for the even, skewed and shifting cases,
+// what the fleet admits against what the global bucket allows, and the
+// largest momentary sum of the enforced shares. It checks the bounds the
+// design promises and logs the figures for BENCHMARKS.md.
+func TestAdmissionFigures(t *testing.T) {
+	if testing.Short() {
+		t.Skip("takes ~25 s")
+	}
+	const window = 5 * time.Second
+	const rate, burst = 300.0, 300.0
+	allowed := rate*window.Seconds() + burst
+
+	t.Run("even", func(t *testing.T) {
+		fleet := startFleet(t, etcdtest.Start(t), 3)
+		putAll(t, fleet, "api", globalSpec)
+		smp := startSampler(t, fleet, "api", rate)
+		var loads []*load
+		for _, m := range fleet {
+			loads = append(loads, startLoad(t, m, "api", 300))
+		}
+		sleepFor(t, window)
+		got := float64(admitted(loads))
+		smp.halt()
+		t.Logf("even: admitted %v in %v from full buckets, allowed %v: ratio %.3f; %v", got, window, allowed, got/allowed, smp)
+		if got > allowed*1.03 || got < allowed*0.97 {
+			t.Errorf("even: ratio %.3f outside +-3%%", got/allowed)
+		}
+		if smp.excess > 1 {
+			t.Errorf("even: %v", smp)
+		}
+	})
+
+	t.Run("skewed", func(t *testing.T) {
+		fleet := startFleet(t, etcdtest.Start(t), 3)
+		putAll(t, fleet, "api", globalSpec)
+		smp := startSampler(t, fleet, "api", rate)
+		l := startLoad(t, fleet[0], "api", 900)
+		sleepFor(t, window)
+		fresh := float64(l.allowed.Load())
+		// After convergence, over a second window with the load still on.
+		a0 := l.allowed.Load()
+		sleepFor(t, window)
+		steady := float64(l.allowed.Load() - a0)
+		smp.halt()
+		t.Logf("skewed: from full buckets admitted %v in %v, allowed %v: ratio %.3f (the idle members' burst is not transferable)",
+			fresh, window, allowed, fresh/allowed)
+		t.Logf("skewed: after convergence admitted %v in %v, rate*window %v: ratio %.3f; %v",
+			steady, window, rate*window.Seconds(), steady/(rate*window.Seconds()), smp)
+		if r := steady / (rate * window.Seconds()); r < 0.97 || r > 1.03 {
+			t.Errorf("skewed: steady ratio %.3f outside +-3%%", r)
+		}
+		if smp.excess > 1 {
+			t.Errorf("skewed: %v", smp)
+		}
+	})
+
+	t.Run("shifting", func(t *testing.T) {
+		fleet := startFleet(t, etcdtest.Start(t), 3)
+		putAll(t, fleet, "api", globalSpec)
+		la := startLoad(t, fleet[0], "api", 900)
+		waitFor(t, 10*time.Second, "edge-0 holding the rate", func() (bool, string) {
+			s := shares(t, fleet, "api")
+			return s[0] >= 297, fmt.Sprint(s)
+		})
+		smp := startSampler(t, fleet, "api", rate)
+		a0 := la.allowed.Load()
+		la.halt()
+		lb := startLoad(t, fleet[1], "api", 900)
+		sleepFor(t, window)
+		got := float64(la.allowed.Load() - a0 + lb.allowed.Load())
+		smp.halt()
+		bound := rate*window.Seconds() + burst
+		t.Logf("shifting: admitted %v in the %v after the shift, rate*window %v: ratio %.3f; bound rate*window+burst %v; %v",
+			got, window, rate*window.Seconds(), got/(rate*window.Seconds()), bound, smp)
+		if got > bound {
+			t.Errorf("shifting: over-admitted: %v > %v", got, bound)
+		}
+		// Members apply each allocation within milliseconds of each other:
+		// the excess is a fraction of a token per change.
+		if smp.excess > 5 {
+			t.Errorf("shifting: %v", smp)
+		}
+	})
+}

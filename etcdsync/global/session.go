@@ -1,0 +1,353 @@
+package global
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+	"go.uber.org/zap"
+)
+
+const (
+	// listPage is the page size of the member list: reports can be large
+	// (up to MaxReportBytes each), so a page holds a bounded number of them.
+	listPage = 64
+	// revokeTimeout bounds the revoke at Close, so that shutting down while
+	// etcd is unreachable takes at most this long; the lease then simply
+	// expires after its TTL.
+	revokeTimeout = 2 * time.Second
+)
+
+// leaseMargin is how long before its lease would expire an instance stops
+// trusting its allocation. The server counts the expiry from when it
+// processed the last keepalive, a little before the response arrived here;
+// a fifth of the TTL (1 s by default) covers that latency with room to
+// spare, so this instance falls back before its peers can reclaim its share.
+func (c *Coordinator) leaseMargin() time.Duration { return c.opts.LeaseTTL / 5 }
+
+// batchDelay is how long watch events are gathered before the shares are
+// recomputed: a twentieth of the interval, longer than the spread of the
+// members' report writes (aligned clocks, a few ms of write latency).
+func (c *Coordinator) batchDelay() time.Duration { return c.opts.SyncInterval / 20 }
+
+// sessions keeps this instance in the fleet: it joins, stays until the
+// session ends (lease lost, etcd gone for longer than the TTL), and joins
+// again, with jittered backoff, until Close.
+func (c *Coordinator) sessions() {
+	defer c.wg.Done()
+	bo := backoff{min: c.opts.SyncInterval / 4, max: c.opts.LeaseTTL}
+	failures := 0
+	for {
+		began := time.Now()
+		err := c.session()
+		if c.ctx.Err() != nil {
+			return
+		}
+		if time.Since(began) > c.opts.LeaseTTL {
+			bo.reset()
+			failures = 0
+		}
+		// Log the first failure of a run at Warn; retries while etcd stays
+		// down are Debug, so an outage is not a log flood.
+		if failures == 0 {
+			c.log.Warn("global: membership session ended; rejoining", zap.Error(err))
+		} else {
+			c.log.Debug("global: rejoin failed", zap.Int("attempt", failures), zap.Error(err))
+		}
+		failures++
+		if !sleep(c.ctx, bo.next()) {
+			return
+		}
+	}
+}
+
+// session runs one membership session: lease, member key, member list at
+// revision R, watch from R+1. It returns when the session ends; at Close it
+// revokes the lease.
+func (c *Coordinator) session() error {
+	ttl := int64(c.opts.LeaseTTL / time.Second)
+	sent := time.Now()
+	gctx, gcancel := context.WithTimeout(c.ctx, c.opts.LeaseTTL)
+	g, err := c.cli.Grant(gctx, ttl)
+	gcancel()
+	if err != nil {
+		return fmt.Errorf("global: granting a %ds lease: %w", ttl, err)
+	}
+	sctx, scancel := context.WithCancel(c.ctx)
+	defer scancel()
+	s, err := concurrency.NewSession(c.cli, concurrency.WithLease(g.ID), concurrency.WithTTL(int(ttl)), concurrency.WithContext(sctx))
+	if err != nil {
+		return fmt.Errorf("global: starting a session on lease %x: %w", g.ID, err)
+	}
+	defer func() {
+		// An ended session is orphaned, not revoked: our key lives on until
+		// the next session puts it under a new lease, so a brief etcd outage
+		// does not make the fleet reallocate. At Close it is revoked, so the
+		// peers take this instance's share back at once.
+		s.Orphan()
+		if c.ctx.Err() != nil {
+			rctx, cancel := context.WithTimeout(context.Background(), min(c.opts.LeaseTTL, revokeTimeout))
+			if _, err := c.cli.Revoke(rctx, g.ID); err != nil {
+				c.log.Warn("global: revoking the lease at close; peers reclaim after the TTL", zap.Error(err))
+			}
+			cancel()
+		}
+	}()
+	// A second keepalive channel on the same lease (the session drains its
+	// own) tells us when the lease was last renewed; the client sends one
+	// keepalive per lease however many channels listen.
+	renewals, err := c.cli.KeepAlive(sctx, g.ID)
+	if err != nil {
+		return fmt.Errorf("global: observing lease %x: %w", g.ID, err)
+	}
+	select { // a loss signalled for the previous lease is stale now
+	case <-c.leaseLost:
+	default:
+	}
+	c.mu.Lock()
+	c.lease, c.renewed, c.written = g.ID, sent, nil
+	value := c.report
+	c.mu.Unlock()
+	if value == nil {
+		value, _ = encodeReport(nil, c.opts.MaxReportBytes)
+	}
+	if err := c.writeReport(g.ID, value); err != nil {
+		return err
+	}
+	rev, err := c.relist(sctx, g.ID)
+	if err != nil {
+		return err
+	}
+	return c.follow(sctx, s, g.ID, renewals, rev)
+}
+
+// follow watches the member keys from rev+1 until the session ends,
+// relisting when the watch fails (compaction, lost leader).
+func (c *Coordinator) follow(sctx context.Context, s *concurrency.Session, lease clientv3.LeaseID, renewals <-chan *clientv3.LeaseKeepAliveResponse, rev int64) error {
+	var (
+		dirty  dirtySet
+		armed  bool
+		flush  = time.NewTimer(time.Hour)
+		relist = time.NewTimer(time.Hour)
+		raise  = newRaiseTimer()
+		bo     = backoff{min: c.opts.SyncInterval / 4, max: c.opts.LeaseTTL}
+	)
+	flush.Stop()
+	relist.Stop()
+	defer flush.Stop()
+	defer relist.Stop()
+	defer raise.Stop()
+	c.mu.Lock()
+	c.armRaiseLocked(raise) // raises held back by the first list
+	c.mu.Unlock()
+	// Events are applied in batches: the first event after a flush arms
+	// the flush for batchDelay later. Members report at the same instants
+	// (ticks are aligned to the clock), so one batch holds every member's
+	// report for an interval and the allocation moves straight to its new
+	// value instead of swinging towards whoever reported first; a swing
+	// would clamp away the burst tokens of the members it shrinks. It also
+	// bounds recomputes to 1/batchDelay per second whatever the fleet size.
+	batchDelay := c.batchDelay()
+	stopWatch := func() {}
+	defer func() { stopWatch() }()
+	watch := func(from int64) clientv3.WatchChan {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(sctx))
+		stopWatch = cancel
+		return c.cli.Watch(wctx, c.members, clientv3.WithPrefix(), clientv3.WithRev(from))
+	}
+	wch := watch(rev + 1)
+	for {
+		select {
+		case <-c.ctx.Done():
+			return nil
+		case <-s.Done():
+			return errors.New("global: lease keepalive stopped")
+		case <-c.leaseLost:
+			return errLeaseLost
+		case ka, ok := <-renewals:
+			if !ok {
+				renewals = nil // s.Done follows
+				continue
+			}
+			c.mu.Lock()
+			if c.lease == lease && ka.TTL > 0 {
+				c.renewed = time.Now()
+				c.joinLocked(lease)
+				c.armRaiseLocked(raise)
+			}
+			c.mu.Unlock()
+		case wr, ok := <-wch:
+			if !ok || wr.Canceled || wr.Err() != nil {
+				err := wr.Err()
+				c.log.Debug("global: member watch ended; relisting", zap.Error(err))
+				stopWatch()
+				wch = nil
+				relist.Reset(0)
+				continue
+			}
+			c.mu.Lock()
+			for _, ev := range wr.Events {
+				c.applyEventLocked(ev, &dirty)
+			}
+			c.mu.Unlock()
+			if !dirty.empty() && !armed {
+				flush.Reset(batchDelay)
+				armed = true
+			}
+		case <-flush.C:
+			c.mu.Lock()
+			switch {
+			case dirty.all:
+				c.reapplyLocked(nil, true)
+			case len(dirty.ids) > 0: // none if a relist already reapplied all
+				c.reapplyLocked(dirty.ids, true)
+			}
+			c.armRaiseLocked(raise)
+			c.mu.Unlock()
+			dirty = dirtySet{}
+			armed = false
+		case <-raise.C:
+			raise.fired()
+			c.mu.Lock()
+			c.raiseDueLocked(time.Now())
+			c.armRaiseLocked(raise)
+			c.mu.Unlock()
+		case <-relist.C:
+			r, err := c.relist(sctx, lease)
+			if err != nil {
+				c.log.Debug("global: relisting members", zap.Error(err))
+				relist.Reset(bo.next())
+				continue
+			}
+			bo.reset()
+			dirty = dirtySet{}
+			c.mu.Lock()
+			c.armRaiseLocked(raise)
+			c.mu.Unlock()
+			wch = watch(r + 1)
+		}
+	}
+}
+
+// relist reads every member key at one revision (in pages), installs the
+// view, moves to joined if the lease is still trusted, and reapplies every
+// share. It returns the revision.
+func (c *Coordinator) relist(ctx context.Context, lease clientv3.LeaseID) (int64, error) {
+	v := view{reports: map[string]map[string]uint64{}}
+	values := map[string][]byte{}
+	key, end := c.members, clientv3.GetPrefixRangeEnd(c.members)
+	var rev int64
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPage)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		lctx, cancel := context.WithTimeout(ctx, c.opts.LeaseTTL)
+		resp, err := c.cli.Get(lctx, key, opts...)
+		cancel()
+		if err != nil {
+			return 0, fmt.Errorf("global: listing %q: %w", c.members, err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		for _, kv := range resp.Kvs {
+			if id, ok := c.memberID(kv.Key); ok {
+				v.members = append(v.members, id)
+				values[id] = kv.Value
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+	slices.Sort(v.members)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, value := range values {
+		v.reports[id] = c.decodeMemberLocked(id, value)
+	}
+	c.setViewLocked(v)
+	c.listed = lease
+	if c.state == stateJoined {
+		c.reapplyLocked(nil, true)
+	} else {
+		c.joinLocked(lease)
+	}
+	return rev, nil
+}
+
+// joinLocked moves to joined once the session under lease has listed the
+// members and its lease is trusted (renewed within TTL minus the margin).
+// A slow grant, e.g. while the client reconnects after an outage, may leave
+// the lease untrusted at list time; the next renewal calls this again. It
+// requires c.mu.
+func (c *Coordinator) joinLocked(lease clientv3.LeaseID) {
+	if c.state == stateJoined || c.lease != lease || c.listed != lease ||
+		time.Since(c.renewed) >= c.opts.LeaseTTL-c.leaseMargin() {
+		return
+	}
+	prev := c.state
+	c.state = stateJoined
+	c.reapplyLocked(nil, true)
+	c.joins++
+	c.log.Info("global: joined", zap.Int("members", len(c.view.members)), zap.String("lease", fmt.Sprintf("%x", lease)))
+	if prev == stateJoining {
+		close(c.joined)
+	}
+}
+
+// writeReport puts this instance's member key under lease.
+func (c *Coordinator) writeReport(lease clientv3.LeaseID, value []byte) error {
+	ctx, cancel := context.WithTimeout(c.ctx, c.opts.SyncInterval)
+	_, err := c.cli.Put(ctx, c.key, string(value), clientv3.WithLease(lease))
+	cancel()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("global: writing member key %q: %w", c.key, err)
+	}
+	if c.lease == lease {
+		c.written = value
+		c.lastReport = time.Now()
+		c.writes++
+	}
+	return nil
+}
+
+// backoff is exponential with equal jitter: each wait is uniform in
+// [d/2, d], d doubling from min to max, so that a fleet rejoining after a
+// shared etcd outage does not retry in step.
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+func (b *backoff) next() time.Duration {
+	if b.cur == 0 {
+		b.cur = max(b.min, time.Millisecond)
+	} else if b.cur *= 2; b.cur > b.max {
+		b.cur = b.max
+	}
+	half := b.cur / 2
+	return half + rand.N(b.cur-half+1)
+}
+
+func (b *backoff) reset() { b.cur = 0 }
+
+// sleep waits d or until ctx ends; it reports whether d elapsed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

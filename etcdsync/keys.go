@@ -1,0 +1,52 @@
+package etcdsync
+
+import (
+	"fmt"
+	"strings"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/edgelimit/edgelimit/limiter"
+)
+
+// DefaultPrefix is the key prefix when none is configured.
+const DefaultPrefix = "/edgelimit/"
+
+// bucketsDir is the sub-prefix of explicit buckets. Other kinds of keys
+// (etcdsync/global's members/) live beside it, so the syncer never sees them.
+const bucketsDir = "buckets/"
+
+// normPrefix returns the prefix with a trailing slash, DefaultPrefix if empty.
+func normPrefix(prefix string) string {
+	if prefix == "" {
+		return DefaultPrefix
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	return prefix
+}
+
+// BucketsPrefix returns the key prefix under which explicit buckets live:
+// "<prefix>buckets/".
+func BucketsPrefix(prefix string) string { return normPrefix(prefix) + bucketsDir }
+
+// BucketKey returns the etcd key of bucket id: "<prefix>buckets/<id>".
+func BucketKey(prefix, id string) string { return BucketsPrefix(prefix) + id }
+
+// bucketRange returns the [start, end) key range of every bucket.
+func bucketRange(bucketsPrefix string) (string, string) {
+	return bucketsPrefix, clientv3.GetPrefixRangeEnd(bucketsPrefix)
+}
+
+// bucketID extracts and validates the bucket ID of a key under bucketsPrefix.
+func bucketID(bucketsPrefix string, key []byte) (string, error) {
+	id, ok := strings.CutPrefix(string(key), bucketsPrefix)
+	if !ok {
+		return "", fmt.Errorf("%w: key %q is outside %q", ErrInvalidSpec, key, bucketsPrefix)
+	}
+	if err := limiter.ValidateBucketID(id); err != nil {
+		return "", fmt.Errorf("%w: key %q: %w", ErrInvalidSpec, key, err)
+	}
+	return id, nil
+}

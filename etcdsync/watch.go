@@ -1,0 +1,147 @@
+package etcdsync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// errCompacted means the watch start revision is gone; the caller relists.
+var errCompacted = errors.New("etcdsync: watch revision compacted")
+
+// errWatchClosed means the watch channel closed without a reason.
+var errWatchClosed = errors.New("etcdsync: watch closed")
+
+// errReconnected means etcd answers again after an outage; the caller
+// relists rather than trust the resumed watch.
+var errReconnected = errors.New("etcdsync: etcd reachable again")
+
+// watch applies changes after rev until the watch fails or ctx ends.
+//
+// # Notes
+//
+// While etcd is down, clientv3 keeps the watch open and retries; the
+// buckets in force stay as they are (fail-static). A quiet watch asks etcd
+// for a progress notification every ProgressInterval, which advances
+// Health.LastSync. If none comes back, a one-key read tells whether etcd
+// is reachable: if not, Health says so; once it is reachable again, watch
+// returns errReconnected and the syncer relists. Relisting costs one
+// paginated read, but it does not depend on how a resumed watch behaves
+// across a server restart (etcd 3.7 defers progress notifications on a
+// resumed watch until its next event, for instance).
+func (s *Syncer) watch(ctx context.Context, rev int64) error {
+	if s.beforeWatch != nil {
+		s.beforeWatch(rev)
+	}
+	// WithRequireLeader makes a member cut off from its leader end the
+	// watch instead of leaving it silently stale.
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	// A watcher of our own, closed on return, owns every gRPC stream this
+	// watch opens. On the shared client, a progress request that races
+	// with a closing stream makes clientv3 open a stream nobody closes.
+	watcher := clientv3.NewWatcher(s.cli)
+	defer watcher.Close()
+	wch := watcher.Watch(wctx, s.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithPrevKV())
+
+	tick := time.NewTicker(s.opts.ProgressInterval)
+	defer tick.Stop()
+	lastHeard := time.Now()
+	asked := false // a progress request is out and unanswered
+	down := false  // etcd was seen unreachable during this watch
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case resp, ok := <-wch:
+			if !ok {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return errWatchClosed
+			}
+			if resp.CompactRevision != 0 {
+				return fmt.Errorf("%w: watching from %d, compacted up to %d", errCompacted, rev+1, resp.CompactRevision)
+			}
+			if err := resp.Err(); err != nil {
+				if errors.Is(err, rpctypes.ErrCompacted) {
+					return fmt.Errorf("%w: %w", errCompacted, err)
+				}
+				return fmt.Errorf("etcdsync: watching %q from revision %d: %w", s.prefix, rev+1, err)
+			}
+			lastHeard, asked = time.Now(), false
+			for _, ev := range resp.Events {
+				s.applyEvent(ev)
+				rev = ev.Kv.ModRevision
+			}
+			if resp.IsProgressNotify() {
+				// etcd sends progress only for a watch that has caught up.
+				rev = max(rev, resp.Header.Revision)
+			}
+			if len(resp.Events) > 0 || resp.IsProgressNotify() {
+				s.setSynced(rev)
+			}
+			if len(resp.Events) > 0 {
+				s.kickSnapshot()
+			}
+		case <-tick.C:
+			if time.Since(lastHeard) < s.opts.ProgressInterval {
+				continue
+			}
+			if !asked && !down {
+				// The answer comes on wch. While the stream reconnects,
+				// the request waits; RequestTimeout bounds that.
+				pctx, pcancel := context.WithTimeout(wctx, s.opts.RequestTimeout)
+				_ = watcher.RequestProgress(pctx)
+				pcancel()
+				asked = true
+				continue
+			}
+			if err := s.probe(ctx); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				down = true
+				s.setError(err)
+				continue
+			}
+			if down {
+				return errReconnected
+			}
+			// etcd answers reads but not the watch: do not trust it.
+			return fmt.Errorf("%w: no progress answer for %v", errWatchClosed, time.Since(lastHeard).Round(time.Millisecond))
+		}
+	}
+}
+
+// probe reads one key to tell whether etcd is reachable.
+func (s *Syncer) probe(ctx context.Context) error {
+	pctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
+	defer cancel()
+	if _, err := s.cli.Get(pctx, s.prefix, clientv3.WithKeysOnly()); err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return nil
+}
+
+// applyEvent applies one watch event.
+func (s *Syncer) applyEvent(ev *clientv3.Event) {
+	switch ev.Type {
+	case mvccpb.PUT:
+		s.mu.Lock()
+		gen := s.gen
+		s.mu.Unlock()
+		s.applyKV(ev.Kv, gen)
+	case mvccpb.DELETE:
+		if ev.PrevKv != nil {
+			s.log.Debug("etcdsync: bucket deleted", zap.ByteString("key", ev.Kv.Key), zap.ByteString("was", ev.PrevKv.Value))
+		}
+		s.applyDelete(ev.Kv.Key)
+	}
+}

@@ -1,0 +1,282 @@
+package limiter
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+	"unsafe"
+)
+
+// Many goroutines hammer one bucket while explicit time advances in steps;
+// at each step every goroutine asks for more than is there. The total
+// admitted must be exactly what the exact model admits: not one more (no
+// double spend under contention), not one fewer (no lost update).
+func TestConcurrentExactCount(t *testing.T) {
+	const goroutines, perStep, steps = 8, 40, 300
+	for _, cfg := range []Config{
+		{Rate: PerSecond(3), Burst: 7},
+		{Rate: Rate{Tokens: 1e9, Per: time.Second}, Burst: 100},
+		{Rate: PerMinute(10), Burst: 50},
+	} {
+		for _, dynamic := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%v/dynamic=%v", cfg.Rate, dynamic), func(t *testing.T) {
+				var l *Limiter
+				if dynamic {
+					l = New(WithDefault(cfg))
+				} else {
+					l = New()
+					must(t, l.CreateBucketConfig("hot", cfg))
+				}
+				defer l.Close()
+				r := rand.New(rand.NewPCG(5, 6))
+				times := make([]time.Time, steps)
+				ref := &refBucket{cfg: cfg}
+				want := 0
+				now := t0
+				for i := range times {
+					now = now.Add(time.Duration(r.Int64N(int64(2 * time.Second / 3))))
+					times[i] = now
+					// All requests of a step are at the same time: the
+					// first denial ends the step's admissions.
+					for k := 0; k < goroutines*perStep && ref.allowN(now.Sub(t0).Nanoseconds(), 1).allowed; k++ {
+						want++
+					}
+				}
+				var got atomic.Int64
+				var wg sync.WaitGroup
+				for _, now := range times {
+					for g := 0; g < goroutines; g++ {
+						wg.Add(1)
+						go func() {
+							defer wg.Done()
+							for k := 0; k < perStep; k++ {
+								d, err := l.AllowN("hot", now, 1)
+								if err != nil {
+									t.Error(err)
+									return
+								}
+								if d.Allowed {
+									got.Add(1)
+								}
+							}
+						}()
+					}
+					wg.Wait()
+				}
+				if got.Load() != int64(want) {
+					t.Fatalf("admitted %d, the exact model admits %d", got.Load(), want)
+				}
+			})
+		}
+	}
+}
+
+// Create, update, delete and put race with Allow and AllowN. Every decision
+// must be made under one whole config (its Limit is its Config's burst, and
+// that config is one that was applied), and nothing may panic or race.
+func TestConcurrentConfigChanges(t *testing.T) {
+	configs := []Config{
+		{Rate: PerSecond(1), Burst: 1},
+		{Rate: PerSecond(3), Burst: 2},
+		{Rate: PerMinute(10), Burst: 3, Shadow: true},
+		{Rate: Rate{Tokens: 1e9, Per: time.Second}, Burst: 4},
+	}
+	valid := map[Config]bool{}
+	for _, c := range configs {
+		valid[c] = true
+	}
+	def := Config{Rate: PerSecond(100), Burst: 5}
+	valid[def] = true
+	l := New(WithDefault(def))
+	defer l.Close()
+	ids := []string{"a", "b", "c", "d"}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(g), 7))
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				id := ids[r.IntN(len(ids))]
+				if r.IntN(2) == 0 {
+					l.Allow(id)
+					continue
+				}
+				d, err := l.AllowN(id, time.Now(), r.IntN(3))
+				if err != nil {
+					continue // n > burst
+				}
+				if !valid[d.Config] || d.Limit != d.Config.Burst || d.Remaining > d.Limit || d.Remaining < 0 {
+					t.Errorf("decision under a torn config: %+v", d)
+					return
+				}
+			}
+		}(g)
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		r := rand.New(rand.NewPCG(9, 9))
+		for i := 0; i < 20000; i++ {
+			id := ids[r.IntN(len(ids))]
+			c := configs[r.IntN(len(configs))]
+			switch r.IntN(4) {
+			case 0:
+				l.CreateBucketConfig(id, c)
+			case 1:
+				l.UpdateBucketConfig(id, c)
+			case 2:
+				l.DeleteBucket(id)
+			case 3:
+				l.PutBucketConfig(id, c)
+			}
+			if i%64 == 0 {
+				l.BucketConfig(id)
+				l.Demand(id)
+				l.Stats()
+				l.e.dyn.sweepSome(4)
+			}
+		}
+		close(stop)
+	}()
+	wg.Wait()
+}
+
+// Eviction drops only buckets that are full, so a limiter that evicts all
+// the time decides exactly like one that never evicts.
+func TestEvictionKeepsDecisions(t *testing.T) {
+	cfg := Config{Rate: PerSecond(5), Burst: 3}
+	evicting := New(WithDefault(cfg), WithSkewTolerance(10*time.Millisecond))
+	defer evicting.Close()
+	keeping := New(WithDefault(cfg), WithSkewTolerance(1000*time.Hour))
+	defer keeping.Close()
+	r := rand.New(rand.NewPCG(11, 12))
+	now, hwm := t0, t0
+	for i := 0; i < 200000; i++ {
+		if r.IntN(10) == 0 {
+			now = hwm.Add(-time.Duration(r.Int64N(int64(10 * time.Millisecond)))) // a little skew
+		} else {
+			now = hwm.Add(time.Duration(r.Int64N(int64(time.Millisecond))))
+			hwm = now
+		}
+		id := fmt.Sprint(r.IntN(3000))
+		n := r.IntN(3)
+		a, errA := evicting.AllowN(id, now, n)
+		b, errB := keeping.AllowN(id, now, n)
+		if a != b || (errA == nil) != (errB == nil) {
+			t.Fatalf("op %d: evicting %+v %v; keeping %+v %v", i, a, errA, b, errB)
+		}
+		if i%1000 == 0 {
+			evicting.e.dyn.sweepSome(dShards)
+		}
+	}
+	se, sk := evicting.Stats(), keeping.Stats()
+	if se.Evictions == 0 || sk.Evictions != 0 || se.DynamicBuckets >= sk.DynamicBuckets {
+		t.Fatalf("evicting %+v, keeping %+v", se, sk)
+	}
+	t.Logf("evicting %+v, keeping %+v", se, sk)
+}
+
+// 10M distinct keys arrive over (explicit) time, each used once; only ~2000
+// are not yet full at any moment. Memory must follow the live keys.
+func TestMemoryBoundedUnderChurn(t *testing.T) {
+	keys := 10_000_000
+	if testing.Short() {
+		keys = 1_000_000
+	}
+	// One token refills in 100ms; the skew tolerance keeps full buckets
+	// another 10ms; a key arrives every 50µs: ~2200 live buckets.
+	l := New(WithDefault(Config{Rate: PerSecond(10), Burst: 5}), WithSkewTolerance(10*time.Millisecond))
+	defer l.Close()
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	before := ms.HeapAlloc
+	buf := make([]byte, 0, 32)
+	now := t0
+	maxLive, maxSlots := int64(0), int64(0)
+	for i := 0; i < keys; i++ {
+		now = now.Add(50 * time.Microsecond)
+		buf = fmt.Appendf(buf[:0], "10.%d.%d.%d", byte(i>>16), byte(i>>8), byte(i))
+		buf = append(buf, byte(i>>24)+'a')
+		id := unsafe.String(&buf[0], len(buf)) // aliases the scratch buffer
+		if d, err := l.AllowN(id, now, 1); err != nil || !d.Allowed {
+			t.Fatalf("key %d: %+v %v", i, d, err)
+		}
+		if i%100_000 == 0 {
+			n, _, slots := l.e.dyn.stats()
+			maxLive, maxSlots = max(maxLive, n), max(maxSlots, slots)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	st := l.Stats()
+	t.Logf("%d keys: live %d (max %d), slots max %d, evictions %d, heap growth %d KiB",
+		keys, st.DynamicBuckets, maxLive, maxSlots, st.Evictions, (int64(ms.HeapAlloc)-int64(before))/1024)
+	if maxLive > 10000 || maxSlots > 64*dShards {
+		t.Fatalf("memory does not follow live keys: max live %d, max slots %d", maxLive, maxSlots)
+	}
+	if int64(ms.HeapAlloc)-int64(before) > 4<<20 {
+		t.Fatalf("heap grew by %d bytes", int64(ms.HeapAlloc)-int64(before))
+	}
+}
+
+// Shards are padded so that two shards' mutexes never share a cache line
+// (nor an adjacent-line prefetch pair).
+func TestShardPadding(t *testing.T) {
+	if s := unsafe.Sizeof(dshard{}); s%128 != 0 {
+		t.Errorf("dshard is %d bytes, want a multiple of 128", s)
+	}
+	if s := unsafe.Sizeof(eshard{}); s%64 != 0 {
+		t.Errorf("eshard is %d bytes, want a multiple of 64", s)
+	}
+	var d dynamicSet
+	if off := uintptr(unsafe.Pointer(&d.shards[1])) - uintptr(unsafe.Pointer(&d.shards[0])); off != unsafe.Sizeof(dshard{}) {
+		t.Errorf("stride %d", off)
+	}
+}
+
+// The background sweep evicts full dynamic buckets without any traffic,
+// and Close stops it.
+func TestBackgroundSweep(t *testing.T) {
+	defer func(d time.Duration) { sweepInterval = d }(sweepInterval)
+	sweepInterval = time.Millisecond
+	// Full again 500ms after their one request.
+	l := New(WithDefault(Config{Rate: PerSecond(2), Burst: 1}), WithSkewTolerance(time.Millisecond))
+	defer l.Close()
+	for i := 0; i < 10000; i++ {
+		l.Allow(fmt.Sprint(i))
+	}
+	if n := l.Stats().DynamicBuckets; n != 10000 {
+		t.Fatalf("only %d buckets", n)
+	}
+	l.Allow("x") // advances the limiter's newest time a little later
+	deadline := time.Now().Add(5 * time.Second)
+	for l.Stats().DynamicBuckets > 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("not swept: %+v", l.Stats())
+		}
+		time.Sleep(5 * time.Millisecond)
+		l.Allow("x")
+	}
+	st := l.Stats()
+	if st.Evictions < 9999 {
+		t.Fatalf("%+v", st)
+	}
+	l.Close()
+	select {
+	case <-l.e.done:
+	default:
+		t.Fatal("sweeper still running after Close")
+	}
+}

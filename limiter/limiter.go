@@ -1,0 +1,349 @@
+package limiter
+
+import (
+	"fmt"
+	"hash/maphash"
+	"runtime"
+	"sync"
+	"time"
+)
+
+// Decision is the outcome of one AllowN call.
+type Decision struct {
+	// Allowed reports whether the n tokens were taken.
+	Allowed bool
+	// Limit is the bucket's burst (its capacity).
+	Limit int64
+	// Remaining is the number of whole tokens left after this decision.
+	Remaining int64
+	// RetryAfter is 0 when allowed. Otherwise it is the time until n tokens
+	// will be there, if nothing else takes them first. For n > burst, which
+	// can never succeed, it is 0 and AllowN returns ErrInvalidCost.
+	RetryAfter time.Duration
+	// ResetAfter is the time until the bucket is full again.
+	ResetAfter time.Duration
+	// Config is the config the decision was made under (it carries Shadow).
+	Config Config
+}
+
+// Stats are gauges and counters for metrics.
+type Stats struct {
+	// ExplicitBuckets is the number of explicit buckets.
+	ExplicitBuckets int64
+	// DynamicBuckets is the number of dynamic buckets held in memory (not
+	// yet full, or full but not yet evicted).
+	DynamicBuckets int64
+	// Evictions counts dynamic buckets dropped because they were full.
+	Evictions uint64
+}
+
+// Option configures a Limiter.
+type Option func(*options)
+
+type options struct {
+	def   *Config
+	clock func() time.Time
+	skew  time.Duration
+}
+
+// WithDefault gives unknown keys a dynamic bucket with config c on first
+// use (a per-client limit). Without it, Allow on an unknown bucket returns
+// false and AllowN returns ErrBucketNotFound. New panics if c is invalid;
+// check it with c.Validate first.
+func WithDefault(c Config) Option {
+	return func(o *options) { cc := c; o.def = &cc }
+}
+
+// WithClock replaces the engine's clock, used by Allow and by config
+// updates, with now. Tests that pass explicit times to AllowN use it to keep
+// updates on the same time line.
+func WithClock(now func() time.Time) Option {
+	return func(o *options) { o.clock = now }
+}
+
+// WithSkewTolerance sets how far behind the newest time the limiter has
+// seen a request to a dynamic bucket may be dated and still be decided at
+// its own time (default 1s). Older requests are decided as if dated at that
+// horizon; full dynamic buckets older than it are evicted.
+func WithSkewTolerance(d time.Duration) Option {
+	return func(o *options) { o.skew = d }
+}
+
+// Limiter is a set of token buckets: explicit named buckets and, with
+// WithDefault, dynamic buckets created on first use. It is safe for
+// concurrent use.
+type Limiter struct {
+	e *engine
+}
+
+type engine struct {
+	epoch    time.Time
+	seed     maphash.Seed
+	clockFn  func() time.Time
+	clk      *coarseClock
+	explicit explicitSet
+	dyn      *dynamicSet // nil without WithDefault
+
+	closeOnce sync.Once
+	stop      chan struct{}
+	done      chan struct{}
+}
+
+// New returns a Limiter. Call Close when done with it.
+func New(opts ...Option) *Limiter {
+	o := options{skew: time.Duration(defaultSkew)}
+	for _, f := range opts {
+		f(&o)
+	}
+	e := &engine{epoch: time.Now(), seed: maphash.MakeSeed(), clockFn: o.clock}
+	if e.clockFn == nil {
+		e.clk = newCoarseClock(e.epoch)
+	}
+	if o.def != nil {
+		p, err := newParams(*o.def)
+		if err != nil {
+			panic(fmt.Sprintf("limiter.WithDefault: %v", err))
+		}
+		if o.skew < 0 {
+			o.skew = 0
+		}
+		e.dyn = newDynamicSet(p, int64(o.skew))
+		e.stop, e.done = make(chan struct{}), make(chan struct{})
+		go e.sweeper()
+	}
+	l := &Limiter{e: e}
+	// A Limiter dropped without Close still stops its goroutines and
+	// unmaps its tables; methods that touch tables keep l alive until they
+	// return (runtime.KeepAlive), so this never runs under a decision.
+	runtime.AddCleanup(l, func(e *engine) {
+		e.close()
+		if e.dyn != nil {
+			e.dyn.ar.unmapAll()
+		}
+	}, e)
+	return l
+}
+
+// Close stops the limiter's background goroutines. It is idempotent. The
+// limiter keeps working after Close (without background eviction).
+func (l *Limiter) Close() { l.e.close() }
+
+func (e *engine) close() {
+	e.closeOnce.Do(func() {
+		if e.clk != nil {
+			e.clk.close()
+		}
+		if e.stop != nil {
+			close(e.stop)
+			<-e.done
+		}
+	})
+}
+
+// The background sweep: sweepShards shards every sweepInterval, a full
+// pass every 4s. (A variable for tests.)
+var sweepInterval = 250 * time.Millisecond
+
+const sweepShards = dShards / 16
+
+func (e *engine) sweeper() {
+	defer close(e.done)
+	t := time.NewTicker(sweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.stop:
+			return
+		case <-t.C:
+			e.dyn.sweepSome(sweepShards)
+		}
+	}
+}
+
+// nanos converts t to ns since the epoch, using the monotonic reading when
+// t has one.
+func (e *engine) nanos(t time.Time) int64 { return int64(t.Sub(e.epoch)) }
+
+// now is the engine's clock in ns since the epoch.
+func (e *engine) now() int64 {
+	if e.clockFn != nil {
+		return e.nanos(e.clockFn())
+	}
+	return e.clk.read()
+}
+
+func (e *engine) hash(id string) uint64 { return maphash.String(e.seed, id) }
+
+// CreateBucket creates an explicit bucket that refills at rateLimit tokens
+// per second and holds burstSize tokens. It starts full.
+func (l *Limiter) CreateBucket(bucketID string, rateLimit int, burstSize int) error {
+	c, err := NewConfig(rateLimit, burstSize)
+	if err != nil {
+		return err
+	}
+	return l.CreateBucketConfig(bucketID, c)
+}
+
+// UpdateBucket changes an explicit bucket's rate and burst. The bucket
+// keeps its tokens, clamped to the new burst: an update never refills.
+func (l *Limiter) UpdateBucket(bucketID string, rateLimit int, burstSize int) error {
+	c, err := NewConfig(rateLimit, burstSize)
+	if err != nil {
+		return err
+	}
+	return l.UpdateBucketConfig(bucketID, c)
+}
+
+// DeleteBucket removes an explicit bucket. Creating it again starts it full.
+func (l *Limiter) DeleteBucket(bucketID string) error {
+	if err := ValidateBucketID(bucketID); err != nil {
+		return err
+	}
+	if !l.e.explicit.delete(l.e.hash(bucketID), bucketID) {
+		return fmt.Errorf("%w: %q", ErrBucketNotFound, bucketID)
+	}
+	return nil
+}
+
+// CreateBucketConfig creates an explicit bucket with config c. It starts
+// full.
+func (l *Limiter) CreateBucketConfig(bucketID string, c Config) error {
+	if err := ValidateBucketID(bucketID); err != nil {
+		return err
+	}
+	p, err := newParams(c)
+	if err != nil {
+		return err
+	}
+	if !l.e.explicit.create(l.e.hash(bucketID), bucketID, p) {
+		return fmt.Errorf("%w: %q", ErrBucketExists, bucketID)
+	}
+	return nil
+}
+
+// UpdateBucketConfig replaces an explicit bucket's config. The bucket keeps
+// its tokens (as of the engine's clock), clamped to the new burst, rounded
+// down to the new config's resolution: an update never refills.
+func (l *Limiter) UpdateBucketConfig(bucketID string, c Config) error {
+	if err := ValidateBucketID(bucketID); err != nil {
+		return err
+	}
+	p, err := newParams(c)
+	if err != nil {
+		return err
+	}
+	h := l.e.hash(bucketID)
+	sh := l.e.explicit.shard(h)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	b := l.e.explicit.get(h, bucketID)
+	if b == nil {
+		return fmt.Errorf("%w: %q", ErrBucketNotFound, bucketID)
+	}
+	b.update(p, l.e.now())
+	return nil
+}
+
+// PutBucketConfig creates the explicit bucket (full) or updates its config
+// keeping its tokens, as UpdateBucketConfig does. created reports which.
+func (l *Limiter) PutBucketConfig(bucketID string, c Config) (created bool, err error) {
+	if err := ValidateBucketID(bucketID); err != nil {
+		return false, err
+	}
+	p, err := newParams(c)
+	if err != nil {
+		return false, err
+	}
+	return l.e.explicit.upsert(l.e.hash(bucketID), bucketID, p, l.e.now()), nil
+}
+
+// BucketConfig returns an explicit bucket's config. Dynamic buckets are not
+// reported.
+func (l *Limiter) BucketConfig(bucketID string) (Config, bool) {
+	if b := l.e.explicit.get(l.e.hash(bucketID), bucketID); b != nil {
+		return b.cur.Load().p.cfg, true
+	}
+	return Config{}, false
+}
+
+// Demand returns the cumulative number of tokens requested from an explicit
+// bucket by AllowN and Allow, admitted or not (n = 0 queries excluded).
+func (l *Limiter) Demand(bucketID string) (requested uint64, ok bool) {
+	if b := l.e.explicit.get(l.e.hash(bucketID), bucketID); b != nil {
+		return b.demand.load(), true
+	}
+	return 0, false
+}
+
+// Stats returns bucket counts for metrics. It locks each dynamic shard
+// briefly; call it from a metrics scrape, not per request.
+func (l *Limiter) Stats() Stats {
+	s := Stats{ExplicitBuckets: l.e.explicit.count.Load()}
+	if l.e.dyn != nil {
+		s.DynamicBuckets, s.Evictions, _ = l.e.dyn.stats()
+	}
+	runtime.KeepAlive(l)
+	return s
+}
+
+// Allow takes one token from the bucket, at the engine's clock. It returns
+// false for an unknown bucket when the limiter has no default template.
+func (l *Limiter) Allow(bucketID string) bool {
+	r, p, _ := l.e.decide(bucketID, l.e.now(), 1)
+	runtime.KeepAlive(l)
+	return p != nil && r.allowed
+}
+
+// AllowN takes n tokens from the bucket at time now if n tokens are there,
+// and otherwise takes none.
+//
+//   - An explicit bucket named bucketID takes precedence; otherwise, with
+//     WithDefault, the key's dynamic bucket is used (created full on first
+//     use). Without either, AllowN returns ErrBucketNotFound.
+//   - n = 0 is a pure query: it reports the bucket's state and changes
+//     nothing (it does not create a dynamic bucket). Allowed is true unless
+//     now is so far before earlier requests that the bucket is in debt.
+//   - n < 0 returns ErrInvalidCost.
+//   - n > burst can never succeed: the Decision reports the bucket's state
+//     with Allowed false and RetryAfter 0, takes nothing, and the error
+//     wraps ErrInvalidCost.
+//
+// now may go backwards (callers' clocks disagree): that never creates
+// tokens. AllowN does not retain bucketID, so callers may pass a string
+// that aliases a reused buffer (see unsafe.String). It does not allocate,
+// except to build an error.
+func (l *Limiter) AllowN(bucketID string, now time.Time, n int) (d Decision, err error) {
+	if n < 0 {
+		return d, fmt.Errorf("%w: n = %d is negative", ErrInvalidCost, n)
+	}
+	r, p, over := l.e.decide(bucketID, l.e.nanos(now), int64(n))
+	runtime.KeepAlive(l)
+	if p == nil {
+		return d, fmt.Errorf("%w: %q", ErrBucketNotFound, bucketID)
+	}
+	p.fill(&d, r)
+	if over {
+		d.Allowed, d.RetryAfter = false, 0
+		return d, fmt.Errorf("%w: n = %d exceeds the burst of %d", ErrInvalidCost, n, p.burst)
+	}
+	return d, nil
+}
+
+// decide is the hot path shared by Allow and AllowN. p is nil when there is
+// no such bucket; over reports n > burst (then the result is a query).
+func (e *engine) decide(id string, now, n int64) (r result, p *params, over bool) {
+	h := e.hash(id)
+	if e.explicit.count.Load() > 0 {
+		if b := e.explicit.get(h, id); b != nil {
+			return b.decide(now, n)
+		}
+	}
+	if e.dyn == nil {
+		return r, nil, false
+	}
+	p = e.dyn.p
+	if n > p.burst {
+		return e.dyn.decide(h, now, 0), p, true
+	}
+	return e.dyn.decide(h, now, n), p, false
+}

@@ -1,0 +1,276 @@
+package limiter
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+var t0 = time.Unix(1_700_000_000, 0)
+
+func at(d time.Duration) time.Time { return t0.Add(d) }
+
+type step struct {
+	at        time.Duration // since t0
+	n         int
+	allowed   bool
+	remaining int64
+	retry     time.Duration // RetryAfter
+	reset     time.Duration // ResetAfter
+	err       error
+}
+
+func runSteps(t *testing.T, l *Limiter, id string, steps []step) {
+	t.Helper()
+	for i, s := range steps {
+		d, err := l.AllowN(id, at(s.at), s.n)
+		if !errors.Is(err, s.err) || (s.err == nil && err != nil) {
+			t.Fatalf("step %d (at %v, n %d): err %v, want %v", i, s.at, s.n, err, s.err)
+		}
+		if d.Allowed != s.allowed || d.Remaining != s.remaining || d.RetryAfter != s.retry || d.ResetAfter != s.reset {
+			t.Fatalf("step %d (at %v, n %d): got allowed=%v remaining=%d retry=%v reset=%v; want %v %d %v %v",
+				i, s.at, s.n, d.Allowed, d.Remaining, d.RetryAfter, d.ResetAfter, s.allowed, s.remaining, s.retry, s.reset)
+		}
+	}
+}
+
+func TestSteps(t *testing.T) {
+	const ms, s = time.Millisecond, time.Second
+	cases := []struct {
+		name  string
+		cfg   Config
+		steps []step
+	}{
+		{"burst 1", Config{Rate: PerSecond(1), Burst: 1}, []step{
+			{0, 1, true, 0, 0, s, nil},
+			{0, 1, false, 0, s, s, nil},
+			{999 * ms, 1, false, 0, ms, ms, nil},
+			{s, 1, true, 0, 0, s, nil},
+			{5 * s, 1, true, 0, 0, s, nil}, // idle time does not accumulate past burst
+			{5 * s, 1, false, 0, s, s, nil},
+		}},
+		{"3 per second is exact", Config{Rate: PerSecond(3), Burst: 3}, []step{
+			{0, 3, true, 0, 0, s, nil},
+			// one token every 333333333.33 ns
+			{333333333, 1, false, 0, 1, 666666667, nil},
+			{333333334, 1, true, 0, 0, s, nil},
+			{666666667, 1, true, 0, 0, s, nil},
+			{s, 1, true, 0, 0, s, nil},
+			{s, 1, false, 0, 333333334, s, nil},
+			{3 * s, 3, true, 0, 0, s, nil},
+			{3 * s, 1, false, 0, 333333334, s, nil},
+		}},
+		{"very low rate: 10 per hour", Config{Rate: PerHour(10), Burst: 2}, []step{
+			{0, 2, true, 0, 0, 12 * time.Minute, nil},
+			{6 * time.Minute, 1, true, 0, 0, 12 * time.Minute, nil},
+			{6*time.Minute + s, 1, false, 0, 6*time.Minute - s, 12*time.Minute - s, nil},
+		}},
+		{"very high rate: 1e9 per second", Config{Rate: Rate{Tokens: 1e9, Per: s}, Burst: 1000}, []step{
+			{0, 1000, true, 0, 0, 1000, nil},
+			{0, 1, false, 0, 1, 1000, nil},
+			{1, 1, true, 0, 0, 1000, nil},
+			{500, 500, false, 499, 1, 501, nil},
+			{501, 500, true, 0, 0, 1000, nil},
+			{501, 1, false, 0, 1, 1000, nil},
+		}},
+		{"n = 0 queries, n > burst and n < 0", Config{Rate: PerSecond(10), Burst: 5}, []step{
+			{0, 0, true, 5, 0, 0, nil},
+			{0, 2, true, 3, 0, 200 * ms, nil},
+			{0, 0, true, 3, 0, 200 * ms, nil},
+			{0, 6, false, 3, 0, 200 * ms, ErrInvalidCost},
+			{0, -1, false, 0, 0, 0, ErrInvalidCost},
+			{0, 3, true, 0, 0, 500 * ms, nil},
+			{0, 0, true, 0, 0, 500 * ms, nil},
+			{0, 1, false, 0, 100 * ms, 500 * ms, nil},
+		}},
+		{"time going backwards never creates tokens", Config{Rate: PerSecond(1), Burst: 2}, []step{
+			{10 * s, 2, true, 0, 0, 2 * s, nil},
+			{9 * s, 1, false, 0, 2 * s, 3 * s, nil}, // earlier: even fewer tokens
+			{5 * s, 0, false, 0, 5 * s, 7 * s, nil}, // in debt: the query is not satisfiable
+			{11 * s, 1, true, 0, 0, 2 * s, nil},
+			{11 * s, 1, false, 0, s, 2 * s, nil},
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			l := New()
+			defer l.Close()
+			if err := l.CreateBucketConfig("k", c.cfg); err != nil {
+				t.Fatal(err)
+			}
+			runSteps(t, l, "k", c.steps)
+			// The same steps on a dynamic bucket give the same decisions.
+			ld := New(WithDefault(c.cfg), WithSkewTolerance(time.Hour))
+			defer ld.Close()
+			runSteps(t, ld, "k", c.steps)
+		})
+	}
+}
+
+func TestUpdateKeepsTokens(t *testing.T) {
+	const s, ms = time.Second, time.Millisecond
+	now := t0
+	l := New(WithClock(func() time.Time { return now }))
+	defer l.Close()
+	set := func(d time.Duration) { now = at(d) }
+	must(t, l.CreateBucket("k", 10, 10))
+
+	// Update while full: stays full, clamped to the new burst.
+	must(t, l.UpdateBucket("k", 1, 4))
+	runSteps(t, l, "k", []step{{0, 0, true, 4, 0, 0, nil}})
+
+	// Update while empty: stays empty, refills at the new rate.
+	runSteps(t, l, "k", []step{{0, 4, true, 0, 0, 4 * s, nil}})
+	must(t, l.UpdateBucket("k", 100, 1000))
+	runSteps(t, l, "k", []step{
+		{0, 1, false, 0, 10 * ms, 10 * s, nil},
+		{10 * ms, 1, true, 0, 0, 10 * s, nil},
+	})
+
+	// 200 of 1000 tokens at 100/s -> 200 of 400 at 1/s -> 200 of 1000 at 100/s.
+	set(2*s + 10*ms)
+	must(t, l.UpdateBucket("k", 1, 400))
+	runSteps(t, l, "k", []step{{2*s + 10*ms, 0, true, 200, 0, 200 * s, nil}})
+	must(t, l.UpdateBucket("k", 100, 1000))
+	runSteps(t, l, "k", []step{{2*s + 10*ms, 0, true, 200, 0, 8 * s, nil}})
+
+	// A burst below the tokens held clamps: full at the new burst.
+	must(t, l.UpdateBucket("k", 100, 1))
+	runSteps(t, l, "k", []step{{2*s + 10*ms, 0, true, 1, 0, 0, nil}})
+
+	// Delete then create starts full.
+	runSteps(t, l, "k", []step{{2*s + 10*ms, 1, true, 0, 0, 10 * ms, nil}})
+	must(t, l.DeleteBucket("k"))
+	must(t, l.CreateBucket("k", 100, 1))
+	runSteps(t, l, "k", []step{{2*s + 10*ms, 1, true, 0, 0, 10 * ms, nil}})
+
+	// Put creates, then updates keeping tokens.
+	created, err := l.PutBucketConfig("p", Config{Rate: PerSecond(1), Burst: 3})
+	if !created || err != nil {
+		t.Fatal(created, err)
+	}
+	runSteps(t, l, "p", []step{{2*s + 10*ms, 2, true, 1, 0, 2 * s, nil}})
+	created, err = l.PutBucketConfig("p", Config{Rate: PerSecond(1), Burst: 3, Shadow: true})
+	if created || err != nil {
+		t.Fatal(created, err)
+	}
+	d, _ := l.AllowN("p", now, 0)
+	if d.Remaining != 1 || d.ResetAfter != 2*s || !d.Config.Shadow {
+		t.Fatalf("after put: %+v", d)
+	}
+	if c, ok := l.BucketConfig("p"); !ok || !c.Shadow {
+		t.Fatal(c, ok)
+	}
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	l := New()
+	defer l.Close()
+	for _, c := range []struct {
+		err  error
+		f    func() error
+		want string
+	}{
+		{ErrInvalidRate, func() error { return l.CreateBucket("a", 0, 1) }, "0 tokens"},
+		{ErrInvalidRate, func() error { return l.CreateBucket("a", -5, 1) }, "-5"},
+		{ErrInvalidBurst, func() error { return l.CreateBucket("a", 1, 0) }, "burst 0"},
+		{ErrInvalidBurst, func() error { return l.CreateBucket("a", 1, 1<<40) }, "1099511627776"},
+		{ErrInvalidRate, func() error { return l.CreateBucket("a", 2_000_000_000, 1) }, "2000000000"},
+		{ErrInvalidBurst, func() error {
+			return l.CreateBucketConfig("a", Config{Rate: Rate{Tokens: 7, Per: 366 * 24 * time.Hour}, Burst: 500})
+		}, "too fine"},
+		{ErrInvalidBucketID, func() error { return l.CreateBucket("", 1, 1) }, "empty"},
+		{ErrInvalidBucketID, func() error { return l.CreateBucket(strings.Repeat("x", 300), 1, 1) }, "300 bytes"},
+		{ErrInvalidBucketID, func() error { return l.CreateBucket("a\nb", 1, 1) }, "control"},
+		{ErrInvalidBucketID, func() error { return l.CreateBucket("a\xffb", 1, 1) }, "UTF-8"},
+		{ErrBucketNotFound, func() error { return l.UpdateBucket("nope", 1, 1) }, `"nope"`},
+		{ErrBucketNotFound, func() error { return l.DeleteBucket("nope") }, `"nope"`},
+		{ErrBucketNotFound, func() error { _, err := l.AllowN("nope", t0, 1); return err }, `"nope"`},
+		{ErrBucketExists, func() error { l.CreateBucket("dup", 1, 1); return l.CreateBucket("dup", 1, 1) }, `"dup"`},
+	} {
+		err := c.f()
+		if !errors.Is(err, c.err) || !strings.Contains(err.Error(), c.want) || !strings.HasPrefix(err.Error(), "limiter: ") {
+			t.Errorf("got %v, want %v containing %q", err, c.err, c.want)
+		}
+	}
+	if l.Allow("nope") {
+		t.Error("Allow on an unknown bucket without a template")
+	}
+}
+
+func TestExplicitTakesPrecedence(t *testing.T) {
+	l := New(WithDefault(Config{Rate: PerSecond(1), Burst: 1}))
+	defer l.Close()
+	must(t, l.CreateBucket("vip", 100, 100))
+	for i := 0; i < 100; i++ {
+		if d, err := l.AllowN("vip", t0, 1); err != nil || !d.Allowed {
+			t.Fatal(i, d, err)
+		}
+	}
+	if q, ok := l.Demand("vip"); !ok || q != 100 {
+		t.Fatal(q, ok)
+	}
+	if _, ok := l.Demand("other"); ok {
+		t.Fatal("Demand on a dynamic key")
+	}
+	if _, ok := l.BucketConfig("other"); ok {
+		t.Fatal("BucketConfig on a dynamic key")
+	}
+	if !l.Allow("other") || l.Allow("other") {
+		t.Fatal("dynamic")
+	}
+	st := l.Stats()
+	if st.ExplicitBuckets != 1 || st.DynamicBuckets != 1 {
+		t.Fatalf("%+v", st)
+	}
+}
+
+func TestAllowNDoesNotRetainID(t *testing.T) {
+	l := New(WithDefault(Config{Rate: PerSecond(1), Burst: 1}))
+	defer l.Close()
+	buf := []byte("client-1")
+	id := string(buf) // stands in for an unsafe.String over a scratch buffer
+	if d, _ := l.AllowN(id, t0, 1); !d.Allowed {
+		t.Fatal()
+	}
+	copy(buf, "client-2")
+	if d, _ := l.AllowN("client-1", t0, 1); d.Allowed {
+		t.Fatal("client-1 was refilled")
+	}
+	if d, _ := l.AllowN("client-2", t0, 1); !d.Allowed {
+		t.Fatal("client-2 shares client-1's bucket")
+	}
+}
+
+func TestAllocs(t *testing.T) {
+	l := New(WithDefault(Config{Rate: PerSecond(1000), Burst: 10}))
+	defer l.Close()
+	must(t, l.CreateBucket("x", 1000, 10))
+	now := t0
+	for _, id := range []string{"x", "dyn"} {
+		if a := testing.AllocsPerRun(1000, func() { now = now.Add(time.Microsecond); l.AllowN(id, now, 1) }); a != 0 {
+			t.Errorf("AllowN(%q): %v allocs", id, a)
+		}
+		if a := testing.AllocsPerRun(1000, func() { l.Allow(id) }); a != 0 {
+			t.Errorf("Allow(%q): %v allocs", id, a)
+		}
+	}
+}
+
+func TestCloseIdempotent(t *testing.T) {
+	l := New(WithDefault(Config{Rate: PerSecond(1), Burst: 1}))
+	l.Close()
+	l.Close()
+	if !l.Allow("a") || l.Allow("a") {
+		t.Fatal("works after Close")
+	}
+	New().Close()
+}

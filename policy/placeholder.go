@@ -1,0 +1,196 @@
+package policy
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+)
+
+// Resolver returns one placeholder's value for a request; ok is false for
+// an unknown placeholder.
+type Resolver func(r *http.Request) (value string, ok bool)
+
+// Lookup returns the Resolver of a placeholder name (without braces, e.g.
+// "http.request.header.X-API-Key"). It is called once per placeholder when
+// the policy is built, so a host can resolve common names directly instead
+// of searching for them on every request. Caddy supplies one backed by the
+// request's replacer, so every Caddy placeholder works in a key.
+type Lookup func(name string) Resolver
+
+// Template is a parsed key template such as "tenant:{http.request.header.X-Tenant}".
+// Parsing once at config load keeps the request path to lookups and one
+// concatenation. The syntax is Caddy's: "{name}" is a placeholder, "\{" and
+// "\}" are literal braces.
+type Template struct {
+	parts []part
+	text  string
+}
+
+// part is either a literal (name == "") or a placeholder.
+type part struct {
+	lit  string
+	name string
+	res  Resolver // set by bind
+}
+
+// ParseTemplate parses a key template. It must contain at least one
+// placeholder: a constant key would put every request in one bucket, which
+// is what a shared explicit bucket is for.
+func ParseTemplate(s string) (Template, error) {
+	t := Template{text: s}
+	var lit strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '\\' && i+1 < len(s) && (s[i+1] == '{' || s[i+1] == '}'):
+			lit.WriteByte(s[i+1])
+			i++
+		case c == '}':
+			return Template{}, fmt.Errorf("%w: %q: unopened '}' at byte %d", ErrInvalidTemplate, s, i)
+		case c == '{':
+			end := strings.IndexByte(s[i+1:], '}')
+			if end < 0 {
+				return Template{}, fmt.Errorf("%w: %q: unclosed '{' at byte %d", ErrInvalidTemplate, s, i)
+			}
+			name := s[i+1 : i+1+end]
+			if name == "" || strings.ContainsAny(name, "{ \t") {
+				return Template{}, fmt.Errorf("%w: %q: bad placeholder %q at byte %d", ErrInvalidTemplate, s, "{"+name+"}", i)
+			}
+			if lit.Len() > 0 {
+				t.parts = append(t.parts, part{lit: lit.String()})
+				lit.Reset()
+			}
+			t.parts = append(t.parts, part{name: name})
+			i += end + 1
+		default:
+			lit.WriteByte(c)
+		}
+	}
+	if lit.Len() > 0 {
+		t.parts = append(t.parts, part{lit: lit.String()})
+	}
+	if len(t.Names()) == 0 {
+		return Template{}, fmt.Errorf("%w: %q has no placeholder", ErrInvalidTemplate, s)
+	}
+	return t, nil
+}
+
+// String returns the template as written.
+func (t Template) String() string { return t.text }
+
+// Names returns the placeholder names in order.
+func (t Template) Names() []string {
+	var names []string
+	for _, p := range t.parts {
+		if p.name != "" {
+			names = append(names, p.name)
+		}
+	}
+	return names
+}
+
+// Bind returns a copy of the template whose placeholders are resolved
+// through lookup.
+func (t Template) Bind(lookup Lookup) Template {
+	parts := make([]part, len(t.parts))
+	for i, p := range t.parts {
+		if p.name != "" {
+			p.res = lookup(p.name)
+		}
+		parts[i] = p
+	}
+	t.parts = parts
+	return t
+}
+
+// Expand resolves a bound template for r. empty reports that every
+// placeholder resolved to the empty string (or is unknown), as when the
+// header an API key template reads is missing.
+func (t Template) Expand(r *http.Request) (key string, empty bool) {
+	// Fast path for the common single-placeholder template: no concatenation.
+	if len(t.parts) == 1 {
+		v, _ := t.parts[0].res(r)
+		return v, v == ""
+	}
+	var vals [8]string // enough for any sane template without allocating
+	var vs []string
+	if len(t.parts) <= len(vals) {
+		vs = vals[:len(t.parts)]
+	} else {
+		vs = make([]string, len(t.parts))
+	}
+	n := 0
+	empty = true
+	for i, p := range t.parts {
+		if p.name == "" {
+			vs[i] = p.lit
+		} else if v, _ := p.res(r); v != "" {
+			vs[i] = v
+			empty = false
+		} else {
+			vs[i] = ""
+		}
+		n += len(vs[i])
+	}
+	var b strings.Builder
+	b.Grow(n)
+	for _, v := range vs {
+		b.WriteString(v)
+	}
+	return b.String(), empty
+}
+
+// Placeholder keys a request by a Template. When every placeholder of the
+// template is empty the configured Fallback applies.
+//
+// Placeholder is safe for concurrent use.
+type Placeholder struct {
+	tmpl     Template // bound
+	cost     int64
+	fallback fallbacker
+}
+
+// PlaceholderConfig configures NewPlaceholder.
+type PlaceholderConfig struct {
+	// Template is the key template, e.g. "{http.request.header.X-API-Key}".
+	Template string
+	// Lookup resolves placeholders; it is required.
+	Lookup Lookup
+	// Cost is the tokens each request takes; 0 means 1.
+	Cost int64
+	// Fallback applies when every placeholder is empty.
+	Fallback Fallback
+	// Addr finds the client address for FallbackClientIP; nil means RemoteAddr.
+	Addr ClientAddr
+}
+
+// NewPlaceholder returns a Placeholder policy.
+func NewPlaceholder(c PlaceholderConfig) (*Placeholder, error) {
+	t, err := ParseTemplate(c.Template)
+	if err != nil {
+		return nil, err
+	}
+	if c.Lookup == nil {
+		return nil, fmt.Errorf("%w: %q: no placeholder lookup", ErrInvalidTemplate, c.Template)
+	}
+	cost, err := checkCost(c.Cost)
+	if err != nil {
+		return nil, err
+	}
+	f, err := newFallbacker(c.Fallback, cost, c.Addr)
+	if err != nil {
+		return nil, err
+	}
+	return &Placeholder{tmpl: t.Bind(c.Lookup), cost: cost, fallback: f}, nil
+}
+
+// Evaluate implements Policy.
+func (p *Placeholder) Evaluate(r *http.Request) (Verdict, error) {
+	key, empty := p.tmpl.Expand(r)
+	if empty {
+		return p.fallback.verdict(r)
+	}
+	return Verdict{Key: key, Cost: p.cost}, nil
+}
+
+var _ Policy = (*Placeholder)(nil)

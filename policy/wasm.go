@@ -1,0 +1,216 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+	"unsafe"
+
+	"github.com/edgelimit/edgelimit/wasm"
+	"github.com/edgelimit/edgelimit/wasm/abi"
+)
+
+// ErrInvalidOnError is returned for an unknown on_error action.
+var ErrInvalidOnError = errors.New("policy: invalid on_error")
+
+// OnError says what the WASM policy does with a request when its guest
+// fails: a trap, a timeout, a malformed result, a key that is too long, a
+// guest-reported error, or no free instance.
+type OnError uint8
+
+const (
+	// OnErrorFallback applies WASMConfig.Fallback, the handler's answer
+	// for requests it cannot key (by default a bucket per client address):
+	// a failing guest neither opens the gate nor shuts it for everyone.
+	OnErrorFallback OnError = iota
+	// OnErrorAllow lets the request through unlimited (Skip): fail open.
+	OnErrorAllow
+	// OnErrorDeny rejects the request (Deny): fail closed.
+	OnErrorDeny
+	// OnErrorKey counts the request against WASMConfig.FallbackKey.
+	OnErrorKey
+)
+
+// String returns the on_error action's config name.
+func (o OnError) String() string {
+	switch o {
+	case OnErrorFallback:
+		return "fallback"
+	case OnErrorAllow:
+		return "allow"
+	case OnErrorDeny:
+		return "deny"
+	case OnErrorKey:
+		return "key"
+	}
+	return fmt.Sprintf("on_error(%d)", uint8(o))
+}
+
+// ParseOnError parses an on_error action's config name, as written by
+// String. The empty string is OnErrorFallback.
+func ParseOnError(s string) (OnError, error) {
+	switch strings.ToLower(s) {
+	case "", "fallback":
+		return OnErrorFallback, nil
+	case "allow":
+		return OnErrorAllow, nil
+	case "deny":
+		return OnErrorDeny, nil
+	case "key":
+		return OnErrorKey, nil
+	}
+	return 0, fmt.Errorf("%w: %q; want fallback, allow, deny or key", ErrInvalidOnError, s)
+}
+
+// WASMConfig configures NewWASM. Zero values mean the wasm package's
+// defaults.
+type WASMConfig struct {
+	// Path is the .wasm file.
+	Path string
+	// SHA256, if set, pins the file's hex SHA-256; a mismatch fails the load.
+	SHA256 string
+	// Config is the policy-level config string handed to the guest's init.
+	Config string
+	// OnError is what a request gets when the guest fails.
+	OnError OnError
+	// FallbackKey is the bucket of OnErrorKey.
+	FallbackKey string
+	// Fallback and Cost make the verdict of OnErrorFallback (the handler's
+	// empty-key behaviour and tokens per request; 0 means 1). The guest
+	// sets the cost of its own verdicts.
+	Fallback Fallback
+	Cost     int64
+	// Addr finds the client address handed to the guest (and used by
+	// FallbackClientIP); nil means RemoteAddr. Caddy passes its client IP,
+	// which honours trusted proxies.
+	Addr ClientAddr
+	// Timeout bounds one guest call; MaxMemoryPages caps each instance's
+	// memory; PoolSize bounds the instances; MaxKeyLen bounds a key.
+	Timeout        time.Duration
+	MaxMemoryPages uint32
+	PoolSize       int
+	MaxKeyLen      int
+}
+
+// WASM runs an operator's WebAssembly module (see package wasm) to key
+// requests. Only the headers the module declared are handed to it.
+//
+// WASM is safe for concurrent use. Close waits for calls in flight, so a
+// config reload can close the old policy while it still serves requests.
+type WASM struct {
+	mod         *wasm.Module
+	headers     []string
+	onError     OnError
+	fallbackKey string
+	fallback    fallbacker
+	addr        ClientAddr
+}
+
+// NewWASM loads, checks and instantiates the module at c.Path. ctx bounds
+// compilation.
+func NewWASM(ctx context.Context, c WASMConfig) (*WASM, error) {
+	if c.OnError > OnErrorKey {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidOnError, c.OnError)
+	}
+	if c.OnError == OnErrorKey && c.FallbackKey == "" {
+		return nil, fmt.Errorf("%w: on_error key needs a fallback key", ErrInvalidOnError)
+	}
+	cost, err := checkCost(c.Cost)
+	if err != nil {
+		return nil, err
+	}
+	f, err := newFallbacker(c.Fallback, cost, c.Addr)
+	if err != nil {
+		return nil, err
+	}
+	mod, err := wasm.LoadFile(ctx, c.Path, wasm.Config{
+		Config:         c.Config,
+		SHA256:         c.SHA256,
+		Timeout:        c.Timeout,
+		MaxMemoryPages: c.MaxMemoryPages,
+		PoolSize:       c.PoolSize,
+		MaxKeyLen:      c.MaxKeyLen,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &WASM{
+		mod:         mod,
+		headers:     mod.Headers(),
+		onError:     c.OnError,
+		fallbackKey: c.FallbackKey,
+		fallback:    f,
+		addr:        f.addr,
+	}, nil
+}
+
+// maxInlineHeaders is how many header values Evaluate holds on the stack;
+// a request with more of the declared headers costs an allocation.
+const maxInlineHeaders = 8
+
+// Evaluate implements Policy. On error the Verdict is the on_error one and
+// the error (see wasm.Kind) is for logs and metrics; the wasm package has
+// already counted it in Stats.
+func (p *WASM) Evaluate(r *http.Request) (Verdict, error) {
+	var headers [maxInlineHeaders]abi.Header
+	var ipBuf [64]byte
+	req := abi.Request{
+		Method:  r.Method,
+		Host:    r.Host,
+		Path:    r.URL.Path,
+		Query:   r.URL.RawQuery,
+		Headers: headers[:0],
+	}
+	if a, ok := p.addr(r); ok {
+		// Formatted on the stack: the string only lives for this call.
+		ip := a.WithZone("").AppendTo(ipBuf[:0])
+		req.RemoteIP = unsafe.String(unsafe.SliceData(ip), len(ip))
+	}
+	for _, name := range p.headers {
+		for _, v := range r.Header[name] {
+			req.Headers = append(req.Headers, abi.Header{Name: name, Value: v})
+		}
+	}
+	res, err := p.mod.Decide(&req)
+	if err != nil {
+		return p.onErrorVerdict(r), err
+	}
+	switch res.Action {
+	case abi.Skip:
+		return Verdict{Action: Skip}, nil
+	case abi.Deny:
+		return Verdict{Action: Deny}, nil
+	}
+	return Verdict{Key: res.Key, Cost: res.Cost, Action: Limit}, nil
+}
+
+func (p *WASM) onErrorVerdict(r *http.Request) Verdict {
+	switch p.onError {
+	case OnErrorAllow:
+		return Verdict{Action: Skip}
+	case OnErrorDeny:
+		return Verdict{Action: Deny}
+	case OnErrorKey:
+		return Verdict{Key: p.fallbackKey, Cost: p.fallback.cost}
+	}
+	v, _ := p.fallback.verdict(r) // its own error is secondary to the guest's
+	return v
+}
+
+// Headers returns the canonical names of the headers the module declared.
+func (p *WASM) Headers() []string { return p.headers }
+
+// Stats returns the module's error and instance counters, for metrics.
+func (p *WASM) Stats() wasm.Stats { return p.mod.Stats() }
+
+// SHA256 returns the hex SHA-256 of the loaded module, for logs.
+func (p *WASM) SHA256() string { return p.mod.SHA256() }
+
+// Close waits for calls in flight, then releases the module. Evaluate
+// after Close returns the on_error verdict with wasm.ErrClosed.
+func (p *WASM) Close() error { return p.mod.Close(context.Background()) }
+
+var _ Policy = (*WASM)(nil)

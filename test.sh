@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# test.sh runs every check CI runs: formatting, vet, unit and integration
+# tests under the race detector, then the end-to-end tests that start real
+# Caddy and etcd processes. It is the README's one test command.
+set -euo pipefail
+cd "$(dirname "$0")"
+export PATH="/usr/local/go/bin:$HOME/go/bin:$PATH"
+
+echo "== gofmt"
+unformatted="$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"
+if [ -n "$unformatted" ]; then
+	echo "gofmt needed on:"; echo "$unformatted"; exit 1
+fi
+
+echo "== go vet"
+go vet ./...
+
+echo "== go test -race (unit and in-process integration)"
+go test -race -timeout 30m $(go list ./... | grep -v /tests)
+
+echo "== end-to-end (real Caddy, etcd, etcdctl, HTTP load)"
+go test -timeout 40m -count=1 ./tests/...

@@ -1,0 +1,304 @@
+package tests
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/edgelimit/edgelimit/tests/e2e"
+)
+
+// The global bucket of issue 5: the fleet of 3 admits 300 requests/s
+// together, with a burst of 300.
+const (
+	gRate  = 300
+	gBurst = 300
+	// offered is the load per loaded instance, twice the whole rate, so
+	// every scenario is limited by the bucket, never by the load.
+	offered = 2 * gRate
+	// accuracy is the +-3% of issue 5 on the admitted total.
+	accuracy = 0.03
+	// slack is what the timing assertions allow beyond each target on
+	// this shared 2-core machine; the figures are logged either way.
+	slack = 2 * time.Second
+)
+
+// TestGlobalLimits runs the issue 5 scenarios on one real etcd process and
+// three Caddy processes. Figures are logged on GLOBAL lines.
+//
+// Convergence is judged on each instance's share, read from the q= of the
+// RateLimit-Policy its responses carry (with rate = burst, the burst share
+// tracks the rate share), and reported on the admitted rate too.
+func TestGlobalLimits(t *testing.T) {
+	if testing.Short() {
+		t.Skip("minutes of real load")
+	}
+	requireGlobalSupport(t)
+	etcd := e2e.StartEtcd(t)
+	f := startFleet(t, etcd, 3)
+	t.Run("even", func(t *testing.T) { globalEven(t, f) })
+	t.Run("skewed", func(t *testing.T) { globalSkewed(t, f) })
+	t.Run("shifting", func(t *testing.T) { globalShifting(t, f) })
+	t.Run("etcd-stopped", func(t *testing.T) { globalEtcdStopped(t, f) })
+	t.Run("kill-9", func(t *testing.T) { globalKill(t, f) }) // last: it loses an instance
+}
+
+// checkNoFailures fails the test if any request on the targets idx (all if
+// none) got neither 200 nor 429.
+func checkNoFailures(t *testing.T, l *e2e.Load, idx ...int) {
+	t.Helper()
+	if len(idx) == 0 {
+		idx = []int{-1}
+	}
+	for _, i := range idx {
+		if c := l.Counts(i, 0, time.Hour); c.Failed() != 0 {
+			t.Errorf("target %d: %d requests failed: %s", i, c.Failed(), l.FirstErrors())
+		}
+	}
+}
+
+// checkRatio fails the test if got is not within +-accuracy of want.
+func checkRatio(t *testing.T, what string, got int64, want float64) {
+	t.Helper()
+	if r := float64(got) / want; r < 1-accuracy || r > 1+accuracy {
+		t.Errorf("%s: admitted %d, want %.0f +-3%% (ratio %.4f)", what, got, want, r)
+	}
+}
+
+// globalEven spreads the load evenly: over the first 10s the fleet admits
+// rate*10 + burst, within 3%. It also counts etcd writes per instance.
+func globalEven(t *testing.T, f *fleet) {
+	f.putGlobal(t, "g-even", gRate, gBurst)
+	cli := f.etcd.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rev0, err := f.etcd.Revision(ctx, cli)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := e2e.StartLoad(e2e.LoadConfig{Targets: f.targets("g-even", offered/3, offered/3, offered/3)})
+	t0 := time.Now()
+	runFor(l, 10500*time.Millisecond)
+	rev1, err := f.etcd.Revision(ctx, cli)
+	t1 := time.Now()
+	l.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := l.Counts(-1, 0, 10*time.Second)
+	allowed := float64(gRate*10 + gBurst)
+	writes := float64(rev1-rev0) / t1.Sub(t0).Seconds() / float64(len(f.caddies))
+	t.Logf("GLOBAL scenario=even admitted=%d allowed=%.0f ratio=%.4f peak1s_ratio=%.3f etcd_writes_per_s_per_instance=%.2f counts={%v} per-instance: %s",
+		c.OK, allowed, float64(c.OK)/allowed, float64(peak1s(l, time.Second, 10*time.Second))/gRate, writes, c, perTarget(l, f, 0, 10*time.Second))
+	checkNoFailures(t, l)
+	checkRatio(t, "even load over 10s", c.OK, allowed)
+	// At most one demand report per interval per instance (unchanged
+	// reports are not rewritten); the margin covers a rejoin write.
+	if writes > 1.5/syncInterval.Seconds() {
+		t.Errorf("%.2f etcd writes/s per instance, want at most about %.0f", writes, 1/syncInterval.Seconds())
+	}
+}
+
+// globalSkewed sends everything to one instance: after convergence the
+// fleet admits the whole rate through it, not a third.
+func globalSkewed(t *testing.T, f *fleet) {
+	f.putGlobal(t, "g-skew", gRate, gBurst)
+	l := e2e.StartLoad(e2e.LoadConfig{Targets: f.targets("g-skew", offered, 0, 0)})
+	const end = 16 * time.Second
+	runFor(l, end+500*time.Millisecond)
+	l.Stop()
+	conv, ok := shareConvergence(l, 0, 0, end, 0.9*gBurst)
+	rconv, rok := rateConvergence(l, 2*time.Second, end, 0.9*gRate, 0)
+	first := l.Counts(-1, 0, 10*time.Second)
+	steady := l.Counts(-1, 6*time.Second, end)
+	allowedFirst := float64(gRate*10 + gBurst)
+	t.Logf("GLOBAL scenario=skewed share_convergence=%v converged=%v rate_convergence_after_2s=%v/%v first10s_admitted=%d first10s_ratio=%.4f steady10s_admitted=%d steady10s_ratio=%.4f peak1s_ratio=%.3f counts={%v} share_a=[%s] rate_a=[%s]",
+		conv, ok, rconv, rok, first.OK, float64(first.OK)/allowedFirst, steady.OK, float64(steady.OK)/(gRate*10),
+		float64(peak1s(l, time.Second, end))/gRate, l.Counts(-1, 0, end), quotas(l, 0, 0, 4*time.Second), series(l, 0, 4*time.Second, 0))
+	checkNoFailures(t, l)
+	if !ok || conv > 2*syncInterval+slack {
+		t.Fatalf("skewed load: the loaded instance's share reached 90%% after %v (reached: %v), want about %v", conv, ok, 2*syncInterval)
+	}
+	checkRatio(t, "skewed load, 10s after convergence", steady.OK, gRate*10)
+	if float64(first.OK) > allowedFirst*(1+accuracy) {
+		t.Errorf("skewed load: admitted %d in the first 10s, more than %.0f +3%%", first.OK, allowedFirst)
+	}
+}
+
+// globalShifting moves the load from instance A to instance B and measures
+// how long B takes to get the rate. Then A's load returns beside B's, and
+// the fleet must not over-admit while the shares move to an even split.
+func globalShifting(t *testing.T, f *fleet) {
+	f.putGlobal(t, "g-shift", gRate, gBurst)
+	l := e2e.StartLoad(e2e.LoadConfig{Targets: f.targets("g-shift", offered, 0, 0)})
+	runFor(l, 6*time.Second)
+	l.SetRate(0, 0)
+	l.SetRate(1, offered)
+	shift := l.Elapsed()
+	end := shift + 12*time.Second
+	runFor(l, end)
+	l.SetRate(0, offered)
+	both := l.Elapsed()
+	bothEnd := both + 6*time.Second
+	runFor(l, bothEnd+500*time.Millisecond)
+	l.Stop()
+
+	conv, ok := shareConvergence(l, 1, shift, end, 0.9*gBurst)
+	rconv, rok := rateConvergence(l, shift, end, 0.9*gRate, 1)
+	steadyFrom := shift + 2*time.Second
+	steady := l.Counts(-1, steadyFrom, steadyFrom+10*time.Second)
+	after := l.Counts(-1, shift, shift+10*time.Second)
+	// Both loaded: each should converge to half the rate; A starts from
+	// its idle floor and its bucket holds almost nothing, so any excess
+	// over rate*T in the window is over-admission while converging.
+	split, sok := shareConvergence(l, 0, both, bothEnd, gBurst/2*9/10)
+	joint := l.Counts(-1, both, bothEnd)
+	jointAllowed := gRate * (bothEnd - both).Seconds()
+	t.Logf("GLOBAL scenario=shifting share_convergence=%v converged=%v rate_convergence=%v/%v target=%v steady10s_admitted=%d steady10s_ratio=%.4f after_shift10s_admitted=%d after_shift10s_ratio=%.4f counts={%v} share_b=[%s] rate_b=[%s]",
+		conv, ok, rconv, rok, 2*syncInterval, steady.OK, float64(steady.OK)/(gRate*10), after.OK, float64(after.OK)/(gRate*10),
+		l.Counts(-1, 0, end), quotas(l, 1, shift, shift+4*time.Second), series(l, shift, shift+4*time.Second, 1))
+	t.Logf("GLOBAL scenario=shifting-rejoin split_convergence=%v converged=%v joint6s_admitted=%d joint6s_allowed=%.0f overadmission_ratio=%.4f share_a=[%s] share_b=[%s] rate_fleet=[%s]",
+		split, sok, joint.OK, jointAllowed, float64(joint.OK)/jointAllowed,
+		quotas(l, 0, both, both+3*time.Second), quotas(l, 1, both, both+3*time.Second), series(l, both, both+3*time.Second))
+	checkNoFailures(t, l)
+	if !ok || conv > 2*syncInterval+slack {
+		t.Errorf("shifting load: B's share reached 90%% after %v (reached: %v), want about %v", conv, ok, 2*syncInterval)
+	}
+	checkRatio(t, "shifting load, 10s after convergence", steady.OK, gRate*10)
+	if !sok || split > 2*syncInterval+slack {
+		t.Errorf("A and B both loaded: A's share reached 90%% of half the rate after %v (reached: %v)", split, sok)
+	}
+	if float64(joint.OK) > jointAllowed*(1+accuracy) {
+		t.Errorf("A and B both loaded: the fleet admitted %d in %v, more than %.0f +3%%", joint.OK, bothEnd-both, jointAllowed)
+	}
+}
+
+// globalEtcdStopped stops etcd for 10s under skewed load: no request fails,
+// the loaded instance keeps its allocation until its lease would have
+// expired and then falls back to the safe share (rate / 3), and after etcd
+// returns the fleet rejoins and converges: the loaded instance gets its
+// share back, and under even load the fleet admits the rate, not more.
+func globalEtcdStopped(t *testing.T, f *fleet) {
+	f.putGlobal(t, "g-etcd", gRate, gBurst)
+	const light = 20 // requests/s on B and C, so every instance serves
+	l := e2e.StartLoad(e2e.LoadConfig{Targets: f.targets("g-etcd", offered, light, light)})
+	runFor(l, 5*time.Second)
+	before := admittedRate(l, 3*time.Second, 5*time.Second, 0)
+	qs := l.Quotas(0, 5*time.Second-l.Window(), 5*time.Second)
+	shareBefore := qs[len(qs)-1]
+	stop := l.Elapsed()
+	f.etcd.Members[0].Stop()
+	runFor(l, stop+10*time.Second)
+	f.etcd.Members[0].Start()
+	back := l.Elapsed()
+	end := back + 12*time.Second
+	runFor(l, end)
+	// Even load last: an instance that has not rejoined would still hold
+	// the safe share beside the others' full split, and the fleet would
+	// admit more than the rate.
+	for i := range f.caddies {
+		l.SetRate(i, offered/3)
+	}
+	evenFrom := l.Elapsed()
+	evenEnd := evenFrom + 6*time.Second
+	runFor(l, evenEnd+500*time.Millisecond)
+	l.Stop()
+	// The first second of even load may spend tokens saved on B and C.
+	evenRate := admittedRate(l, evenFrom+time.Second, evenEnd)
+
+	safe := float64(gRate) / float64(len(f.caddies))
+	// After the lease TTL plus a sync interval the instance must be on the
+	// safe share; judge the rest of the outage.
+	fallbackFrom := stop + leaseTTL + syncInterval + time.Second
+	during := admittedRate(l, fallbackFrom, stop+10*time.Second, 0)
+	outage := l.Counts(-1, stop, stop+10*time.Second)
+	conv, ok := shareConvergence(l, 0, back, end, shareBefore*9/10)
+	t.Logf("GLOBAL scenario=etcd-stopped before_rate=%.1f share_before=%d safe_share=%.1f rate_on_safe_share=%.1f outage_admitted=%d outage_allowed=%d reconvergence=%v reconverged=%v peak1s_ratio_after=%.3f even_rate_after=%.1f counts={%v} share_a_outage=[%s] share_a_after=[%s] per-instance: %s",
+		before, shareBefore, safe, during, outage.OK, gRate*10, conv, ok, float64(peak1s(l, back, evenEnd))/gRate,
+		evenRate, l.Counts(-1, 0, evenEnd), quotas(l, 0, stop, back), quotas(l, 0, back, end), perTarget(l, f, 0, evenEnd))
+	checkNoFailures(t, l)
+	if before < 0.8*gRate {
+		t.Errorf("before the outage the loaded instance admitted %.1f/s, want most of %d", before, gRate)
+	}
+	if during > safe*1.1 || during < safe*0.9 {
+		t.Errorf("etcd down past the lease: the loaded instance admitted %.1f/s, want the safe share %.1f/s +-10%%", during, safe)
+	}
+	if float64(outage.OK) > gRate*10*(1+accuracy) {
+		t.Errorf("etcd down: the fleet admitted %d in 10s, more than %d +3%%", outage.OK, gRate*10)
+	}
+	if !ok || conv > leaseTTL+2*syncInterval+slack {
+		t.Errorf("after etcd returned, the loaded instance's share got back to 90%% of %d after %v (reached: %v)", shareBefore, conv, ok)
+	}
+	if evenRate > gRate*(1+accuracy) || evenRate < gRate*(1-accuracy) {
+		t.Errorf("after etcd returned, under even load the fleet admitted %.1f/s, want %d/s +-3%%: not every instance rejoined", evenRate, gRate)
+	}
+}
+
+// globalKill kills one of three evenly loaded instances with SIGKILL: the
+// survivors take its share back within the lease TTL plus one interval.
+func globalKill(t *testing.T, f *fleet) {
+	f.putGlobal(t, "g-kill", gRate, gBurst)
+	l := e2e.StartLoad(e2e.LoadConfig{Targets: f.targets("g-kill", offered/3, offered/3, offered/3)})
+	runFor(l, 5*time.Second)
+	kill := l.Elapsed()
+	f.caddies[2].Kill()
+	l.SetRate(2, 0)
+	target := leaseTTL + syncInterval
+	end := kill + target + 6*time.Second
+	runFor(l, end+500*time.Millisecond)
+	l.Stop()
+	// The survivors' demand (2/3 of offered) exceeds the rate: each should
+	// end with half of it.
+	want := int64(gBurst / 2 * 9 / 10)
+	ra, oka := shareConvergence(l, 0, kill, end, want)
+	rb, okb := shareConvergence(l, 1, kill, end, want)
+	reclaim, ok := max(ra, rb), oka && okb
+	rconv, rok := rateConvergence(l, kill, end, 0.9*gRate, 0, 1)
+	fleetBefore := admittedRate(l, 2*time.Second, kill)
+	t.Logf("GLOBAL scenario=kill-9 reclaim=%v reclaimed=%v rate_reclaim=%v/%v target=%v fleet_rate_before=%.1f survivors_rate_before=%.1f survivors_rate_after=%.1f share_a=[%s] rate_survivors=[%s]",
+		reclaim, ok, rconv, rok, target, fleetBefore, admittedRate(l, 2*time.Second, kill, 0, 1), admittedRate(l, end-2*time.Second, end, 0, 1),
+		quotas(l, 0, kill, kill+target+2*time.Second), series(l, kill, kill+target+2*time.Second, 0, 1))
+	if fleetBefore > gRate*(1+accuracy) || fleetBefore < gRate*(1-accuracy) {
+		t.Errorf("kill -9: before the kill the fleet admitted %.1f/s under even load, want %d/s +-3%%", fleetBefore, gRate)
+	}
+	checkNoFailures(t, l, 0, 1)
+	if !ok || reclaim > target+slack {
+		t.Errorf("kill -9: the survivors' shares reached 90%% of half the rate after %v (reached: %v), want within %v", reclaim, ok, target)
+	}
+}
+
+// TestGlobalEtcdCluster runs the fleet on a 3-member etcd cluster and stops
+// the leader under load: no client sees an error, the admitted total holds,
+// and the allocation still follows the load.
+func TestGlobalEtcdCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real load on a 3-member etcd cluster")
+	}
+	requireGlobalSupport(t)
+	etcd := e2e.StartEtcdCluster(t, 3)
+	f := startFleet(t, etcd, 3)
+	f.putGlobal(t, "g-cluster", gRate, gBurst)
+	l := e2e.StartLoad(e2e.LoadConfig{Targets: f.targets("g-cluster", offered/3, offered/3, offered/3)})
+	runFor(l, 3*time.Second)
+	leader := etcd.Leader(t)
+	leader.Stop()
+	stopped := l.Elapsed()
+	runFor(l, 10500*time.Millisecond)
+	first := l.Counts(-1, 0, 10*time.Second)
+	l.SetRate(1, 0)
+	l.SetRate(2, 0)
+	l.SetRate(0, offered)
+	shift := l.Elapsed()
+	end := shift + 8*time.Second
+	runFor(l, end+500*time.Millisecond)
+	l.Stop()
+	allowed := float64(gRate*10 + gBurst)
+	conv, ok := shareConvergence(l, 0, shift, end, 0.9*gBurst)
+	t.Logf("GLOBAL scenario=etcd-cluster stopped=%s(leader) at=%v first10s_admitted=%d ratio=%.4f skew_share_convergence=%v converged=%v counts={%v}",
+		leader.Name, stopped.Round(time.Millisecond), first.OK, float64(first.OK)/allowed, conv, ok, l.Counts(-1, 0, end))
+	checkNoFailures(t, l)
+	checkRatio(t, "10s with an etcd member stopped", first.OK, allowed)
+	if !ok || conv > 2*syncInterval+slack {
+		t.Errorf("with an etcd member stopped, the allocation followed the load after %v (reached: %v)", conv, ok)
+	}
+}

@@ -1,0 +1,210 @@
+package wasm
+
+import (
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/edgelimit/edgelimit/wasm/abi"
+	"github.com/edgelimit/edgelimit/wasm/wasmtest"
+)
+
+func TestDecideGood(t *testing.T) {
+	m := mustLoad(t, wasmtest.WAT(t, "good"), Config{})
+	res, err := m.Decide(req("/"))
+	if err != nil || res != (Result{Action: abi.Limit, Cost: 1, Key: "wat"}) {
+		t.Fatalf("Decide = %+v, %v", res, err)
+	}
+	if s := m.Stats(); s.Errors() != 0 || s.Instantiations != 1 || s.Live != 1 || s.Idle != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+// TestHostileCalls shows what each misbehaving guest costs: the error the
+// caller gets (and turns into its on_error action), the counter, and
+// whether the instance is thrown away. The host survives all of them and
+// answers the next call.
+func TestHostileCalls(t *testing.T) {
+	tests := []struct {
+		module   string
+		timeout  time.Duration
+		want     error
+		replaced bool
+		stat     func(Stats) uint64
+	}{
+		{"loop", 50 * time.Millisecond, ErrTimeout, true, func(s Stats) uint64 { return s.Timeouts }},
+		{"recurse", 50 * time.Millisecond, ErrTimeout, true, func(s Stats) uint64 { return s.Timeouts }},
+		{"unreachable", 0, ErrTrap, true, func(s Stats) uint64 { return s.Traps }},
+		{"huge", 0, ErrBadResult, true, func(s Stats) uint64 { return s.BadResults }},
+		{"garbage", 0, ErrBadResult, true, func(s Stats) uint64 { return s.BadResults }},
+		{"outofbounds", 0, ErrBadResult, true, func(s Stats) uint64 { return s.BadResults }},
+		{"longkey", 0, ErrKeyTooLong, false, func(s Stats) uint64 { return s.KeysTooLong }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.module, func(t *testing.T) {
+			m := mustLoad(t, wasmtest.WAT(t, tt.module), Config{Timeout: tt.timeout})
+			for i := 1; i <= 2; i++ {
+				start := time.Now()
+				res, err := m.Decide(req("/"))
+				if !errors.Is(err, tt.want) || res != (Result{}) {
+					t.Fatalf("call %d: Decide = %+v, %v; want %v", i, res, err, tt.want)
+				}
+				if tt.timeout > 0 && time.Since(start) < tt.timeout {
+					t.Fatalf("stopped after %v, before the %v deadline", time.Since(start), tt.timeout)
+				}
+				s := m.Stats()
+				if got := tt.stat(s); got != uint64(i) {
+					t.Fatalf("call %d: counter = %d, stats %+v", i, got, s)
+				}
+				wantReplaced, wantInst := uint64(0), uint64(1)
+				if tt.replaced {
+					wantReplaced, wantInst = uint64(i), uint64(i)
+				}
+				if s.Replaced != wantReplaced || s.Instantiations != wantInst || s.Live > 1 {
+					t.Fatalf("call %d: replaced %d, instantiations %d, live %d; want %d, %d, <= 1",
+						i, s.Replaced, s.Instantiations, s.Live, wantReplaced, wantInst)
+				}
+			}
+		})
+	}
+}
+
+// TestMemoryBomb: a guest that grows memory in a loop is held at the page
+// cap (memory.grow fails), and the host is unharmed.
+func TestMemoryBomb(t *testing.T) {
+	const pages = 64
+	m := mustLoad(t, wasmtest.WAT(t, "membomb"), Config{MaxMemoryPages: pages})
+	res, err := m.Decide(req("/"))
+	if err != nil || res.Key != "wat" {
+		t.Fatalf("Decide = %+v, %v", res, err)
+	}
+	in, err := m.acquire()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.release(in, false)
+	// The bomb grows 16 pages at a time, so it stops within 16 of the cap.
+	if got := in.mem.Size() / 65536; got > pages || got <= pages-16 {
+		t.Fatalf("memory is %d pages, want (%d, %d]", got, pages-16, pages)
+	}
+}
+
+func TestRequestTooLarge(t *testing.T) {
+	m := mustLoad(t, wasmtest.WAT(t, "good"), Config{MaxRequestLen: 100})
+	_, err := m.Decide(req("/"+strings.Repeat("a", 100)))
+	if !errors.Is(err, ErrRequestTooLarge) || m.Stats().RequestTooLarge != 1 {
+		t.Fatalf("err = %v, stats %+v", err, m.Stats())
+	}
+}
+
+// TestGoGuestHostile runs the misbehaving Go guest: panics are caught by
+// the SDK (instance kept), a memory hog and os.Exit trap (instance
+// replaced), a spin loop times out, and meanwhile a well-behaved request
+// on another instance is unaffected.
+func TestGoGuestHostile(t *testing.T) {
+	m := mustLoad(t, wasmtest.Go(t, wasmtest.GoHostile), Config{Timeout: time.Second, MaxMemoryPages: 256, PoolSize: 2})
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-stop:
+		case <-time.After(45 * time.Second):
+			m.dog.mu.Lock()
+			for in := range m.dog.insts {
+				println("DEBUG instance state", in.state.Load(), "tick", m.dog.tick.Load())
+			}
+			m.dog.mu.Unlock()
+			println("DEBUG stats", m.Stats().Live, m.Stats().Idle, m.Stats().Traps, m.Stats().Timeouts)
+		}
+	}()
+
+	t.Log("step", "/panic")
+	_, err := m.Decide(req("/panic"))
+	if !errors.Is(err, ErrGuest) || !strings.Contains(err.Error(), "asked to panic") {
+		t.Fatalf("/panic: %v", err)
+	}
+	if s := m.Stats(); s.GuestErrors != 1 || s.Replaced != 0 {
+		t.Fatalf("/panic: stats %+v", s)
+	}
+
+	t.Log("step", "/exit")
+	_, err = m.Decide(req("/exit"))
+	if !errors.Is(err, ErrTrap) || !strings.Contains(err.Error(), "exited with code 3") {
+		t.Fatalf("/exit: %v", err)
+	}
+
+	t.Log("step", "/oom")
+	_, err = m.Decide(req("/oom"))
+	if !errors.Is(err, ErrTrap) {
+		t.Fatalf("/oom: %v", err)
+	}
+	if s := m.Stats(); s.Traps != 2 || s.Replaced != 2 {
+		t.Fatalf("after /exit and /oom: stats %+v", s)
+	}
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	var loopErr error
+	go func() {
+		defer wg.Done()
+		_, loopErr = m.Decide(req("/loop"))
+	}()
+	waitFor(t, "the /loop call to hold an instance", func() bool { s := m.Stats(); return s.Live-s.Idle == 1 })
+	res, err := m.Decide(req("/"))
+	if err != nil || res.Key != "ok" {
+		t.Fatalf("request beside /loop: %+v, %v", res, err)
+	}
+	wg.Wait()
+	if !errors.Is(loopErr, ErrTimeout) {
+		t.Fatalf("/loop: %v", loopErr)
+	}
+	res, err = m.Decide(req("/"))
+	if err != nil || res.Key != "ok" {
+		t.Fatalf("after the storm: %+v, %v", res, err)
+	}
+}
+
+// TestGoGuestSeesRequest checks the ABI end to end through the Go SDK:
+// every field, the config string, and only the declared headers in order.
+func TestGoGuestSeesRequest(t *testing.T) {
+	m := mustLoad(t, wasmtest.Go(t, wasmtest.GoHostile), Config{Config: "mode=test", MaxKeyLen: 1 << 14})
+	if got := strings.Join(m.Headers(), ","); got != "X-One,X-Two" {
+		t.Fatalf("Headers() = %s", got)
+	}
+	r := &abi.Request{Method: "PUT", Host: "h.example", Path: "/echo", Query: "a=1", RemoteIP: "2001:db8::9",
+		Headers: []abi.Header{{Name: "X-One", Value: "1"}, {Name: "X-Two", Value: "2a"}, {Name: "X-Two", Value: "2b"}}}
+	res, err := m.Decide(r)
+	want := "PUT h.example /echo?a=1 2001:db8::9 cfg=mode=test n=3|X-One=1|X-Two=2a|X-Two=2b"
+	if err != nil || res.Key != want || res.Cost != 1 || res.Action != abi.Limit {
+		t.Fatalf("Decide = %+v, %v\nwant key %q", res, err, want)
+	}
+	// A request bigger than the guest's first buffer makes the host ask
+	// for a bigger one.
+	big := strings.Repeat("v", 3*minBuffer)
+	res, err = m.Decide(&abi.Request{Path: "/echo", Headers: []abi.Header{{Name: "X-One", Value: big}}})
+	if err != nil || !strings.HasSuffix(res.Key, "|X-One="+big) {
+		t.Fatalf("big request: key of %d bytes, %v", len(res.Key), err)
+	}
+}
+
+func TestKind(t *testing.T) {
+	for err, want := range map[error]string{
+		nil:                 "",
+		ErrTimeout:          "timeout",
+		ErrTrap:             "trap",
+		ErrBadResult:        "bad_result",
+		ErrKeyTooLong:       "key_too_long",
+		ErrGuest:            "guest_error",
+		ErrRequestTooLarge:  "request_too_large",
+		ErrPoolBusy:         "pool_busy",
+		ErrClosed:           "closed",
+		ErrInit:             "instantiate",
+		errors.New("other"): "other",
+	} {
+		if got := Kind(err); got != want {
+			t.Errorf("Kind(%v) = %q, want %q", err, got, want)
+		}
+	}
+}

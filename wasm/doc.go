@@ -1,0 +1,18 @@
+// Package wasm runs operator-written bucket-key policies compiled to
+// WebAssembly, sandboxed by wazero.
+//
+// A Module is compiled once when it is loaded (Load, LoadFile). Its exports
+// and their signatures, its imports and its ABI version are checked right
+// there, and one instance is created and initialized with the policy's
+// config string, so that a bad module fails at config load with an error
+// naming what is wrong. Requests are then answered by Module.Decide on a
+// bounded pool of instances, each call under a deadline and every instance
+// under a memory cap, with no filesystem, network, environment or real
+// clock. A trap, a timeout or a malformed result returns an error (the
+// caller applies its on_error action), is counted in Stats, and the
+// instance is thrown away; the pool makes a fresh one on demand.
+//
+// The wire format is in package wasm/abi and documented in ABI.md; the Go
+// guest SDK is package wasm/guest. This package knows nothing of HTTP or
+// Caddy: package policy adapts an *http.Request into an abi.Request.
+package wasm

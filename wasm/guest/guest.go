@@ -1,0 +1,137 @@
+// Package guest is the Go SDK for edgelimit policies compiled to
+// WebAssembly. A policy is a package main that registers itself in init:
+//
+//	func init() {
+//		guest.Register(guest.Policy{
+//			Headers: []string{"X-API-Key"},
+//			Decide: func(r *guest.Request) guest.Verdict {
+//				return guest.Limit(guest.Key("key:", r.Header("X-API-Key")))
+//			},
+//		})
+//	}
+//
+//	func main() {}
+//
+// Build it as a WASI reactor:
+//
+//	GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -o policy.wasm .
+//
+// The ABI exports live in a wasip1-only file; on other platforms the package
+// builds (so `go vet ./...` covers policies) but exports nothing.
+package guest
+
+import (
+	"strings"
+
+	"github.com/edgelimit/edgelimit/wasm/abi"
+)
+
+// Policy is what a guest registers.
+type Policy struct {
+	// Headers names the request headers Decide reads. The host sends only
+	// these, so that a request costs no more than the policy needs.
+	Headers []string
+	// Init, if set, receives the policy's config string from the Caddyfile
+	// once per instance, before any request. An error fails the config
+	// load with its message.
+	Init func(config string) error
+	// Decide maps a request to a verdict. It runs on one request at a time
+	// per instance.
+	Decide func(r *Request) Verdict
+}
+
+// Request is what the guest sees of an HTTP request: method, host, path,
+// query (raw, without '?'), the client's IP, and the declared headers.
+//
+// # Notes
+//
+// Its strings alias the host's buffer and are valid only during Decide.
+// Copy any that must outlive the call (strings.Clone).
+type Request struct {
+	abi.Request
+}
+
+// Header returns the first value of the named header (case-insensitive), or
+// "" if it is absent or was not declared in Policy.Headers.
+func (r *Request) Header(name string) string {
+	for i := range r.Headers {
+		if strings.EqualFold(r.Headers[i].Name, name) {
+			return r.Headers[i].Value
+		}
+	}
+	return ""
+}
+
+// Values returns every value of the named header, in order.
+func (r *Request) Values(name string) []string {
+	var vs []string
+	for i := range r.Headers {
+		if strings.EqualFold(r.Headers[i].Name, name) {
+			vs = append(vs, r.Headers[i].Value)
+		}
+	}
+	return vs
+}
+
+// Verdict is a policy's answer. Make one with Limit, Skip, Deny or Fail.
+type Verdict struct {
+	action abi.Action
+	cost   uint32
+	key    string
+}
+
+// Limit counts the request against the bucket key at a cost of 1 token.
+func Limit(key string) Verdict { return Verdict{action: abi.Limit, cost: 1, key: key} }
+
+// Skip lets the request through without touching any bucket (health
+// checks, internal traffic).
+func Skip() Verdict { return Verdict{action: abi.Skip} }
+
+// Deny rejects the request without touching any bucket.
+func Deny() Verdict { return Verdict{action: abi.Deny} }
+
+// Fail reports an error; the host applies its on_error action and counts
+// the error. Use it for requests the policy cannot classify.
+func Fail(msg string) Verdict { return Verdict{action: abi.Fail, key: msg} }
+
+// WithCost sets the tokens a Limit verdict takes (at least 1; 0 means 1).
+// It has no effect on other verdicts.
+func (v Verdict) WithCost(n uint32) Verdict {
+	if v.action == abi.Limit {
+		v.cost = max(n, 1)
+	}
+	return v
+}
+
+// appendTo encodes the verdict.
+func (v Verdict) appendTo(dst []byte) []byte {
+	return abi.AppendResult(dst, v.action, v.cost, v.key)
+}
+
+var (
+	registered Policy
+	// scratch backs the strings made by Key; reset before every Decide.
+	scratch []byte
+)
+
+// Register installs the policy. Call it once, from init.
+func Register(p Policy) {
+	if p.Decide == nil {
+		panic("guest: Register with a nil Decide")
+	}
+	registered = p
+}
+
+// Key joins parts into one string without allocating in the steady state:
+// the bytes live in a buffer the SDK reuses, so the string is valid until
+// Decide returns, which is all a Verdict needs.
+func Key(parts ...string) string {
+	start := len(scratch)
+	for _, p := range parts {
+		scratch = append(scratch, p...)
+	}
+	if len(scratch) == start {
+		return ""
+	}
+	return unsafeString(scratch[start:])
+}

@@ -1,0 +1,72 @@
+package guest
+
+import "github.com/edgelimit/edgelimit/wasm/abi"
+
+// The SDK's per-instance state. A guest instance runs one call at a time,
+// so plain globals are safe.
+var (
+	inBuf  []byte  // the buffer handed out by edgelimit_alloc
+	outBuf []byte  // the result of the last init or decide
+	req    Request // decoded in place, Headers reused
+)
+
+// allocBuffer returns a buffer of at least n bytes that stays valid until
+// the next call. Go's GC does not move objects, and inBuf keeps it alive.
+func allocBuffer(n uint32) []byte {
+	if uint32(cap(inBuf)) < n {
+		inBuf = make([]byte, n)
+	}
+	return inBuf[:n]
+}
+
+// initPolicy runs Policy.Init and encodes the answer.
+func initPolicy(config string) (out []byte) {
+	defer func() {
+		if r := recover(); r != nil {
+			out = abi.AppendInitError(outBuf[:0], "panic in Init: "+panicText(r))
+			outBuf = out
+		}
+	}()
+	if registered.Decide == nil {
+		outBuf = abi.AppendInitError(outBuf[:0], "guest: no policy registered (call guest.Register in init)")
+		return outBuf
+	}
+	if registered.Init != nil {
+		if err := registered.Init(config); err != nil {
+			outBuf = abi.AppendInitError(outBuf[:0], err.Error())
+			return outBuf
+		}
+	}
+	outBuf = abi.AppendInit(outBuf[:0], registered.Headers)
+	return outBuf
+}
+
+// decide decodes a request, runs Policy.Decide and encodes the verdict. A
+// panic becomes a Fail verdict: the host then applies on_error but keeps
+// this instance, which is far cheaper than a trap and a new instance.
+func decide(buf []byte) (out []byte) {
+	defer func() {
+		if r := recover(); r != nil {
+			out = abi.AppendResult(outBuf[:0], abi.Fail, 0, "panic in Decide: "+panicText(r))
+			outBuf = out
+		}
+	}()
+	scratch = scratch[:0]
+	if err := abi.DecodeRequest(buf, &req.Request); err != nil {
+		outBuf = abi.AppendResult(outBuf[:0], abi.Fail, 0, err.Error())
+		return outBuf
+	}
+	v := registered.Decide(&req)
+	outBuf = v.appendTo(outBuf[:0])
+	return outBuf
+}
+
+func panicText(r any) string {
+	switch v := r.(type) {
+	case string:
+		return v
+	case error:
+		return v.Error()
+	}
+	return "non-string panic value"
+}

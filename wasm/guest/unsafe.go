@@ -1,0 +1,7 @@
+package guest
+
+import "unsafe"
+
+// unsafeString views b as a string without copying; b must not change while
+// the string is in use.
+func unsafeString(b []byte) string { return unsafe.String(&b[0], len(b)) }

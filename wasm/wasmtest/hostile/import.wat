@@ -1,0 +1,8 @@
+;; import: imports a function the host does not provide.
+(module
+  (import "env" "now" (func $now (result i64)))
+  (memory (export "memory") 1)
+  (func (export "edgelimit_abi_version") (result i32) (i32.const 1))
+  (func (export "edgelimit_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "edgelimit_init") (param i32 i32) (result i64) (i64.const 0x1000000005))
+  (func (export "edgelimit_decide") (param i32 i32) (result i64) (call $now)))

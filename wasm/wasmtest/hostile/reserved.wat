@@ -1,0 +1,9 @@
+;; reserved: exports a global under the name the host reserves for its
+;; interrupt flag.
+(module
+  (memory (export "memory") 1)
+  (global (export "edgelimit_interrupt") (mut i32) (i32.const 0))
+  (func (export "edgelimit_abi_version") (result i32) (i32.const 1))
+  (func (export "edgelimit_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "edgelimit_init") (param i32 i32) (result i64) (i64.const 0x1000000005))
+  (func (export "edgelimit_decide") (param i32 i32) (result i64) (i64.const 0)))

@@ -1,0 +1,11 @@
+;; startloop: the module's start function never returns. The host runs
+;; start functions itself, under the init deadline, so loading fails
+;; instead of hanging.
+(module
+  (memory (export "memory") 1)
+  (func $start (loop $forever (br $forever)))
+  (start $start)
+  (func (export "edgelimit_abi_version") (result i32) (i32.const 1))
+  (func (export "edgelimit_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "edgelimit_init") (param i32 i32) (result i64) (i64.const 0x1000000005))
+  (func (export "edgelimit_decide") (param i32 i32) (result i64) (i64.const 0)))
