@@ -39,7 +39,22 @@ build_xcaddy() {
 	# checkout with --replace and its two Caddy packages are added with --with:
 	# caddymodule (app, handler, CLI) and caddymodule/embedetcd (the embedded
 	# etcd server; leave it out for production edges that use a real cluster).
-	"$xc" build "$caddy_version" \
+	# This module is not published, so no module proxy knows its packages.
+	# Go asks the proxies for each of them before it settles on the local
+	# replacement, and a proxy that answers "403" rather than "404" (or a
+	# "direct" fetch that cannot reach the repository) stops the build. So
+	# the proxies are chained with "|" (fall through on any error) and end
+	# in "off", which sends those lookups to the replacement; every other
+	# module still comes from the proxies or the module cache.
+	local proxy="" p
+	for p in $(go env GOPROXY | tr ',|' '  '); do
+		case "$p" in
+		direct | off) ;;
+		*) proxy="$proxy$p|" ;;
+		esac
+	done
+	proxy="${proxy}off"
+	GOPROXY="$proxy" "$xc" build "$caddy_version" \
 		--output "$out" \
 		--replace "$module=$repo" \
 		--with "$module/caddymodule" \

@@ -16,7 +16,7 @@ import (
 
 // benchHandler builds a provisioned-equivalent handler without a running
 // Caddy: a placeholder key on X-Key, a generous template, draft headers.
-func benchHandler(b *testing.B) *Handler {
+func benchHandler(b testing.TB) *Handler {
 	b.Helper()
 	h := &Handler{Zone: "bench", Template: Template{Rate: 1e9, Burst: 1e9}}
 	tmpl, err := h.Template.config(false)

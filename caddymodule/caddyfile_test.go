@@ -136,3 +136,40 @@ func FuzzHandlerCaddyfile(f *testing.F) {
 		}
 	})
 }
+
+// FuzzAppCaddyfile feeds arbitrary global option bodies to the app parser:
+// no panics, errors carry a position, and accepted configs survive JSON.
+func FuzzAppCaddyfile(f *testing.F) {
+	for _, s := range []string{
+		"etcd http://127.0.0.1:2379",
+		"etcd {\nendpoints a b\nprefix /p/\ndial_timeout 2s\ntls {\nca x\n}\n}",
+		"global off\ninstance_id a\nsnapshot_file s.json",
+		"global {\nsync_interval 1s\nexpected_members 3\n}",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, body string) {
+		toks, err := caddyfile.Tokenize([]byte("edge_limit {\n"+body+"\n}"), "Caddyfile")
+		if err != nil {
+			return
+		}
+		var a App
+		if err := a.UnmarshalCaddyfile(caddyfile.NewDispenser(toks)); err != nil {
+			if !strings.Contains(err.Error(), "Caddyfile:") {
+				t.Fatalf("error without a position: %v", err)
+			}
+			return
+		}
+		b, err := json.Marshal(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back App
+		if err := json.Unmarshal(b, &back); err != nil {
+			t.Fatalf("round trip of %s: %v", b, err)
+		}
+		if a.Etcd != nil && len(a.Etcd.Endpoints) == 0 {
+			t.Fatalf("accepted etcd without endpoints: %q", body)
+		}
+	})
+}

@@ -117,6 +117,19 @@ func TestEtcdBucketsTakeEffect(t *testing.T) {
 		return metricValue(metricsText(t), "edgelimit_etcd_rejected_configs_total") == "1"
 	})
 
+	// A shadow bucket counts but never denies, and sends no fields.
+	put(t, cli, prefix+"buckets/dryrun", `{"rate":1,"per":"1h","burst":1,"shadow":true}`)
+	eventually(t, 5*time.Second, "shadow bucket applied", func() bool {
+		return metricValue(metricsText(t), "edgelimit_explicit_buckets") == "3"
+	})
+	wantStatuses(t, statuses(t, tc, 3, "/", "X-Key", "dryrun"), 200, 200, 200)
+	if resp, _ := get(t, tc, "/", "X-Key", "dryrun"); resp.Header.Get("RateLimit") != "" {
+		t.Errorf("shadow bucket sent RateLimit %q", resp.Header.Get("RateLimit"))
+	}
+	if v := metricValue(metricsText(t), `edgelimit_decisions_total{result="shadow_denied",zone="tenants"}`); v != "3" {
+		t.Errorf("shadow_denied for the shadow bucket = %q, want 3", v)
+	}
+
 	del(t, cli, prefix+"buckets/globex")
 	eventually(t, 5*time.Second, "deleted bucket unknown again", func() bool {
 		resp, _ := get(t, tc, "/", "X-Key", "globex")

@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/edgelimit/edgelimit/limiter"
 	"github.com/edgelimit/edgelimit/policy"
@@ -175,6 +176,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err := app.claimZone(h.Zone, tmpl); err != nil {
 			return err
 		}
+		if h.Cost > tmpl.Burst {
+			h.logger.Warn("cost exceeds the template's burst: keys without an explicit bucket are always denied",
+				zap.String("zone", h.Zone), zap.Int64("cost", h.Cost), zap.Int64("burst", tmpl.Burst))
+		}
 		key := zoneKey{name: h.Zone, config: tmpl}
 		if h.zone, err = loadZone(key); err != nil {
 			return err
@@ -267,14 +272,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return next.ServeHTTP(w, r)
 		case h.unknown == UnknownDeny:
 			h.counters.byResult[resultUnknownDenied].Inc()
-			h.logDenied("unknown key denied", v.Key)
+			h.logDenied(zap.DebugLevel, "unknown key denied", v.Key)
 			return caddyhttp.Error(h.status, ErrUnknownKey)
 		}
 		d, err = h.zone.lim.AllowN(v.Key, now, int(v.Cost))
 	}
+	if errors.Is(err, limiter.ErrInvalidCost) {
+		// A cost above the bucket's burst can never be paid: deny, without
+		// Retry-After, since waiting will not help. Passing it would let a
+		// policy's (or a tenant's) large cost bypass the limit.
+		h.counters.byResult[resultDenied].Inc()
+		h.logDenied(zap.DebugLevel, "cost exceeds the bucket's burst", v.Key)
+		return caddyhttp.Error(h.status, fmt.Errorf("%w: %w", ErrRateLimited, err))
+	}
 	if err != nil {
-		// A cost beyond the bucket's burst, or an engine error: fail open,
-		// since a limiter bug must not take the site down.
+		// An engine error: fail open, since a limiter bug must not take the
+		// site down.
 		h.counters.byResult[resultError].Inc()
 		h.logger.Error("rate-limit decision failed; request passed", zap.String("zone", h.Zone), zap.Error(err))
 		return next.ServeHTTP(w, r)
@@ -282,7 +295,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	if !d.Allowed && (h.Shadow || d.Config.Shadow) {
 		h.counters.byResult[resultShadowDenied].Inc()
-		h.logDenied("shadow: request would be denied", v.Key)
+		h.logDenied(zap.InfoLevel, "shadow: request would be denied", v.Key)
 		return next.ServeHTTP(w, r)
 	}
 	if !h.Shadow && !d.Config.Shadow {
@@ -291,17 +304,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !d.Allowed {
 		h.counters.byResult[resultDenied].Inc()
 		w.Header()[hdrRetryAfter] = []string{strconv.FormatInt(max(1, ceilSeconds(d.RetryAfter)), 10)}
-		h.logDenied("rate limit exceeded", v.Key)
+		h.logDenied(zap.DebugLevel, "rate limit exceeded", v.Key)
 		return caddyhttp.Error(h.status, ErrRateLimited)
 	}
 	h.counters.byResult[resultAllowed].Inc()
 	return next.ServeHTTP(w, r)
 }
 
-// logDenied logs a denial at debug level (a flood of denials must not
-// flood the log), with the key only when the operator asked for it.
-func (h *Handler) logDenied(msg, key string) {
-	ce := h.logger.Check(zap.DebugLevel, msg)
+// logDenied logs a denial, with the key only when the operator asked for
+// it. Real denials go at debug level (a flood of denials must not flood the
+// log; the metrics count them); shadow denials at info, since seeing them
+// is the point of a dry run.
+func (h *Handler) logDenied(level zapcore.Level, msg, key string) {
+	ce := h.logger.Check(level, msg)
 	if ce == nil {
 		return
 	}

@@ -191,6 +191,19 @@ func TestCostAboveBurstIsDenied(t *testing.T) {
 	}
 	respond "ok"`), "caddyfile")
 	wantStatuses(t, statuses(t, tc, 3, "/"), 200, 200, 429)
+
+	// A cost above the burst can never be paid: denied, not waved through.
+	tc.InitServer(site("", `
+	edge_limit too-costly {
+		rate 10/1s
+		burst 10
+		cost 11
+	}
+	respond "ok"`), "caddyfile")
+	resp, _ := get(t, tc, "/")
+	if resp.StatusCode != 429 || resp.Header.Get("Retry-After") != "" {
+		t.Errorf("cost above burst: %d, Retry-After %q; want 429 without Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
 }
 
 func TestReloadKeepsTokens(t *testing.T) {
@@ -213,6 +226,44 @@ func TestReloadKeepsTokens(t *testing.T) {
 		t.Fatalf("after reload: %d %q; want the new config's 200 two", resp.StatusCode, body)
 	}
 	wantStatuses(t, statuses(t, tc, 1, "/", "X-Key", "k"), 429)
+
+	// A broken block fails the load with the line and the problem; the
+	// running config, and its tokens, stay.
+	broken := strings.Replace(cfg("three"), "burst 2", "burst two", 1)
+	msg, err := postLoad(broken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(msg, `burst \"two\": want a positive integer, at Caddyfile:`) {
+		t.Errorf("loading a broken edge_limit block: %s", msg)
+	}
+	// Two templates for one zone in one config cannot share a table.
+	msg, err = postLoad(site("", `
+	route /a {
+		edge_limit shared {
+			rate 1/1s
+		}
+	}
+	route /b {
+		edge_limit shared {
+			rate 2/1s
+		}
+	}
+	respond "three"`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(msg, `zone \"shared\" is defined twice`) {
+		t.Errorf("loading one zone with two templates: %s", msg)
+	}
+	resp, body = get(t, tc, "/", "X-Key", "k")
+	if resp.StatusCode != 429 {
+		t.Errorf("after failed loads: %d %q; want the running config's 429 for k", resp.StatusCode, body)
+	}
+	resp, body = get(t, tc, "/", "X-Key", "fresh")
+	if resp.StatusCode != 200 || body != "two" {
+		t.Errorf("after failed loads: %d %q; want the running config's 200 two", resp.StatusCode, body)
+	}
 }
 
 // TestStackedZonesListEachPolicy passes a request through two handlers; the

@@ -191,7 +191,7 @@ func (p *ClientIPPolicy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return err
 		}
 	}
-	for d.NextBlock(1) {
+	for d.NextBlock(0) {
 		var dst *int
 		switch d.Val() {
 		case "ipv4":
@@ -244,7 +244,7 @@ func noMore(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// loadPolicyModule is the error-wrapping form of a failed policy build.
+// policyError wraps the error of a policy that could not be built.
 func policyError(name string, err error) error {
 	return fmt.Errorf("%w: policy %s: %w", ErrInvalidConfig, name, err)
 }

@@ -15,7 +15,8 @@ import (
 type Admin struct {
 	cli    *clientv3.Client
 	prefix string // "<prefix>buckets/"
-	// PageSize is the number of keys per request in ListBuckets.
+	// PageSize is the number of keys per request in ListBuckets
+	// (see SyncerOptions.PageSize).
 	PageSize int
 }
 
@@ -30,10 +31,10 @@ type Bucket struct {
 
 // NewAdmin returns an admin for the buckets under prefix (DefaultPrefix if empty).
 func NewAdmin(cli *clientv3.Client, prefix string) *Admin {
-	return &Admin{cli: cli, prefix: BucketsPrefix(prefix), PageSize: 1000}
+	return &Admin{cli: cli, prefix: BucketsPrefix(prefix), PageSize: 10_000}
 }
 
-// key validates id and spec and returns the key and canonical value.
+// keyValue validates id and spec and returns the key and canonical value.
 func (a *Admin) keyValue(id string, spec Spec) (string, string, error) {
 	key, err := a.key(id)
 	if err != nil {
@@ -46,6 +47,7 @@ func (a *Admin) keyValue(id string, spec Spec) (string, string, error) {
 	return key, string(val), nil
 }
 
+// key validates id and returns its key.
 func (a *Admin) key(id string) (string, error) {
 	if err := limiter.ValidateBucketID(id); err != nil {
 		return "", fmt.Errorf("%w: %w", ErrInvalidSpec, err)
@@ -164,7 +166,7 @@ func (a *Admin) ListBuckets(ctx context.Context) ([]Bucket, error) {
 	start, end := bucketRange(a.prefix)
 	page := a.PageSize
 	if page <= 0 {
-		page = 1000
+		page = 10_000
 	}
 	var out []Bucket
 	var rev int64

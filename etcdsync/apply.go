@@ -14,15 +14,15 @@ func (s *Syncer) applyKV(kv *mvccpb.KeyValue, gen uint64) {
 		s.reject(kv, "", err, gen)
 		return
 	}
-	spec, newer, err := decodeSpec(kv.Value)
+	spec, newer, err := s.decode(kv.Value)
 	if err == nil {
 		if newer {
 			s.noteNewer(kv, gen)
 		}
 		s.mu.Lock()
 		prev, ok := s.applied[id]
-		if ok && prev.spec == spec {
-			s.applied[id] = appliedSpec{spec: spec, gen: gen}
+		if ok && *prev.spec == spec {
+			s.applied[id] = appliedSpec{spec: prev.spec, gen: gen}
 			if !newer {
 				delete(s.rejected, string(kv.Key))
 			}
@@ -36,8 +36,9 @@ func (s *Syncer) applyKV(kv *mvccpb.KeyValue, gen uint64) {
 		s.reject(kv, id, err, gen)
 		return
 	}
+	sp := s.intern(spec)
 	s.mu.Lock()
-	s.applied[id] = appliedSpec{spec: spec, gen: gen}
+	s.applied[id] = appliedSpec{spec: sp, gen: gen}
 	if !newer {
 		delete(s.rejected, string(kv.Key))
 	}
@@ -94,7 +95,7 @@ func (s *Syncer) reject(kv *mvccpb.KeyValue, id string, err error, gen uint64) {
 	fields := []zap.Field{zap.String("key", key), zap.Int64("mod_revision", kv.ModRevision), zap.Error(err)}
 	if kept {
 		s.log.Error("etcdsync: invalid bucket value rejected; the last valid config stays in force",
-			append(fields, zap.Stringer("in_force", prev.spec))...)
+			append(fields, zap.Stringer("in_force", *prev.spec))...)
 		return
 	}
 	s.log.Error("etcdsync: invalid bucket value rejected", fields...)
@@ -113,4 +114,40 @@ func (s *Syncer) noteNewer(kv *mvccpb.KeyValue, gen uint64) {
 	}
 	s.log.Warn("etcdsync: bucket value of a newer schema version; applied without the fields this version does not know",
 		zap.String("key", key), zap.Int64("mod_revision", kv.ModRevision))
+}
+
+// intern returns a shared copy of spec, so that a million buckets on a few
+// plans hold a pointer each rather than a Spec each. Only the sync
+// goroutine calls it.
+func (s *Syncer) intern(spec Spec) *Spec {
+	if p, ok := s.interned[spec]; ok {
+		return p
+	}
+	p := &spec
+	if len(s.interned) < decodeCacheSize {
+		s.interned[spec] = p
+	}
+	return p
+}
+
+// decodeCacheSize bounds the decoded-value cache. Deployments with a
+// million buckets tend to use a handful of plans, so a few thousand
+// distinct values cover them; past that the cache starts over.
+const decodeCacheSize = 4096
+
+// decode is decodeSpec with a cache of valid values: decoding and
+// validating dominate the syncer's cost per bucket at initial load. Only
+// the sync goroutine calls it.
+func (s *Syncer) decode(val []byte) (Spec, bool, error) {
+	if spec, ok := s.decoded[string(val)]; ok {
+		return spec, false, nil
+	}
+	spec, newer, err := decodeSpec(val)
+	if err == nil && !newer {
+		if len(s.decoded) >= decodeCacheSize {
+			clear(s.decoded)
+		}
+		s.decoded[string(val)] = spec
+	}
+	return spec, newer, err
 }

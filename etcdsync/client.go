@@ -71,6 +71,17 @@ func (c ClientConfig) New(logger *zap.Logger) (*clientv3.Client, error) {
 	return cli, nil
 }
 
+// Connect returns a function for SyncerOptions.Connect that makes the
+// client with New, bounded by ctx.
+func (c ClientConfig) Connect(logger *zap.Logger) func(ctx context.Context) (*clientv3.Client, error) {
+	return func(ctx context.Context) (*clientv3.Client, error) {
+		if dl, ok := ctx.Deadline(); ok && (c.DialTimeout <= 0 || time.Until(dl) < c.DialTimeout) {
+			c.DialTimeout = max(time.Until(dl), time.Millisecond)
+		}
+		return c.New(logger)
+	}
+}
+
 // Check makes one small read to tell whether the client can reach etcd and
 // is allowed to read the bucket keys under prefix. Errors name the cause:
 // ErrAuthFailed, ErrUnavailable (unreachable, or a TLS handshake refused).

@@ -3,6 +3,7 @@ package etcdsync
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -33,10 +34,16 @@ func TestEtcdctlAsInTheREADME(t *testing.T) {
 	ep := f.etcd.Endpoints()[0]
 	s := f.startSyncer(t, func(o *SyncerOptions) { o.Prefix = "" }) // the default, /edgelimit/
 
-	// Watch everything under the prefix, as an operator would.
+	// Watch everything under the prefix, as an operator would. --rev makes
+	// the watch see every change below even if it starts after them.
+	resp, err := f.cli.Get(ctxT(t), "anything")
+	if err != nil {
+		t.Fatal(err)
+	}
 	wctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	watch := exec.CommandContext(wctx, "etcdctl", "--endpoints="+ep, "watch", "/edgelimit/buckets/", "--prefix")
+	watch := exec.CommandContext(wctx, "etcdctl", "--endpoints="+ep, "watch", "/edgelimit/buckets/", "--prefix",
+		fmt.Sprintf("--rev=%d", resp.Header.Revision+1))
 	watch.Env = append(os.Environ(), "ETCDCTL_API=3")
 	wout, err := watch.StdoutPipe()
 	if err != nil {

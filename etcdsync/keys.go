@@ -1,6 +1,7 @@
 package etcdsync
 
 import (
+	"bytes"
 	"fmt"
 	"strings"
 
@@ -41,10 +42,12 @@ func bucketRange(bucketsPrefix string) (string, string) {
 
 // bucketID extracts and validates the bucket ID of a key under bucketsPrefix.
 func bucketID(bucketsPrefix string, key []byte) (string, error) {
-	id, ok := strings.CutPrefix(string(key), bucketsPrefix)
-	if !ok {
+	if !bytes.HasPrefix(key, []byte(bucketsPrefix)) {
 		return "", fmt.Errorf("%w: key %q is outside %q", ErrInvalidSpec, key, bucketsPrefix)
 	}
+	// A string of the ID bytes alone: the syncer keeps it for as long as
+	// the bucket exists, and the prefix would double its size.
+	id := string(key[len(bucketsPrefix):])
 	if err := limiter.ValidateBucketID(id); err != nil {
 		return "", fmt.Errorf("%w: key %q: %w", ErrInvalidSpec, key, err)
 	}

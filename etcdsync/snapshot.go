@@ -1,6 +1,8 @@
 package etcdsync
 
 import (
+	"github.com/edgelimit/edgelimit/etcdsync/internal/retry"
+
 	"bufio"
 	"context"
 	"encoding/json"
@@ -57,7 +59,7 @@ func (s *Syncer) snapshotLoop(ctx context.Context) {
 			return
 		case <-s.snapKick:
 		}
-		if wait := s.opts.SnapshotInterval - time.Since(last); wait > 0 && !sleep(ctx, wait) {
+		if wait := s.opts.SnapshotInterval - time.Since(last); wait > 0 && !retry.Sleep(ctx, wait) {
 			return // Stop writes the last one
 		}
 		if err := s.writeSnapshot(); err != nil {
@@ -75,7 +77,7 @@ func (s *Syncer) writeSnapshot() error {
 	s.mu.Lock()
 	out := snapshotOut{Version: snapshotVersion, Revision: s.health.Revision, Buckets: make(map[string]Spec, len(s.applied))}
 	for id, a := range s.applied {
-		out.Buckets[id] = a.spec
+		out.Buckets[id] = *a.spec
 	}
 	s.mu.Unlock()
 	if err := writeFileAtomic(s.opts.SnapshotPath, func(w *bufio.Writer) error {
@@ -185,7 +187,7 @@ func (s *Syncer) loadSnapshot() (int, int64, error) {
 			continue
 		}
 		s.mu.Lock()
-		s.applied[id] = appliedSpec{spec: spec, gen: gen}
+		s.applied[id] = appliedSpec{spec: s.intern(spec), gen: gen}
 		s.mu.Unlock()
 		s.applies.Add(1)
 		n++

@@ -1,6 +1,8 @@
 package etcdsync
 
 import (
+	"github.com/edgelimit/edgelimit/etcdsync/internal/retry"
+
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -27,8 +30,10 @@ type SyncerOptions struct {
 	// SnapshotInterval is the least time between two snapshot writes
 	// (default 1s): a burst of changes costs one write, not one per change.
 	SnapshotInterval time.Duration
-	// PageSize is the number of keys per list request (default 1000), so
-	// that a million buckets never come in one huge response.
+	// PageSize is the number of keys per list request (default 10000,
+	// about 1 MB), so that a million buckets never come in one huge
+	// response. Not much smaller: etcd counts the rest of the range on
+	// every page, so a list costs O(n²/PageSize) on the server.
 	PageSize int
 	// RequestTimeout bounds each list page and each progress request
 	// (default 3s). It is also how long a cold start waits for etcd before
@@ -40,6 +45,13 @@ type SyncerOptions struct {
 	// MinBackoff and MaxBackoff bound the jittered wait between retries
 	// after an error (defaults 50ms and 5s).
 	MinBackoff, MaxBackoff time.Duration
+	// Connect, used when NewSyncer gets a nil client, makes the client
+	// in the background and is retried like any other sync error; the
+	// syncer closes that client on Stop. It is for clients that cannot be
+	// made while etcd is down: clientv3 authenticates a user name and
+	// password inside clientv3.New. With it, a cold start still serves
+	// the snapshot at once. ClientConfig.Connect returns one.
+	Connect func(ctx context.Context) (*clientv3.Client, error)
 }
 
 func (o *SyncerOptions) setDefaults() {
@@ -51,7 +63,7 @@ func (o *SyncerOptions) setDefaults() {
 		o.SnapshotInterval = time.Second
 	}
 	if o.PageSize <= 0 {
-		o.PageSize = 1000
+		o.PageSize = 10_000
 	}
 	if o.RequestTimeout <= 0 {
 		o.RequestTimeout = 3 * time.Second
@@ -99,7 +111,7 @@ type Stats struct {
 // concurrent use; the Target is only ever called from the syncer's own
 // goroutine.
 type Syncer struct {
-	cli    *clientv3.Client
+	cli    *clientv3.Client // set once by the sync goroutine if opts.Connect makes it
 	opts   SyncerOptions
 	prefix string // "<prefix>buckets/"
 	log    *zap.Logger
@@ -113,8 +125,10 @@ type Syncer struct {
 	health   Health
 
 	applies, rejects, relists atomic.Uint64
-	dirty                     atomic.Bool   // changes since the last snapshot
-	snapKick                  chan struct{} // wakes the snapshot writer
+	dirty                     atomic.Bool     // changes since the last snapshot
+	decoded                   map[string]Spec // valid values seen; sync goroutine only
+	interned                  map[Spec]*Spec  // shared specs; sync goroutine only
+	snapKick                  chan struct{}   // wakes the snapshot writer
 
 	startOnce, stopOnce sync.Once
 	cancel              context.CancelFunc
@@ -126,8 +140,10 @@ type Syncer struct {
 	beforeWatch func(rev int64)
 }
 
+// appliedSpec is one bucket in force. The spec is shared between buckets
+// (see intern) and never modified.
 type appliedSpec struct {
-	spec Spec
+	spec *Spec
 	gen  uint64
 }
 
@@ -141,8 +157,8 @@ var ErrStarted = errors.New("etcdsync: syncer already started")
 
 // NewSyncer returns a syncer; Start runs it.
 func NewSyncer(cli *clientv3.Client, opts SyncerOptions) *Syncer {
-	if cli == nil || opts.Target == nil {
-		panic("etcdsync: NewSyncer needs a client and a Target")
+	if (cli == nil && opts.Connect == nil) || opts.Target == nil {
+		panic("etcdsync: NewSyncer needs a client (or Connect) and a Target")
 	}
 	opts.setDefaults()
 	return &Syncer{
@@ -153,6 +169,8 @@ func NewSyncer(cli *clientv3.Client, opts SyncerOptions) *Syncer {
 		applied:  make(map[string]appliedSpec),
 		rejected: make(map[string]rejectMark),
 		snapKick: make(chan struct{}, 1),
+		decoded:  make(map[string]Spec),
+		interned: make(map[Spec]*Spec),
 		ready:    make(chan struct{}),
 	}
 }
@@ -196,6 +214,9 @@ func (s *Syncer) Stop() {
 		}
 		s.cancel()
 		s.wg.Wait()
+		if s.opts.Connect != nil && s.cli != nil {
+			s.cli.Close()
+		}
 		if s.opts.SnapshotPath != "" && s.dirty.Load() {
 			if err := s.writeSnapshot(); err != nil {
 				s.log.Warn("etcdsync: final snapshot", zap.Error(err))
@@ -227,13 +248,17 @@ func (s *Syncer) markReady() { s.readyOnce.Do(func() { close(s.ready) }) }
 // run is the sync loop: list, watch until the watch fails, repeat.
 func (s *Syncer) run(ctx context.Context) {
 	defer s.wg.Done()
-	bo := backoff{min: s.opts.MinBackoff, max: s.opts.MaxBackoff}
+	bo := retry.Backoff{Min: s.opts.MinBackoff, Max: s.opts.MaxBackoff}
 	triedSnapshot := s.opts.SnapshotPath == ""
 	for ctx.Err() == nil {
-		rev, err := s.list(ctx)
+		rev, err := s.connectAndList(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
+			}
+			if errors.Is(err, rpctypes.ErrCompacted) {
+				// Compacted between two pages: start over at a new revision.
+				continue
 			}
 			s.setError(err)
 			s.log.Warn("etcdsync: listing buckets failed; serving the last configs", zap.String("prefix", s.prefix), zap.Error(err))
@@ -241,13 +266,13 @@ func (s *Syncer) run(ctx context.Context) {
 				triedSnapshot = true
 				s.coldStart()
 			}
-			if !sleep(ctx, bo.next()) {
+			if !retry.Sleep(ctx, bo.Next()) {
 				return
 			}
 			continue
 		}
 		triedSnapshot = true
-		bo.reset()
+		bo.Reset()
 		s.markReady()
 		s.kickSnapshot()
 		err = s.watch(ctx, rev)
@@ -260,10 +285,22 @@ func (s *Syncer) run(ctx context.Context) {
 		}
 		s.setError(err)
 		s.log.Warn("etcdsync: watch failed; relisting after a backoff", zap.Error(err))
-		if !sleep(ctx, bo.next()) {
+		if !retry.Sleep(ctx, bo.Next()) {
 			return
 		}
 	}
+}
+
+// connectAndList makes the client first if it is the syncer's to make.
+func (s *Syncer) connectAndList(ctx context.Context) (int64, error) {
+	if s.cli == nil {
+		cli, err := s.opts.Connect(ctx)
+		if err != nil {
+			return 0, err
+		}
+		s.cli = cli
+	}
+	return s.list(ctx)
 }
 
 // coldStart applies the snapshot file when etcd did not answer the first list.

@@ -2,6 +2,7 @@ package etcdsync
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sync/atomic"
@@ -10,6 +11,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/edgelimit/edgelimit/etcdsync/etcdtest"
 	"github.com/edgelimit/edgelimit/limiter"
 )
 
@@ -19,6 +21,7 @@ func TestSyncerRelistsAfterCompaction(t *testing.T) {
 	mustPut(t, f.cli, bkey("update"), specJSON(1, 1))
 	mustPut(t, f.cli, bkey("delete"), specJSON(1, 1))
 	mustPut(t, f.cli, bkey("spoil"), specJSON(1, 1))
+	mustPut(t, f.cli, bkey("bad"), `{}`) // seen by both lists, logged once
 
 	paused := make(chan int64)
 	resume := make(chan struct{})
@@ -58,8 +61,11 @@ func TestSyncerRelistsAfterCompaction(t *testing.T) {
 	f.bucketGone(t, "short-lived")
 	f.bucketIs(t, "spoil", spec(1, 1)) // last valid config
 	waitFor(t, 10*time.Second, "the watch after the relist", func() bool { return watches.Load() == 2 })
-	if st := s.Stats(); st.Relists != 1 || st.Buckets != 4 || st.Rejected != 1 {
-		t.Fatalf("stats = %+v, want 1 relist, 4 buckets, 1 rejected", st)
+	if st := s.Stats(); st.Relists != 1 || st.Buckets != 4 || st.Rejected != 2 {
+		t.Fatalf("stats = %+v, want 1 relist, 4 buckets, 2 rejected", st)
+	}
+	if n := f.logs.FilterField(zapcoreString("key", bkey("bad"))).Len(); n != 1 {
+		t.Fatalf("the invalid value was logged %d times across two lists, want once", n)
 	}
 	// The relist did not touch the unchanged bucket: its tokens are intact.
 	if d, _ := f.lim.AllowN("keep", time.Now(), 0); d.Remaining != 6 {
@@ -204,7 +210,7 @@ func TestSyncerLoads100kBucketsInPages(t *testing.T) {
 	if testing.Short() {
 		t.Skip("100k buckets: skipped in -short mode")
 	}
-	const n, page = 100_000, 500
+	const n, page = 100_000, 2000
 	f := newFixture(t)
 	putBuckets(t, f.cli, n, 5000)
 	kv := &countingKV{KV: f.cli.KV}
@@ -222,5 +228,48 @@ func TestSyncerLoads100kBucketsInPages(t *testing.T) {
 		if _, ok := f.lim.BucketConfig(fmt.Sprintf("b%07d", i)); !ok {
 			t.Fatalf("bucket %d missing", i)
 		}
+	}
+}
+
+// With a user name, clientv3 cannot even make a client while etcd is down;
+// SyncerOptions.Connect lets the syncer serve its snapshot meanwhile.
+func TestSyncerColdStartWithPasswordAuth(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.WithAuth(testPassword))
+	f := &syncFixture{etcd: e, cli: e.Client(t), lim: limiter.New()}
+	snap := filepath.Join(t.TempDir(), "buckets.json")
+	s := f.startSyncer(t, func(o *SyncerOptions) { o.SnapshotPath = snap })
+	mustPut(t, f.cli, bkey("a"), specJSON(1, 1))
+	f.bucketIs(t, "a", spec(1, 1))
+	s.Stop() // writes the snapshot
+	e.Stop()
+
+	cc := ClientConfig{Endpoints: e.Endpoints(), DialTimeout: time.Second, Username: etcdtest.RootUser, Password: testPassword}
+	if _, err := cc.New(nil); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("New with etcd down: %v, want ErrUnavailable", err)
+	}
+	lg, logs := observed()
+	lim := limiter.New()
+	f2 := &syncFixture{etcd: e, lim: lim}
+	s2 := NewSyncer(nil, SyncerOptions{
+		Prefix: testPrefix, Target: LimiterTarget(lim), Logger: lg, SnapshotPath: snap,
+		Connect: cc.Connect(lg), RequestTimeout: 300 * time.Millisecond, ProgressInterval: 50 * time.Millisecond,
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
+	})
+	checkNoLeak(t)
+	t.Cleanup(s2.Stop)
+	if err := s2.Start(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := lim.BucketConfig("a"); !ok {
+		t.Fatal("the snapshot was not applied")
+	}
+	e.Restart(t)
+	mustPut(t, f.cli, bkey("b"), specJSON(2, 2))
+	f2.bucketIs(t, "b", spec(2, 2))
+	waitFor(t, 10*time.Second, "connected", func() bool { return s2.Health().Connected })
+	s2.Stop()
+	assertNoSecret(t, logs, testPassword)
+	if logs.FilterMessageSnippet("listing buckets failed").Len() == 0 {
+		t.Fatal("the failed connection attempts were not logged")
 	}
 }

@@ -2,6 +2,7 @@ package etcdsync
 
 import (
 	"errors"
+	"sync"
 
 	"github.com/edgelimit/edgelimit/limiter"
 )
@@ -16,12 +17,21 @@ type Target interface {
 
 // LimiterTarget applies every spec to l as an explicit bucket, whatever its
 // scope; etcdsync/global wraps it to take over scope=global buckets.
-func LimiterTarget(l *limiter.Limiter) Target { return limiterTarget{l} }
+// Its methods are safe for concurrent use.
+func LimiterTarget(l *limiter.Limiter) Target {
+	return &limiterTarget{l: l, configs: make(map[Spec]limiter.Config)}
+}
 
-type limiterTarget struct{ l *limiter.Limiter }
+type limiterTarget struct {
+	l *limiter.Limiter
+	// configs caches Spec.Config, whose exact-fraction arithmetic costs
+	// more than the rest of a put; buckets share a few distinct specs.
+	mu      sync.Mutex
+	configs map[Spec]limiter.Config
+}
 
-func (t limiterTarget) Put(id string, spec Spec) error {
-	c, err := spec.Config()
+func (t *limiterTarget) Put(id string, spec Spec) error {
+	c, err := t.config(spec)
 	if err != nil {
 		return err
 	}
@@ -29,9 +39,29 @@ func (t limiterTarget) Put(id string, spec Spec) error {
 	return err
 }
 
+func (t *limiterTarget) config(spec Spec) (limiter.Config, error) {
+	t.mu.Lock()
+	c, ok := t.configs[spec]
+	t.mu.Unlock()
+	if ok {
+		return c, nil
+	}
+	c, err := spec.Config()
+	if err != nil {
+		return c, err
+	}
+	t.mu.Lock()
+	if len(t.configs) >= decodeCacheSize {
+		clear(t.configs)
+	}
+	t.configs[spec] = c
+	t.mu.Unlock()
+	return c, nil
+}
+
 // Delete treats a bucket that is already gone as deleted: the syncer may
 // replay a delete after a relist.
-func (t limiterTarget) Delete(id string) error {
+func (t *limiterTarget) Delete(id string) error {
 	if err := t.l.DeleteBucket(id); err != nil && !errors.Is(err, limiter.ErrBucketNotFound) {
 		return err
 	}

@@ -9,18 +9,18 @@ import (
 
 const mmapSupported = true
 
-// mapChunk maps size bytes (a multiple of 2 MiB), 2 MiB-aligned, and asks
-// for transparent huge pages. It returns the whole mapping (to unmap) and
-// the aligned window (to use), or nils on failure (the caller then falls
-// back to the heap). The unaligned slack is never touched, so it costs
-// address space but no memory.
-func mapChunk(size int) (mapping, window []byte) {
-	b, err := syscall.Mmap(-1, 0, size+hugePage, syscall.PROT_READ|syscall.PROT_WRITE,
+// mapChunk maps size bytes aligned to align (a power of two >= 2 MiB) and
+// asks for transparent huge pages. It returns the whole mapping (to unmap)
+// and the aligned window (to use), or nils on failure (the caller then falls
+// back to the heap). The slack around the window is never touched: it costs
+// address space, not memory.
+func mapChunk(size, align int) (mapping, window []byte) {
+	b, err := syscall.Mmap(-1, 0, size+align, syscall.PROT_READ|syscall.PROT_WRITE,
 		syscall.MAP_PRIVATE|syscall.MAP_ANON|syscall.MAP_NORESERVE)
 	if err != nil {
 		return nil, nil
 	}
-	off := int(-uintptr(unsafe.Pointer(&b[0])) & (hugePage - 1))
+	off := int(-uintptr(unsafe.Pointer(&b[0])) & uintptr(align-1))
 	w := b[off : off+size : off+size]
 	_ = syscall.Madvise(w, 14) // MADV_HUGEPAGE; harmless if THP is off
 	return b, w

@@ -4,6 +4,6 @@ package limiter
 
 const mmapSupported = false
 
-func mapChunk(int) (mapping, window []byte) { return nil, nil }
-func unmapChunk([]byte)                     {}
-func dontNeed([]byte)                       {}
+func mapChunk(size, align int) (mapping, window []byte) { return nil, nil }
+func unmapChunk([]byte)                                 {}
+func dontNeed([]byte)                                   {}

@@ -191,8 +191,8 @@ func TestEvictionKeepsDecisions(t *testing.T) {
 // are not yet full at any moment. Memory must follow the live keys.
 func TestMemoryBoundedUnderChurn(t *testing.T) {
 	keys := 10_000_000
-	if testing.Short() {
-		keys = 1_000_000
+	if testing.Short() || raceEnabled {
+		keys = 500_000
 	}
 	// One token refills in 100ms; the skew tolerance keeps full buckets
 	// another 10ms; a key arrives every 50µs: ~2200 live buckets.
@@ -278,5 +278,28 @@ func TestBackgroundSweep(t *testing.T) {
 	case <-l.e.done:
 	default:
 		t.Fatal("sweeper still running after Close")
+	}
+}
+
+// Inserting into a shard whose every bucket is full evicts them all before
+// growing; the shard then starts a fresh table.
+func TestInsertAfterEvictingEverything(t *testing.T) {
+	p, err := newParams(Config{Rate: PerSecond(1), Burst: 1})
+	must(t, err)
+	d := newDynamicSet(p, 0)
+	defer d.ar.unmapAll()
+	const shard = uint64(5) << (64 - dShardBits)
+	sec := int64(time.Second)
+	for round := int64(0); round < 5; round++ {
+		for i := uint64(1); i <= 12; i++ { // 12 of 16 slots: the next insert sweeps
+			if r := d.decide(shard|i<<8|uint64(round), round*10*sec, 1); !r.allowed {
+				t.Fatalf("round %d key %d denied", round, i)
+			}
+		}
+		// Ten seconds later all are full: the next inserts evict them.
+	}
+	n, ev, _ := d.stats()
+	if ev != 48 || n != 12 {
+		t.Fatalf("live %d, evictions %d", n, ev)
 	}
 }

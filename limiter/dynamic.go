@@ -72,8 +72,8 @@ type dshardData struct {
 	seq   atomic.Uint64          // odd while the table or the floor changes
 	tab   atomic.Pointer[dtable] // nil: no entries
 	floor atomic.Int64           // valid once init
-	hwm   atomic.Int64           // newest time seen by a writer
 	// Guarded by mu:
+	hwm       int64 // newest time seen by a writer
 	init      bool
 	n         int
 	evictions uint64
@@ -122,7 +122,9 @@ func (d *dynamicSet) decide(h uint64, now, n int64) result {
 	need := uint64(n) * uint64(p.p)
 	w := uint64(p.w)
 	// Optimistic, read-only attempt.
-	if seq := sh.seq.Load(); seq&1 == 0 {
+	var hint *dentry
+	seq := sh.seq.Load()
+	if seq&1 == 0 {
 		t := sh.tab.Load()
 		if t == nil {
 			if n == 0 && sh.seq.Load() == seq {
@@ -142,8 +144,12 @@ func (d *dynamicSet) decide(h uint64, now, n int64) result {
 						if sh.seq.Load() == seq {
 							return result{after: int64(diff), retry: int64(diff - (w - need))}
 						}
-					} else if n == 0 && sh.seq.Load() == seq {
-						return result{allowed: true, after: int64(diff)}
+					} else if n == 0 {
+						if sh.seq.Load() == seq {
+							return result{allowed: true, after: int64(diff)}
+						}
+					} else {
+						hint = e // the locked path can skip the probe
 					}
 					break
 				}
@@ -156,23 +162,22 @@ func (d *dynamicSet) decide(h uint64, now, n int64) result {
 			}
 		}
 	}
-	return d.decideLocked(sh, h, now, n)
+	return d.decideLocked(sh, h, now, n, hint, seq)
 }
 
-func (d *dynamicSet) decideLocked(sh *dshard, h uint64, now, n int64) result {
+// decideLocked decides under the shard's mutex. hint, if not nil, is the
+// key's slot as found by an optimistic read at sequence number seq.
+func (d *dynamicSet) decideLocked(sh *dshard, h uint64, now, n int64, hint *dentry, seq uint64) result {
 	p := d.p
 	need := uint64(n) * uint64(p.p)
 	w := uint64(p.w)
 	sh.mu.Lock()
-	defer sh.mu.Unlock()
 	if !sh.init {
 		sh.init = true
 		sh.floor.Store(satSub(now, d.skew))
-		sh.hwm.Store(now)
+		sh.hwm = now
 	}
-	if now > sh.hwm.Load() {
-		sh.hwm.Store(now)
-	}
+	sh.hwm = max(sh.hwm, now)
 	floor := sh.floor.Load()
 	if now < floor {
 		now = floor
@@ -180,37 +185,51 @@ func (d *dynamicSet) decideLocked(sh *dshard, h uint64, now, n int64) result {
 	if uint64(now)-uint64(floor) > uint64(p.lim) {
 		// The floor is so far behind that (now-floor)*t would not fit: move
 		// it up (this also evicts every bucket that is full by then).
-		sh.rebase(d, max(satSub(sh.hwm.Load(), d.skew), now-p.lim/2))
+		sh.rebase(d, max(satSub(sh.hwm, d.skew), now-p.lim/2))
 		floor = sh.floor.Load()
 		now = max(now, floor)
 	}
 	nowU := (uint64(now) - uint64(floor)) * uint64(p.t) // <= 2^61
-	if t := sh.tab.Load(); t != nil {
-		for i := h & t.mask; ; i = (i + 1) & t.mask {
-			e := &t.e[i]
-			if e.h == h { // plain reads are fine under the mutex
-				var diff uint64
-				if e.s > nowU {
-					diff = e.s - nowU
+	// Structural changes bump seq under the mutex, so an unchanged seq means
+	// the hinted slot still holds the key.
+	e := hint
+	if e == nil || sh.seq.Load() != seq || e.h != h {
+		e = nil
+		if t := sh.tab.Load(); t != nil {
+			for i := h & t.mask; ; i = (i + 1) & t.mask {
+				if t.e[i].h == h { // plain reads are fine under the mutex
+					e = &t.e[i]
+					break
 				}
-				if diff <= w-need {
-					if n > 0 {
-						atomic.StoreUint64(&e.s, nowU+diff+need)
-					}
-					return result{allowed: true, after: int64(diff + need)}
+				if t.e[i].h == 0 {
+					break
 				}
-				return result{after: int64(diff), retry: int64(diff - (w - need))}
-			}
-			if e.h == 0 {
-				break
 			}
 		}
 	}
-	// A new key: the bucket is full.
-	if n > 0 {
-		sh.insert(d, h, now, need)
+	var r result
+	if e != nil {
+		var diff uint64
+		if e.s > nowU {
+			diff = e.s - nowU
+		}
+		if diff <= w-need {
+			if n > 0 {
+				atomic.StoreUint64(&e.s, nowU+diff+need)
+			}
+			r = result{allowed: true, after: int64(diff + need)}
+		} else {
+			r = result{after: int64(diff), retry: int64(diff - (w - need))}
+		}
+	} else {
+		// A new key: the bucket is full.
+		if n > 0 {
+			sh.insert(d, h, now, need)
+		}
+		r = result{allowed: true, after: int64(need)}
 	}
-	return result{allowed: true, after: int64(need)}
+	sh.mu.Unlock()
+	return r
 }
 
 // insert adds a key that is not present. It may raise the floor (by
@@ -218,17 +237,18 @@ func (d *dynamicSet) decideLocked(sh *dshard, h uint64, now, n int64) result {
 // in units. The caller holds the mutex.
 func (sh *dshard) insert(d *dynamicSet, h uint64, now int64, need uint64) {
 	t := sh.tab.Load()
-	if t == nil {
-		t = d.newDtable(minTable)
-		sh.tab.Store(t)
-	} else if (sh.n+1)*4 > len(t.e)*3 {
+	if t != nil && (sh.n+1)*4 > len(t.e)*3 {
 		// About to pass 3/4: first drop the full buckets; grow unless that
 		// freed at least a quarter of the table (so sweeps stay amortized).
-		sh.rebase(d, satSub(sh.hwm.Load(), d.skew))
-		if sh.n*2 > len(t.e) {
+		sh.rebase(d, satSub(sh.hwm, d.skew))
+		if t = sh.tab.Load(); t != nil && sh.n*2 > len(t.e) {
 			sh.resize(d, len(t.e)*2)
+			t = sh.tab.Load()
 		}
-		t = sh.tab.Load()
+	}
+	if t == nil { // a reader that saw no table decided before this insert
+		t = d.newDtable(minTable)
+		sh.tab.Store(t)
 	}
 	floor := sh.floor.Load()
 	now = max(now, floor)
@@ -343,7 +363,7 @@ func (d *dynamicSet) sweepSome(k int) {
 		d.sweep = (d.sweep + 1) % dShards
 		sh.mu.Lock()
 		if sh.init {
-			d.ghwm = max(d.ghwm, sh.hwm.Load())
+			d.ghwm = max(d.ghwm, sh.hwm)
 			sh.rebase(d, satSub(d.ghwm, d.skew))
 			if t := sh.tab.Load(); t != nil {
 				size := len(t.e)

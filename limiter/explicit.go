@@ -10,9 +10,9 @@ import (
 // Explicit buckets: thousands of named buckets (API keys, tenants) whose
 // configs come from etcd or an admin API. Reads are lock-free:
 //
-//   - the ID -> bucket index is sharded, and each shard is an immutable
-//     open-addressing table replaced whole (copy on write) under the shard's
-//     mutex: updates are rare, lookups never lock;
+//   - the ID -> bucket index is sharded; each shard is an open-addressing
+//     table written under the shard's mutex and read without it (see
+//     etable);
 //   - a bucket's config and TAT live together in an immutable-config state
 //     (estate); the TAT word is updated by compare-and-swap, so a decision is
 //     always made under exactly one config: never a half-applied one.
@@ -122,18 +122,27 @@ func (b *ebucket) update(p *params, now int64) {
 	b.cur.Store(ns)
 }
 
-// etable is one shard's immutable index: open addressing on the key hash,
-// load factor <= 1/2. A nil table is empty.
+// etable is one shard's index: open addressing on the key hash. Slots are
+// filled in place under the shard's mutex and read without it: a slot's
+// hash is stored before its bucket pointer, so a reader that sees the
+// pointer sees the hash. A deleted slot keeps a tombstone (probes continue
+// past it). When live entries plus tombstones would pass 3/4, the shard
+// publishes a fresh table (amortized O(1) per create; readers holding the
+// old table still find every bucket that existed when they loaded it).
 type etable struct {
 	mask    uint64
 	entries []eentry
-	n       int
+	used    int // live + tombstones; guarded by the shard mutex
+	live    int
 }
 
 type eentry struct {
-	h uint64
-	b *ebucket
+	h atomic.Uint64
+	b atomic.Pointer[ebucket]
 }
+
+// tombstone marks a deleted slot.
+var tombstone = &ebucket{}
 
 type eshard struct {
 	mu  sync.Mutex
@@ -148,7 +157,7 @@ type explicitSet struct {
 
 func (s *explicitSet) shard(h uint64) *eshard { return &s.shards[h>>(64-eShardBits)] }
 
-// get returns the bucket named id, or nil.
+// get returns the bucket named id, or nil. It takes no lock.
 func (s *explicitSet) get(h uint64, id string) *ebucket {
 	t := s.shard(h).tab.Load()
 	if t == nil {
@@ -156,79 +165,81 @@ func (s *explicitSet) get(h uint64, id string) *ebucket {
 	}
 	for i := h & t.mask; ; i = (i + 1) & t.mask {
 		e := &t.entries[i]
-		if e.b == nil {
+		b := e.b.Load()
+		if b == nil {
 			return nil
 		}
-		if e.h == h && e.b.id == id {
-			return e.b
+		if e.h.Load() == h && b != tombstone && b.id == id {
+			return b
 		}
 	}
 }
 
-// put inserts b (whose id is not present). The caller holds the shard mutex.
-func (sh *eshard) put(h uint64, b *ebucket) {
-	old := sh.tab.Load()
-	n := 1
-	size := 8
-	if old != nil {
-		n = old.n + 1
-		size = len(old.entries)
-	}
-	for n*2 > size {
-		size *= 2
-	}
-	t := &etable{mask: uint64(size - 1), entries: make([]eentry, size), n: n}
-	if old != nil {
-		for _, e := range old.entries {
-			if e.b != nil {
-				t.insert(e)
+// add inserts b (whose id is not present). The caller holds the shard mutex.
+func (sh *eshard) add(h uint64, b *ebucket) {
+	t := sh.tab.Load()
+	if t == nil || (t.used+1)*4 > len(t.entries)*3 {
+		size := 8
+		live := 0
+		if t != nil {
+			live = t.live
+		}
+		for (live+1)*2 > size {
+			size *= 2
+		}
+		nt := &etable{mask: uint64(size - 1), entries: make([]eentry, size)}
+		if t != nil {
+			for i := range t.entries {
+				if ob := t.entries[i].b.Load(); ob != nil && ob != tombstone {
+					nt.insert(t.entries[i].h.Load(), ob)
+				}
 			}
 		}
+		sh.tab.Store(nt) // readers of t still see every live bucket in it
+		t = nt
 	}
-	t.insert(eentry{h: h, b: b})
-	sh.tab.Store(t)
+	t.insert(h, b)
+}
+
+func (t *etable) insert(h uint64, b *ebucket) {
+	i := h & t.mask
+	for {
+		ob := t.entries[i].b.Load()
+		if ob == nil {
+			t.used++
+			break
+		}
+		if ob == tombstone {
+			break // reuse it
+		}
+		i = (i + 1) & t.mask
+	}
+	t.entries[i].h.Store(h)
+	t.entries[i].b.Store(b)
+	t.live++
 }
 
 // remove deletes b. The caller holds the shard mutex.
-func (sh *eshard) remove(b *ebucket) {
-	old := sh.tab.Load()
-	if old.n == 1 {
-		sh.tab.Store(nil)
-		return
-	}
-	size := len(old.entries)
-	for size > 8 && (old.n-1)*8 < size {
-		size /= 2
-	}
-	t := &etable{mask: uint64(size - 1), entries: make([]eentry, size), n: old.n - 1}
-	for _, e := range old.entries {
-		if e.b != nil && e.b != b {
-			t.insert(e)
+func (sh *eshard) remove(h uint64, b *ebucket) {
+	t := sh.tab.Load()
+	for i := h & t.mask; ; i = (i + 1) & t.mask {
+		if t.entries[i].b.Load() == b {
+			t.entries[i].b.Store(tombstone)
+			t.live--
+			return
 		}
 	}
-	sh.tab.Store(t)
 }
-
-func (t *etable) insert(e eentry) {
-	i := e.h & t.mask
-	for t.entries[i].b != nil {
-		i = (i + 1) & t.mask
-	}
-	t.entries[i] = e
-}
-
-// lookupLocked is get for a caller that holds the shard mutex.
-func (s *explicitSet) lookupLocked(h uint64, id string) *ebucket { return s.get(h, id) }
 
 // create adds a new full bucket. It reports false if id exists.
 func (s *explicitSet) create(h uint64, id string, p *params) bool {
 	sh := s.shard(h)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if s.lookupLocked(h, id) != nil {
+	if s.get(h, id) != nil {
 		return false
 	}
-	sh.put(h, newEBucket(strings.Clone(id), p))
+	sh.add(h, newEBucket(strings.Clone(id), p))
 	s.count.Add(1)
 	return true
 }
@@ -238,11 +249,11 @@ func (s *explicitSet) upsert(h uint64, id string, p *params, now int64) (created
 	sh := s.shard(h)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if b := s.lookupLocked(h, id); b != nil {
+	if b := s.get(h, id); b != nil {
 		b.update(p, now)
 		return false
 	}
-	sh.put(h, newEBucket(strings.Clone(id), p))
+	sh.add(h, newEBucket(strings.Clone(id), p))
 	s.count.Add(1)
 	return true
 }
@@ -252,11 +263,11 @@ func (s *explicitSet) delete(h uint64, id string) bool {
 	sh := s.shard(h)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	b := s.lookupLocked(h, id)
+	b := s.get(h, id)
 	if b == nil {
 		return false
 	}
-	sh.remove(b)
+	sh.remove(h, b)
 	s.count.Add(-1)
 	return true
 }

@@ -50,7 +50,7 @@ func runModel(t *testing.T, data []byte) {
 	defer l.Close()
 	ref := map[string]*refBucket{}  // explicit
 	dref := map[string]*refBucket{} // dynamic
-	ids := []string{"a", "b", "c", "d"}
+	ids := []string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p"}
 	for i := 2; i+3 < len(data); i += 4 {
 		op, x, y, z := data[i], data[i+1], data[i+2], data[i+3]
 		step := fuzzSteps[int(x)%len(fuzzSteps)]
@@ -106,7 +106,10 @@ func runModel(t *testing.T, data []byte) {
 			} else {
 				ref[id].update(cfg, now)
 			}
-		default: // allowN
+		default: // allowN, sometimes after an eviction sweep
+			if z%16 == 15 {
+				l.e.dyn.sweepSome(dShards)
+			}
 			rb := ref[id]
 			if rb == nil {
 				rb = dref[id]
@@ -170,7 +173,7 @@ func FuzzModel(f *testing.F) {
 // that plain `go test` covers the model well.
 func TestModelRandom(t *testing.T) {
 	iters := 3000
-	if testing.Short() {
+	if testing.Short() || raceEnabled {
 		iters = 300
 	}
 	r := rand.New(rand.NewPCG(3, 4))

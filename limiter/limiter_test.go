@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -273,4 +274,51 @@ func TestCloseIdempotent(t *testing.T) {
 		t.Fatal("works after Close")
 	}
 	New().Close()
+}
+
+func TestExplicitChurn(t *testing.T) {
+	l := New()
+	defer l.Close()
+	const n = 100_000
+	id := func(i int) string { return "tenant-" + strconv.Itoa(i) }
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		must(t, l.CreateBucket(id(i), 1+i%1000, 1+i%7))
+	}
+	t.Logf("%d creates in %v", n, time.Since(start))
+	for i := 0; i < n; i += 2 {
+		must(t, l.DeleteBucket(id(i)))
+	}
+	for i := 0; i < n; i += 4 {
+		must(t, l.CreateBucket(id(i), 5, 5))
+	}
+	if got := l.Stats().ExplicitBuckets; got != n/2+n/4 {
+		t.Fatalf("%d buckets", got)
+	}
+	for i := 0; i < n; i++ {
+		c, ok := l.BucketConfig(id(i))
+		switch {
+		case i%4 == 0:
+			if !ok || c.Burst != 5 {
+				t.Fatalf("%d: %v %v", i, c, ok)
+			}
+		case i%2 == 0:
+			if ok {
+				t.Fatalf("%d: deleted but found", i)
+			}
+		default:
+			if !ok || c.Burst != int64(1+i%7) {
+				t.Fatalf("%d: %v %v", i, c, ok)
+			}
+		}
+	}
+	var slots int
+	for i := range l.e.explicit.shards {
+		if tb := l.e.explicit.shards[i].tab.Load(); tb != nil {
+			slots += len(tb.entries)
+		}
+	}
+	if slots > 8*n {
+		t.Fatalf("%d slots for %d buckets", slots, n)
+	}
 }

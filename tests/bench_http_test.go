@@ -1,11 +1,14 @@
 package tests
 
 import (
+	"fmt"
+	"net/http"
 	"os"
 	"runtime"
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,11 +22,22 @@ type benchConfig struct {
 	rounds      int           // bare, distinct, hot, repeated
 	connections int
 	keys        int
-	pin         bool // taskset: Caddy on CPU 0, wrk on CPU 1
+	// fixedRate, fixedDuration and fixedRounds set the second measurement:
+	// the Go load generator at a fixed request rate instead of wrk's
+	// closed loop (see TestBenchHTTP).
+	fixedRate     float64
+	fixedDuration time.Duration
+	fixedRounds   int
+	// pin runs Caddy on CPU 0 and wrk on CPU 1 (taskset). Off by default:
+	// on a machine shared with other work a pinned Caddy starves whenever
+	// something else lands on its CPU, which costs more than the
+	// cross-CPU noise that pinning removes.
+	pin bool
 }
 
 func loadBenchConfig(t *testing.T) benchConfig {
-	c := benchConfig{duration: 3 * time.Second, rounds: 9, connections: 32, keys: 100000, pin: runtime.NumCPU() >= 2}
+	c := benchConfig{duration: 3 * time.Second, rounds: 9, connections: 32, keys: 100000,
+		fixedRate: 3000, fixedDuration: 10 * time.Second, fixedRounds: 5}
 	if s := os.Getenv("EDGELIMIT_BENCH_DURATION"); s != "" {
 		d, err := time.ParseDuration(s)
 		if err != nil {
@@ -38,8 +52,32 @@ func loadBenchConfig(t *testing.T) benchConfig {
 		}
 		c.rounds = n
 	}
-	if os.Getenv("EDGELIMIT_BENCH_PIN") == "0" {
-		c.pin = false
+	if s := os.Getenv("EDGELIMIT_BENCH_FIXED_RATE"); s != "" {
+		r, err := strconv.ParseFloat(s, 64)
+		if err != nil || r < 0 {
+			t.Fatalf("EDGELIMIT_BENCH_FIXED_RATE=%q: want requests/s, 0 to skip", s)
+		}
+		c.fixedRate = r
+	}
+	if s := os.Getenv("EDGELIMIT_BENCH_FIXED_DURATION"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			t.Fatalf("EDGELIMIT_BENCH_FIXED_DURATION=%q: %v", s, err)
+		}
+		c.fixedDuration = d
+	}
+	if s := os.Getenv("EDGELIMIT_BENCH_FIXED_ROUNDS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			t.Fatalf("EDGELIMIT_BENCH_FIXED_ROUNDS=%q: want a positive integer", s)
+		}
+		c.fixedRounds = n
+	}
+	if os.Getenv("EDGELIMIT_BENCH_PIN") == "1" {
+		if runtime.NumCPU() < 2 {
+			t.Fatal("EDGELIMIT_BENCH_PIN=1 needs two CPUs")
+		}
+		c.pin = true
 	}
 	return c
 }
@@ -76,15 +114,14 @@ func TestBenchHTTP(t *testing.T) {
 	if os.Getenv("EDGELIMIT_BENCH") != "1" {
 		t.Skip("set EDGELIMIT_BENCH=1 (or run tests/bench-http.sh): a benchmark, not a test")
 	}
-	if _, err := os.Stat(e2e.WrkBin); err != nil {
-		t.Skipf("%s not installed", e2e.WrkBin)
-	}
+	e2e.RequireBin(t, e2e.WrkBin, "wrk")
 	cfg := loadBenchConfig(t)
 
 	bare := e2e.NewCaddy(t, "bare")
 	limited := e2e.NewCaddy(t, "limited")
+	quiet := e2e.NewCaddy(t, "limited-noheaders")
 	if cfg.pin {
-		bare.CPUs, limited.CPUs = "0", "0"
+		bare.CPUs, limited.CPUs, quiet.CPUs = "0", "0", "0"
 	}
 	bare.Start(bare.Caddyfile("", `respond "ok" 200`))
 	// A rate far above what wrk reaches, so that every request is admitted
@@ -95,6 +132,16 @@ edge_limit bench {
 	key {http.request.header.X-Key}
 	rate 100000000/1s
 	burst 100000000
+}
+respond "ok" 200`))
+	// The same without the RateLimit fields, to tell the decision's cost
+	// from the cost of writing two more response header fields.
+	quiet.Start(quiet.Caddyfile("", `
+edge_limit bench {
+	key {http.request.header.X-Key}
+	rate 100000000/1s
+	burst 100000000
+	headers off
 }
 respond "ok" 200`))
 
@@ -111,6 +158,7 @@ respond "ok" 200`))
 		{name: "bare", caddy: bare, keys: cfg.keys},
 		{name: "distinct", caddy: limited, keys: cfg.keys},
 		{name: "hot", caddy: limited, header: "X-Key: hot"},
+		{name: "distinct-noheaders", caddy: quiet, keys: cfg.keys},
 	}
 	wrkCPUs := ""
 	if cfg.pin {
@@ -164,10 +212,40 @@ respond "ok" 200`))
 	if valid == 0 {
 		t.Fatalf("every round was starved of CPU; nothing to report")
 	}
-	// Two views of the ratio to bare Caddy: the median of the per-round
-	// ratios (bare and limited ran seconds apart under the same background
-	// load), and the ratio of the totals over all kept rounds (CPU time
-	// summed before dividing, which averages out the 10ms tick).
+	summarize(t, "BENCH-SUMMARY", cases, runs, valid)
+
+	// wrk's closed loop runs Caddy flat out, where CPU per request depends
+	// on how many requests each wake-up batches, and that depends on the
+	// background load of the moment. At a fixed rate well below saturation
+	// every case does the same work per wake-up, so the ratio is steadier.
+	if cfg.fixedRate > 0 {
+		fixed := map[string][]benchRun{}
+		for round := 0; round < cfg.fixedRounds; round++ {
+			order := append([]benchCase(nil), cases...)
+			if round%2 == 1 {
+				slices.Reverse(order)
+			}
+			for _, c := range order {
+				r, err := runFixed(c, cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				fixed[c.name] = append(fixed[c.name], r)
+				t.Logf("BENCH-FIXED round=%d case=%s rate=%.0f requests=%d cpu=%v cpu_per_req=%v",
+					round+1, c.name, cfg.fixedRate, r.requests, r.cpu, r.cpuPerReq())
+			}
+		}
+		summarize(t, "BENCH-FIXED-SUMMARY", cases, fixed, cfg.fixedRounds)
+	}
+	t.Logf("BENCH-CONFIG duration=%v rounds=%d connections=%d keys=%d pinned=%v cpus=%d",
+		cfg.duration, cfg.rounds, cfg.connections, cfg.keys, cfg.pin, runtime.NumCPU())
+}
+
+// summarize logs two views of each case's ratio to bare Caddy: the median
+// of the per-round ratios (bare and limited ran seconds apart under the
+// same background load), and the ratio of the totals over all rounds (CPU
+// time summed before dividing, which averages out the 10ms tick).
+func summarize(t *testing.T, tag string, cases []benchCase, runs map[string][]benchRun, rounds int) {
 	for _, c := range cases {
 		rps, cpu := medians(runs[c.name])
 		var rr, cr []float64
@@ -181,11 +259,38 @@ respond "ok" 200`))
 			bareCPU, bareReq = bareCPU+b.cpu, bareReq+b.requests
 		}
 		total := (float64(cpuSum) / float64(reqSum)) / (float64(bareCPU) / float64(bareReq))
-		t.Logf("BENCH-SUMMARY case=%s rounds=%d median_rps=%.0f median_cpu_per_req=%v median_rps_ratio=%.3f median_cpu_ratio=%.3f total_cpu_per_req=%v total_cpu_ratio=%.3f",
-			c.name, valid, rps, cpu, medianOf(rr), medianOf(cr), cpuSum/time.Duration(reqSum), total)
+		t.Logf("%s case=%s rounds=%d median_rps=%.0f median_cpu_per_req=%v median_rps_ratio=%.3f median_cpu_ratio=%.3f total_cpu_per_req=%v total_cpu_ratio=%.3f",
+			tag, c.name, rounds, rps, cpu, medianOf(rr), medianOf(cr), cpuSum/time.Duration(reqSum), total)
 	}
-	t.Logf("BENCH-CONFIG duration=%v rounds=%d connections=%d keys=%d pinned=%v cpus=%d",
-		cfg.duration, cfg.rounds, cfg.connections, cfg.keys, cfg.pin, runtime.NumCPU())
+}
+
+// runFixed sends c's requests at cfg.fixedRate with the Go load generator
+// for cfg.fixedDuration and measures Caddy's CPU time.
+func runFixed(c benchCase, cfg benchConfig) (benchRun, error) {
+	pid := c.caddy.Proc().PID()
+	before, err := e2e.ProcCPU(pid)
+	if err != nil {
+		return benchRun{}, err
+	}
+	target := e2e.Target{Name: c.name, URL: c.caddy.URL("/"), Rate: cfg.fixedRate}
+	if c.keys > 0 {
+		target.KeyHeader, target.Keys = "X-Key", c.keys
+	} else {
+		name, value, _ := strings.Cut(c.header, ": ")
+		target.Header = http.Header{name: {value}}
+	}
+	l := e2e.StartLoad(e2e.LoadConfig{Targets: []e2e.Target{target}, Workers: cfg.connections})
+	runFor(l, cfg.fixedDuration)
+	l.Stop()
+	after, err := e2e.ProcCPU(pid)
+	if err != nil {
+		return benchRun{}, err
+	}
+	n := l.Counts(0, 0, time.Hour)
+	if n.OK != n.Total() {
+		return benchRun{}, fmt.Errorf("%s at a fixed rate: %v: every request should get 200: %s", c.name, n, l.FirstErrors())
+	}
+	return benchRun{requests: n.OK, rps: float64(n.OK) / cfg.fixedDuration.Seconds(), cpu: after - before}, nil
 }
 
 func runBench(c benchCase, cfg benchConfig, d time.Duration, wrkCPUs string) (benchRun, error) {

@@ -49,6 +49,7 @@ func (e *embeddedCaddy) bucketKey(id string) string { return e.prefix + "buckets
 // keyed by X-API-Key with a default of 100/s, burst 50.
 func startEmbedded(t *testing.T, name string) *embeddedCaddy {
 	t.Helper()
+	e2e.RequireEtcdctl(t)
 	c := e2e.NewCaddy(t, name)
 	clientPort, peerPort := e2e.FreePort(t), e2e.FreePort(t)
 	globals := fmt.Sprintf(`edge_limit {

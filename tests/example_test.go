@@ -17,6 +17,7 @@ import (
 // temp dir.
 func startExample(t *testing.T) *embeddedCaddy {
 	t.Helper()
+	e2e.RequireEtcdctl(t)
 	body, err := os.ReadFile(filepath.Join(e2e.RepoRoot(), "Caddyfile.example"))
 	if err != nil {
 		t.Fatalf("reading Caddyfile.example: %v", err)

@@ -36,11 +36,11 @@ func TestGlobalLimits(t *testing.T) {
 	requireGlobalSupport(t)
 	etcd := e2e.StartEtcd(t)
 	f := startFleet(t, etcd, 3)
-	t.Run("even", func(t *testing.T) { globalEven(t, f) })
-	t.Run("skewed", func(t *testing.T) { globalSkewed(t, f) })
-	t.Run("shifting", func(t *testing.T) { globalShifting(t, f) })
-	t.Run("etcd-stopped", func(t *testing.T) { globalEtcdStopped(t, f) })
-	t.Run("kill-9", func(t *testing.T) { globalKill(t, f) }) // last: it loses an instance
+	runScenario(t, "even", func(t *testing.T, id string) bool { return globalEven(t, f, id) })
+	runScenario(t, "skewed", func(t *testing.T, id string) bool { return globalSkewed(t, f, id) })
+	runScenario(t, "shifting", func(t *testing.T, id string) bool { return globalShifting(t, f, id) })
+	runScenario(t, "etcd-stopped", func(t *testing.T, id string) bool { return globalEtcdStopped(t, f, id) })
+	runScenario(t, "kill-9", func(t *testing.T, id string) bool { return globalKill(t, f, id) }) // last: it loses an instance
 }
 
 // checkNoFailures fails the test if any request on the targets idx (all if
@@ -57,6 +57,19 @@ func checkNoFailures(t *testing.T, l *e2e.Load, idx ...int) {
 	}
 }
 
+// checkBounded fails the test if the fleet admitted more in a window of
+// length d than a token bucket of the whole rate and burst could: rate*d +
+// burst, the hard bound whatever the timing of the requests (a stalled
+// client lets tokens pile up, so within it a window may exceed rate*d), or
+// less than rate*d minus 3%, with the load above the rate all along.
+func checkBounded(t *testing.T, what string, got int64, d time.Duration) {
+	t.Helper()
+	lo, hi := gRate*d.Seconds()*(1-accuracy), gRate*d.Seconds()+gBurst
+	if float64(got) < lo || float64(got) > hi {
+		t.Errorf("%s: admitted %d in %v, want %.0f..%.0f (ratio to rate*time %.4f)", what, got, d, lo, hi, float64(got)/(gRate*d.Seconds()))
+	}
+}
+
 // checkRatio fails the test if got is not within +-accuracy of want.
 func checkRatio(t *testing.T, what string, got int64, want float64) {
 	t.Helper()
@@ -67,8 +80,8 @@ func checkRatio(t *testing.T, what string, got int64, want float64) {
 
 // globalEven spreads the load evenly: over the first 10s the fleet admits
 // rate*10 + burst, within 3%. It also counts etcd writes per instance.
-func globalEven(t *testing.T, f *fleet) {
-	f.putGlobal(t, "g-even", gRate, gBurst)
+func globalEven(t *testing.T, f *fleet, id string) bool {
+	f.putGlobal(t, id, gRate, gBurst)
 	cli := f.etcd.Client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -76,7 +89,7 @@ func globalEven(t *testing.T, f *fleet) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := e2e.StartLoad(e2e.LoadConfig{Targets: f.targets("g-even", offered/3, offered/3, offered/3)})
+	l := e2e.StartLoad(e2e.LoadConfig{Targets: f.targets(id, offered/3, offered/3, offered/3)})
 	t0 := time.Now()
 	runFor(l, 10500*time.Millisecond)
 	rev1, err := f.etcd.Revision(ctx, cli)
@@ -85,11 +98,14 @@ func globalEven(t *testing.T, f *fleet) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if stalled(t, l, 0, 10*time.Second) {
+		return false
+	}
 	c := l.Counts(-1, 0, 10*time.Second)
 	allowed := float64(gRate*10 + gBurst)
 	writes := float64(rev1-rev0) / t1.Sub(t0).Seconds() / float64(len(f.caddies))
-	t.Logf("GLOBAL scenario=even admitted=%d allowed=%.0f ratio=%.4f peak1s_ratio=%.3f etcd_writes_per_s_per_instance=%.2f counts={%v} per-instance: %s",
-		c.OK, allowed, float64(c.OK)/allowed, float64(peak1s(l, time.Second, 10*time.Second))/gRate, writes, c, perTarget(l, f, 0, 10*time.Second))
+	t.Logf("GLOBAL scenario=even admitted=%d allowed=%.0f ratio=%.4f etcd_writes_per_s_per_instance=%.2f counts={%v} per-instance: %s",
+		c.OK, allowed, float64(c.OK)/allowed, writes, c, perTarget(l, f, 0, 10*time.Second))
 	checkNoFailures(t, l)
 	checkRatio(t, "even load over 10s", c.OK, allowed)
 	// At most one demand report per interval per instance (unchanged
@@ -97,24 +113,27 @@ func globalEven(t *testing.T, f *fleet) {
 	if writes > 1.5/syncInterval.Seconds() {
 		t.Errorf("%.2f etcd writes/s per instance, want at most about %.0f", writes, 1/syncInterval.Seconds())
 	}
+	return true
 }
 
 // globalSkewed sends everything to one instance: after convergence the
 // fleet admits the whole rate through it, not a third.
-func globalSkewed(t *testing.T, f *fleet) {
-	f.putGlobal(t, "g-skew", gRate, gBurst)
-	l := e2e.StartLoad(e2e.LoadConfig{Targets: f.targets("g-skew", offered, 0, 0)})
+func globalSkewed(t *testing.T, f *fleet, id string) bool {
+	f.putGlobal(t, id, gRate, gBurst)
+	l := e2e.StartLoad(e2e.LoadConfig{Targets: f.targets(id, offered, 0, 0)})
 	const end = 16 * time.Second
 	runFor(l, end+500*time.Millisecond)
 	l.Stop()
+	if stalled(t, l, 0, end) {
+		return false
+	}
 	conv, ok := shareConvergence(l, 0, 0, end, 0.9*gBurst)
-	rconv, rok := rateConvergence(l, 2*time.Second, end, 0.9*gRate, 0)
 	first := l.Counts(-1, 0, 10*time.Second)
 	steady := l.Counts(-1, 6*time.Second, end)
 	allowedFirst := float64(gRate*10 + gBurst)
-	t.Logf("GLOBAL scenario=skewed share_convergence=%v converged=%v rate_convergence_after_2s=%v/%v first10s_admitted=%d first10s_ratio=%.4f steady10s_admitted=%d steady10s_ratio=%.4f peak1s_ratio=%.3f counts={%v} share_a=[%s] rate_a=[%s]",
-		conv, ok, rconv, rok, first.OK, float64(first.OK)/allowedFirst, steady.OK, float64(steady.OK)/(gRate*10),
-		float64(peak1s(l, time.Second, end))/gRate, l.Counts(-1, 0, end), quotas(l, 0, 0, 4*time.Second), series(l, 0, 4*time.Second, 0))
+	t.Logf("GLOBAL scenario=skewed share_convergence=%v converged=%v first10s_admitted=%d first10s_ratio=%.4f steady10s_admitted=%d steady10s_ratio=%.4f counts={%v} share_a=[%s] rate_a=[%s]",
+		conv, ok, first.OK, float64(first.OK)/allowedFirst, steady.OK, float64(steady.OK)/(gRate*10),
+		l.Counts(-1, 0, end), quotas(l, 0, 0, 4*time.Second), series(l, 0, 4*time.Second, 0))
 	checkNoFailures(t, l)
 	if !ok || conv > 2*syncInterval+slack {
 		t.Fatalf("skewed load: the loaded instance's share reached 90%% after %v (reached: %v), want about %v", conv, ok, 2*syncInterval)
@@ -123,14 +142,15 @@ func globalSkewed(t *testing.T, f *fleet) {
 	if float64(first.OK) > allowedFirst*(1+accuracy) {
 		t.Errorf("skewed load: admitted %d in the first 10s, more than %.0f +3%%", first.OK, allowedFirst)
 	}
+	return true
 }
 
 // globalShifting moves the load from instance A to instance B and measures
 // how long B takes to get the rate. Then A's load returns beside B's, and
 // the fleet must not over-admit while the shares move to an even split.
-func globalShifting(t *testing.T, f *fleet) {
-	f.putGlobal(t, "g-shift", gRate, gBurst)
-	l := e2e.StartLoad(e2e.LoadConfig{Targets: f.targets("g-shift", offered, 0, 0)})
+func globalShifting(t *testing.T, f *fleet, id string) bool {
+	f.putGlobal(t, id, gRate, gBurst)
+	l := e2e.StartLoad(e2e.LoadConfig{Targets: f.targets(id, offered, 0, 0)})
 	runFor(l, 6*time.Second)
 	l.SetRate(0, 0)
 	l.SetRate(1, offered)
@@ -142,9 +162,11 @@ func globalShifting(t *testing.T, f *fleet) {
 	bothEnd := both + 6*time.Second
 	runFor(l, bothEnd+500*time.Millisecond)
 	l.Stop()
+	if stalled(t, l, 0, bothEnd) {
+		return false
+	}
 
 	conv, ok := shareConvergence(l, 1, shift, end, 0.9*gBurst)
-	rconv, rok := rateConvergence(l, shift, end, 0.9*gRate, 1)
 	steadyFrom := shift + 2*time.Second
 	steady := l.Counts(-1, steadyFrom, steadyFrom+10*time.Second)
 	after := l.Counts(-1, shift, shift+10*time.Second)
@@ -154,8 +176,8 @@ func globalShifting(t *testing.T, f *fleet) {
 	split, sok := shareConvergence(l, 0, both, bothEnd, gBurst/2*9/10)
 	joint := l.Counts(-1, both, bothEnd)
 	jointAllowed := gRate * (bothEnd - both).Seconds()
-	t.Logf("GLOBAL scenario=shifting share_convergence=%v converged=%v rate_convergence=%v/%v target=%v steady10s_admitted=%d steady10s_ratio=%.4f after_shift10s_admitted=%d after_shift10s_ratio=%.4f counts={%v} share_b=[%s] rate_b=[%s]",
-		conv, ok, rconv, rok, 2*syncInterval, steady.OK, float64(steady.OK)/(gRate*10), after.OK, float64(after.OK)/(gRate*10),
+	t.Logf("GLOBAL scenario=shifting share_convergence=%v converged=%v target=%v steady10s_admitted=%d steady10s_ratio=%.4f after_shift10s_admitted=%d after_shift10s_ratio=%.4f counts={%v} share_b=[%s] rate_b=[%s]",
+		conv, ok, 2*syncInterval, steady.OK, float64(steady.OK)/(gRate*10), after.OK, float64(after.OK)/(gRate*10),
 		l.Counts(-1, 0, end), quotas(l, 1, shift, shift+4*time.Second), series(l, shift, shift+4*time.Second, 1))
 	t.Logf("GLOBAL scenario=shifting-rejoin split_convergence=%v converged=%v joint6s_admitted=%d joint6s_allowed=%.0f overadmission_ratio=%.4f share_a=[%s] share_b=[%s] rate_fleet=[%s]",
 		split, sok, joint.OK, jointAllowed, float64(joint.OK)/jointAllowed,
@@ -171,6 +193,7 @@ func globalShifting(t *testing.T, f *fleet) {
 	if float64(joint.OK) > jointAllowed*(1+accuracy) {
 		t.Errorf("A and B both loaded: the fleet admitted %d in %v, more than %.0f +3%%", joint.OK, bothEnd-both, jointAllowed)
 	}
+	return true
 }
 
 // globalEtcdStopped stops etcd for 10s under skewed load: no request fails,
@@ -178,10 +201,10 @@ func globalShifting(t *testing.T, f *fleet) {
 // expired and then falls back to the safe share (rate / 3), and after etcd
 // returns the fleet rejoins and converges: the loaded instance gets its
 // share back, and under even load the fleet admits the rate, not more.
-func globalEtcdStopped(t *testing.T, f *fleet) {
-	f.putGlobal(t, "g-etcd", gRate, gBurst)
+func globalEtcdStopped(t *testing.T, f *fleet, id string) bool {
+	f.putGlobal(t, id, gRate, gBurst)
 	const light = 20 // requests/s on B and C, so every instance serves
-	l := e2e.StartLoad(e2e.LoadConfig{Targets: f.targets("g-etcd", offered, light, light)})
+	l := e2e.StartLoad(e2e.LoadConfig{Targets: f.targets(id, offered, light, light)})
 	runFor(l, 5*time.Second)
 	before := admittedRate(l, 3*time.Second, 5*time.Second, 0)
 	qs := l.Quotas(0, 5*time.Second-l.Window(), 5*time.Second)
@@ -200,11 +223,15 @@ func globalEtcdStopped(t *testing.T, f *fleet) {
 		l.SetRate(i, offered/3)
 	}
 	evenFrom := l.Elapsed()
-	evenEnd := evenFrom + 6*time.Second
+	evenEnd := evenFrom + 11*time.Second
 	runFor(l, evenEnd+500*time.Millisecond)
 	l.Stop()
-	// The first second of even load may spend tokens saved on B and C.
-	evenRate := admittedRate(l, evenFrom+time.Second, evenEnd)
+	if stalled(t, l, 0, evenEnd) {
+		return false
+	}
+	// The first second of even load spends tokens saved on B and C.
+	even := l.Counts(-1, evenFrom+time.Second, evenEnd)
+	evenRate := float64(even.OK) / (evenEnd - evenFrom - time.Second).Seconds()
 
 	safe := float64(gRate) / float64(len(f.caddies))
 	// After the lease TTL plus a sync interval the instance must be on the
@@ -213,9 +240,8 @@ func globalEtcdStopped(t *testing.T, f *fleet) {
 	during := admittedRate(l, fallbackFrom, stop+10*time.Second, 0)
 	outage := l.Counts(-1, stop, stop+10*time.Second)
 	conv, ok := shareConvergence(l, 0, back, end, shareBefore*9/10)
-	t.Logf("GLOBAL scenario=etcd-stopped before_rate=%.1f share_before=%d safe_share=%.1f rate_on_safe_share=%.1f outage_admitted=%d outage_allowed=%d reconvergence=%v reconverged=%v peak1s_ratio_after=%.3f even_rate_after=%.1f counts={%v} share_a_outage=[%s] share_a_after=[%s] per-instance: %s",
-		before, shareBefore, safe, during, outage.OK, gRate*10, conv, ok, float64(peak1s(l, back, evenEnd))/gRate,
-		evenRate, l.Counts(-1, 0, evenEnd), quotas(l, 0, stop, back), quotas(l, 0, back, end), perTarget(l, f, 0, evenEnd))
+	t.Logf("GLOBAL scenario=etcd-stopped before_rate=%.1f share_before=%d safe_share=%.1f rate_on_safe_share=%.1f outage_admitted=%d outage_allowed=%d reconvergence=%v reconverged=%v even_rate_after=%.1f counts={%v} share_a_outage=[%s] share_a_after=[%s] per-instance: %s",
+		before, shareBefore, safe, during, outage.OK, gRate*10, conv, ok, evenRate, l.Counts(-1, 0, evenEnd), quotas(l, 0, stop, back), quotas(l, 0, back, end), perTarget(l, f, 0, evenEnd))
 	checkNoFailures(t, l)
 	if before < 0.8*gRate {
 		t.Errorf("before the outage the loaded instance admitted %.1f/s, want most of %d", before, gRate)
@@ -229,17 +255,21 @@ func globalEtcdStopped(t *testing.T, f *fleet) {
 	if !ok || conv > leaseTTL+2*syncInterval+slack {
 		t.Errorf("after etcd returned, the loaded instance's share got back to 90%% of %d after %v (reached: %v)", shareBefore, conv, ok)
 	}
-	if evenRate > gRate*(1+accuracy) || evenRate < gRate*(1-accuracy) {
-		t.Errorf("after etcd returned, under even load the fleet admitted %.1f/s, want %d/s +-3%%: not every instance rejoined", evenRate, gRate)
-	}
+	// An instance that has not rejoined keeps the safe share beside the
+	// others' full split: the fleet then admits a third more.
+	checkBounded(t, "after etcd returned, under even load", even.OK, evenEnd-evenFrom-time.Second)
+	return true
 }
 
 // globalKill kills one of three evenly loaded instances with SIGKILL: the
 // survivors take its share back within the lease TTL plus one interval.
-func globalKill(t *testing.T, f *fleet) {
-	f.putGlobal(t, "g-kill", gRate, gBurst)
-	l := e2e.StartLoad(e2e.LoadConfig{Targets: f.targets("g-kill", offered/3, offered/3, offered/3)})
-	runFor(l, 5*time.Second)
+func globalKill(t *testing.T, f *fleet, id string) bool {
+	if c := f.caddies[2]; !c.Proc().Running() {
+		c.Restart() // an attempt before this one killed it
+	}
+	f.putGlobal(t, id, gRate, gBurst)
+	l := e2e.StartLoad(e2e.LoadConfig{Targets: f.targets(id, offered/3, offered/3, offered/3)})
+	runFor(l, 8*time.Second)
 	kill := l.Elapsed()
 	f.caddies[2].Kill()
 	l.SetRate(2, 0)
@@ -247,24 +277,27 @@ func globalKill(t *testing.T, f *fleet) {
 	end := kill + target + 6*time.Second
 	runFor(l, end+500*time.Millisecond)
 	l.Stop()
+	if stalled(t, l, 0, end) {
+		return false
+	}
 	// The survivors' demand (2/3 of offered) exceeds the rate: each should
 	// end with half of it.
 	want := int64(gBurst / 2 * 9 / 10)
 	ra, oka := shareConvergence(l, 0, kill, end, want)
 	rb, okb := shareConvergence(l, 1, kill, end, want)
 	reclaim, ok := max(ra, rb), oka && okb
-	rconv, rok := rateConvergence(l, kill, end, 0.9*gRate, 0, 1)
+	// From 2s on the initial burst is spent.
 	fleetBefore := admittedRate(l, 2*time.Second, kill)
-	t.Logf("GLOBAL scenario=kill-9 reclaim=%v reclaimed=%v rate_reclaim=%v/%v target=%v fleet_rate_before=%.1f survivors_rate_before=%.1f survivors_rate_after=%.1f share_a=[%s] rate_survivors=[%s]",
-		reclaim, ok, rconv, rok, target, fleetBefore, admittedRate(l, 2*time.Second, kill, 0, 1), admittedRate(l, end-2*time.Second, end, 0, 1),
+	before := l.Counts(-1, 2*time.Second, kill)
+	t.Logf("GLOBAL scenario=kill-9 reclaim=%v reclaimed=%v target=%v fleet_rate_before=%.1f survivors_rate_before=%.1f survivors_rate_after=%.1f share_a=[%s] rate_survivors=[%s]",
+		reclaim, ok, target, fleetBefore, admittedRate(l, 2*time.Second, kill, 0, 1), admittedRate(l, end-2*time.Second, end, 0, 1),
 		quotas(l, 0, kill, kill+target+2*time.Second), series(l, kill, kill+target+2*time.Second, 0, 1))
-	if fleetBefore > gRate*(1+accuracy) || fleetBefore < gRate*(1-accuracy) {
-		t.Errorf("kill -9: before the kill the fleet admitted %.1f/s under even load, want %d/s +-3%%", fleetBefore, gRate)
-	}
+	checkBounded(t, "kill -9: even load before the kill", before.OK, kill-2*time.Second)
 	checkNoFailures(t, l, 0, 1)
 	if !ok || reclaim > target+slack {
 		t.Errorf("kill -9: the survivors' shares reached 90%% of half the rate after %v (reached: %v), want within %v", reclaim, ok, target)
 	}
+	return true
 }
 
 // TestGlobalEtcdCluster runs the fleet on a 3-member etcd cluster and stops
@@ -277,28 +310,39 @@ func TestGlobalEtcdCluster(t *testing.T) {
 	requireGlobalSupport(t)
 	etcd := e2e.StartEtcdCluster(t, 3)
 	f := startFleet(t, etcd, 3)
-	f.putGlobal(t, "g-cluster", gRate, gBurst)
-	l := e2e.StartLoad(e2e.LoadConfig{Targets: f.targets("g-cluster", offered/3, offered/3, offered/3)})
-	runFor(l, 3*time.Second)
-	leader := etcd.Leader(t)
-	leader.Stop()
-	stopped := l.Elapsed()
-	runFor(l, 10500*time.Millisecond)
-	first := l.Counts(-1, 0, 10*time.Second)
-	l.SetRate(1, 0)
-	l.SetRate(2, 0)
-	l.SetRate(0, offered)
-	shift := l.Elapsed()
-	end := shift + 8*time.Second
-	runFor(l, end+500*time.Millisecond)
-	l.Stop()
-	allowed := float64(gRate*10 + gBurst)
-	conv, ok := shareConvergence(l, 0, shift, end, 0.9*gBurst)
-	t.Logf("GLOBAL scenario=etcd-cluster stopped=%s(leader) at=%v first10s_admitted=%d ratio=%.4f skew_share_convergence=%v converged=%v counts={%v}",
-		leader.Name, stopped.Round(time.Millisecond), first.OK, float64(first.OK)/allowed, conv, ok, l.Counts(-1, 0, end))
-	checkNoFailures(t, l)
-	checkRatio(t, "10s with an etcd member stopped", first.OK, allowed)
-	if !ok || conv > 2*syncInterval+slack {
-		t.Errorf("with an etcd member stopped, the allocation followed the load after %v (reached: %v)", conv, ok)
-	}
+	var down *e2e.EtcdMember // stopped by an attempt before
+	runScenario(t, "leader-stopped", func(t *testing.T, id string) bool {
+		if down != nil {
+			down.Start()
+			down = nil
+		}
+		f.putGlobal(t, id, gRate, gBurst)
+		l := e2e.StartLoad(e2e.LoadConfig{Targets: f.targets(id, offered/3, offered/3, offered/3)})
+		runFor(l, 3*time.Second)
+		down = etcd.Leader(t)
+		down.Stop()
+		stopped := l.Elapsed()
+		runFor(l, 10500*time.Millisecond)
+		first := l.Counts(-1, 0, 10*time.Second)
+		l.SetRate(1, 0)
+		l.SetRate(2, 0)
+		l.SetRate(0, offered)
+		shift := l.Elapsed()
+		end := shift + 8*time.Second
+		runFor(l, end+500*time.Millisecond)
+		l.Stop()
+		if stalled(t, l, 0, end) {
+			return false
+		}
+		allowed := float64(gRate*10 + gBurst)
+		conv, ok := shareConvergence(l, 0, shift, end, 0.9*gBurst)
+		t.Logf("GLOBAL scenario=etcd-cluster stopped=%s(leader) at=%v first10s_admitted=%d ratio=%.4f skew_share_convergence=%v converged=%v counts={%v}",
+			down.Name, stopped.Round(time.Millisecond), first.OK, float64(first.OK)/allowed, conv, ok, l.Counts(-1, 0, end))
+		checkNoFailures(t, l)
+		checkRatio(t, "10s with an etcd member stopped", first.OK, allowed)
+		if !ok || conv > 2*syncInterval+slack {
+			t.Errorf("with an etcd member stopped, the allocation followed the load after %v (reached: %v)", conv, ok)
+		}
+		return true
+	})
 }

@@ -24,19 +24,34 @@ const StartExport = "edgelimit_start"
 // checks (an opcode or encoding this host does not know).
 var ErrInstrument = errors.New("wasm: instrumenting module for the call deadline")
 
-// instrument returns a copy of a WebAssembly binary with an interrupt check
-// at every function entry and every loop header:
+// instrument returns a copy of a WebAssembly binary with a check at every
+// function entry and every loop header:
 //
-//	global.get $edgelimit_interrupt  if  unreachable  end
+//	if budget == 0 {             // once every checkInterval checks
+//		memory.grow(0)       // a trip into Go: a preemption point
+//		if interrupt { unreachable }
+//		budget = checkInterval
+//	}
+//	budget--
 //
-// The check is a load and a predicted branch. It replaces wazero's
-// WithCloseOnContextDone, which compiles in a call to a trampoline at the
-// same places and spawns a goroutine per call; measured, that made a Go
-// guest call 5-10x slower (.bench/wasm.md). Like wasmtime's epoch
-// interruption, the watchdog goroutine sets the global when a call overruns
-// its deadline, and the guest traps at its next check. Function entries are
-// checked as well as loops, so that unbounded recursion without loops is
-// interrupted too.
+// The fast path is a load, a decrement, a store and a predicted branch,
+// all in native code. It replaces wazero's WithCloseOnContextDone, which
+// leaves native code for a Go call at every one of these points and spawns
+// a goroutine per call; measured, that made a Go guest call 5-10x slower
+// (.bench/wasm.md). Like wasmtime's epoch interruption, the watchdog
+// goroutine sets the exported interrupt global when a call overruns its
+// deadline, and the guest traps at its next slow-path check.
+//
+// The slow path must leave native code: Go cannot preempt a goroutine that
+// runs generated machine code, so a guest that loops without ever calling
+// into Go would block the next stop-the-world GC, and with it the watchdog
+// that should stop it (wazero's RATIONALE.md, "Why context cancellation is
+// handled in Go code"). memory.grow(0) is the cheapest such trip that needs
+// no import: wazero serves it in Go and it changes nothing.
+//
+// Function entries are checked as well as loops, so that unbounded
+// recursion without loops is interrupted too. A start section is turned
+// into the StartExport export, so that the host runs it under a deadline.
 //
 // The binary must be otherwise valid: instrument only parses what it needs
 // (sections, imports, globals, exports, and the instructions of every
@@ -60,19 +75,22 @@ func instrument(bin []byte) ([]byte, error) {
 		return nil, fmt.Errorf("%w: section table: %w", ErrInstrument, r.err)
 	}
 
-	// The new global's index follows the imported and defined globals.
+	// The new globals' indexes follow the imported and defined globals.
 	var importedGlobals, definedGlobals uint32
-	hasExports := false
+	hasExports, hasMemory := false, false
 	for _, s := range sections {
 		switch s.id {
 		case secExport:
 			hasExports = true
+		case secMemory:
+			hasMemory = true
 		case secImport:
-			n, err := countImportedGlobals(s.payload)
+			n, mems, err := countImports(s.payload)
 			if err != nil {
 				return nil, err
 			}
 			importedGlobals = n
+			hasMemory = hasMemory || mems > 0
 		case secGlobal:
 			gr := reader{b: s.payload}
 			definedGlobals = gr.u32()
@@ -81,8 +99,9 @@ func instrument(bin []byte) ([]byte, error) {
 			}
 		}
 	}
-	idx := importedGlobals + definedGlobals
-	exports := []export{{InterruptExport, exportGlobal, idx}}
+	interrupt := importedGlobals + definedGlobals
+	budget := interrupt + 1
+	exports := []export{{InterruptExport, exportGlobal, interrupt}}
 	for _, s := range sections {
 		if s.id == secStart {
 			sr := reader{b: s.payload}
@@ -93,11 +112,10 @@ func instrument(bin []byte) ([]byte, error) {
 			exports = append(exports, export{StartExport, exportFunc, fn})
 		}
 	}
-	if !hasExports {
-		return nil, fmt.Errorf("%w: the module exports nothing, not even %q", ErrMissingExport, abi.ExportMemory)
+	if !hasExports || !hasMemory {
+		return nil, fmt.Errorf("%w: memory %q", ErrMissingExport, abi.ExportMemory)
 	}
-	check := binary.AppendUvarint([]byte{opGlobalGet}, uint64(idx))
-	check = append(check, opIf, blockEmpty, opUnreachable, opEnd)
+	check := appendCheck(nil, interrupt, budget)
 
 	out := make([]byte, 0, len(bin)+len(bin)/8)
 	out = append(out, bin[:8]...)
@@ -106,18 +124,20 @@ func instrument(bin []byte) ([]byte, error) {
 		out = appendSection(out, secGlobal, payload)
 		emitted = true
 	}
-	newGlobal := []byte{valI32, mutable, opI32Const, 0, opEnd}
+	newGlobals := []byte{valI32, mutable, opI32Const, 0, opEnd, valI32, mutable, opI32Const}
+	newGlobals = appendSLEB(newGlobals, checkInterval)
+	newGlobals = append(newGlobals, opEnd)
 	for _, s := range sections {
 		if !emitted && s.id != secCustom && s.id != secGlobal && rank(s.id) > rank(secGlobal) {
-			emitGlobal(append([]byte{1}, newGlobal...))
+			emitGlobal(append([]byte{2}, newGlobals...))
 		}
 		switch s.id {
 		case secGlobal:
 			gr := reader{b: s.payload}
 			n := gr.u32()
-			p := binary.AppendUvarint(nil, uint64(n)+1)
+			p := binary.AppendUvarint(nil, uint64(n)+2)
 			p = append(p, s.payload[gr.off:]...)
-			emitGlobal(append(p, newGlobal...))
+			emitGlobal(append(p, newGlobals...))
 		case secExport:
 			p, err := addExports(s.payload, exports)
 			if err != nil {
@@ -138,15 +158,52 @@ func instrument(bin []byte) ([]byte, error) {
 		}
 	}
 	if !emitted {
-		out = appendSection(out, secGlobal, append([]byte{1}, newGlobal...))
+		out = appendSection(out, secGlobal, append([]byte{2}, newGlobals...))
 	}
 	return out, nil
+}
+
+// checkInterval is how many checks run natively between two trips into Go
+// (the slow path). A check runs per loop iteration or call, a few
+// nanoseconds each, so a looping guest reaches a preemption point, and sees
+// an interrupt, within tens of microseconds; a Go guest's decide takes a
+// few hundred checks, so the trip (~100 ns) is paid about once per tens of
+// calls.
+const checkInterval = 10000
+
+// appendCheck appends the check instrument inserts (see instrument). The
+// decrement comes first, so that the test reads the value just stored.
+func appendCheck(b []byte, interrupt, budget uint32) []byte {
+	b = binary.AppendUvarint(append(b, opGlobalGet), uint64(budget))
+	b = append(b, opI32Const, 1, opI32Sub)
+	b = binary.AppendUvarint(append(b, opGlobalSet), uint64(budget))
+	b = binary.AppendUvarint(append(b, opGlobalGet), uint64(budget))
+	b = append(b, opI32Eqz, opIf, blockEmpty,
+		opI32Const, 0, opMemoryGrow, 0, opDrop)
+	b = binary.AppendUvarint(append(b, opGlobalGet), uint64(interrupt))
+	b = append(b, opIf, blockEmpty, opUnreachable, opEnd, opI32Const)
+	b = appendSLEB(b, checkInterval)
+	b = binary.AppendUvarint(append(b, opGlobalSet), uint64(budget))
+	return append(b, opEnd)
+}
+
+// appendSLEB appends v as a signed LEB128, the encoding of i32.const.
+func appendSLEB(b []byte, v int64) []byte {
+	for {
+		c := byte(v & 0x7f)
+		v >>= 7
+		if (v == 0 && c&0x40 == 0) || (v == -1 && c&0x40 != 0) {
+			return append(b, c)
+		}
+		b = append(b, c|0x80)
+	}
 }
 
 // Section ids.
 const (
 	secCustom = 0
 	secImport = 2
+	secMemory = 5
 	secGlobal = 6
 	secExport = 7
 	secStart  = 8
@@ -181,8 +238,13 @@ const (
 	opLoop        = 0x03
 	opIf          = 0x04
 	opEnd         = 0x0B
+	opDrop        = 0x1A
 	opGlobalGet   = 0x23
+	opGlobalSet   = 0x24
+	opMemoryGrow  = 0x40
 	opI32Const    = 0x41
+	opI32Eqz      = 0x45
+	opI32Sub      = 0x6B
 	blockEmpty    = 0x40
 	valI32        = 0x7F
 	mutable       = 0x01
@@ -196,10 +258,10 @@ func appendSection(out []byte, id byte, payload []byte) []byte {
 	return append(out, payload...)
 }
 
-func countImportedGlobals(p []byte) (uint32, error) {
+// countImports returns the number of imported globals and memories.
+func countImports(p []byte) (globals, memories uint32, err error) {
 	r := reader{b: p}
 	n := r.u32()
-	var globals uint32
 	for i := uint32(0); i < n && r.err == nil; i++ {
 		r.bytes(r.u32()) // module
 		r.bytes(r.u32()) // name
@@ -211,6 +273,7 @@ func countImportedGlobals(p []byte) (uint32, error) {
 			r.limits()
 		case 0x02: // memory: limits
 			r.limits()
+			memories++
 		case 0x03: // global: valtype, mutability
 			r.byte()
 			r.byte()
@@ -219,13 +282,13 @@ func countImportedGlobals(p []byte) (uint32, error) {
 			r.byte()
 			r.u32()
 		default:
-			return 0, fmt.Errorf("%w: import kind %#x", ErrInstrument, kind)
+			return 0, 0, fmt.Errorf("%w: import kind %#x", ErrInstrument, kind)
 		}
 	}
 	if r.err != nil {
-		return 0, fmt.Errorf("%w: import section: %w", ErrInstrument, r.err)
+		return 0, 0, fmt.Errorf("%w: import section: %w", ErrInstrument, r.err)
 	}
-	return globals, nil
+	return globals, memories, nil
 }
 
 // export is an export instrument adds.
@@ -303,7 +366,12 @@ func instrumentBody(out, code, check []byte) ([]byte, error) {
 		return nil, r.err
 	}
 	out = append(out, code[:r.off]...)
-	out = append(out, check...)
+	// A body that opens with a loop (every function Go compiles does: its
+	// wasm backend wraps bodies in a dispatch loop) gets its entry check
+	// from that loop's header; a second one would only cost time.
+	if r.off >= len(code) || code[r.off] != opLoop {
+		out = append(out, check...)
+	}
 	last := r.off
 	for r.off < len(code) {
 		op := r.byte()

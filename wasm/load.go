@@ -9,6 +9,7 @@ import (
 	"net/textproto"
 	"os"
 	"slices"
+	"sync"
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
@@ -30,6 +31,8 @@ type Module struct {
 	stats    counters
 	sum      string
 	deadline deadline
+	cacheKey cacheKey
+	closed   sync.Once
 }
 
 // LoadFile reads a .wasm file and loads it with Load.
@@ -87,15 +90,18 @@ func load(ctx context.Context, wasmBytes []byte, cfg Config, dl deadline) (*Modu
 		return nil, fmt.Errorf("%w: pinned %s, file has %s", ErrSHA256Mismatch, cfg.SHA256, hexSum)
 	}
 
+	key := cacheKey{sum: sum, pages: cfg.MaxMemoryPages, deadline: dl}
 	rtCfg := wazero.NewRuntimeConfig().
 		WithMemoryLimitPages(cfg.MaxMemoryPages).
-		WithCloseOnContextDone(dl == deadlineCancel || dl == deadlinePerCall)
+		WithCloseOnContextDone(dl == deadlineCancel || dl == deadlinePerCall).
+		WithCompilationCache(acquireCache(key))
 	rt := wazero.NewRuntimeWithConfig(ctx, rtCfg)
-	m := &Module{cfg: cfg, rt: rt, sum: hexSum, deadline: dl}
+	m := &Module{cfg: cfg, rt: rt, sum: hexSum, deadline: dl, cacheKey: key}
 	ok := false
 	defer func() {
 		if !ok {
 			_ = rt.Close(context.Background())
+			releaseCache(key)
 		}
 	}()
 
@@ -265,7 +271,9 @@ func (m *Module) SHA256() string { return m.sum }
 func (m *Module) Close(ctx context.Context) error {
 	m.closePool()
 	m.stopWatchdog()
-	return m.rt.Close(ctx)
+	err := m.rt.Close(ctx)
+	m.closed.Do(func() { releaseCache(m.cacheKey) })
+	return err
 }
 
 func (m *Module) stopWatchdog() {

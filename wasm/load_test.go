@@ -145,3 +145,51 @@ func TestHeadersCanonical(t *testing.T) {
 		t.Fatalf("canonicalHeaders = %q", got)
 	}
 }
+
+// TestCompileCacheShared: modules loaded from the same bytes share one
+// compilation cache (a reload of an unchanged file does not recompile),
+// and it is released with the last of them.
+func TestCompileCacheShared(t *testing.T) {
+	b := wasmtest.WAT(t, "good")
+	key := cacheKey{sum: sha256.Sum256(b), pages: DefaultMaxMemoryPages, deadline: deadlineInterrupt}
+	refs := func() int {
+		compileCaches.Lock()
+		defer compileCaches.Unlock()
+		if c, ok := compileCaches.m[key]; ok {
+			return c.refs
+		}
+		return 0
+	}
+	old, err := Load(context.Background(), b, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reloaded, err := Load(context.Background(), b, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := refs(); got != 2 {
+		t.Fatalf("cache refs = %d, want 2", got)
+	}
+	old.Close(context.Background())
+	old.Close(context.Background()) // a second Close must not release twice
+	if got := refs(); got != 1 {
+		t.Fatalf("after closing the old module: refs = %d, want 1", got)
+	}
+	if _, err := reloaded.Decide(req("/")); err != nil {
+		t.Fatalf("reloaded module: %v", err)
+	}
+	reloaded.Close(context.Background())
+	if got := refs(); got != 0 {
+		t.Fatalf("after closing both: refs = %d, want 0", got)
+	}
+	if _, err := Load(context.Background(), []byte("junk"), Config{}); err == nil {
+		t.Fatal("junk loaded")
+	}
+	compileCaches.Lock()
+	n := len(compileCaches.m)
+	compileCaches.Unlock()
+	if n != 0 {
+		t.Fatalf("a failed load left %d caches behind", n)
+	}
+}

@@ -1,7 +1,10 @@
 package embedetcd
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddytest"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -137,5 +141,41 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		if (err == nil) != (tt.err == "") || (err != nil && !strings.Contains(err.Error(), tt.err)) {
 			t.Errorf("%q: err = %v, want %q", tt.in, err, tt.err)
 		}
+	}
+}
+
+var update = flag.Bool("update", false, "rewrite testdata/Caddyfile.example.json")
+
+// TestCaddyfileExampleAdapts keeps the repository's Caddyfile.example
+// loadable: it must adapt without warnings, to the JSON in testdata.
+func TestCaddyfileExampleAdapts(t *testing.T) {
+	src, err := os.ReadFile("../../Caddyfile.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt(src, map[string]any{"filename": "Caddyfile.example"})
+	if err != nil {
+		t.Fatalf("adapting Caddyfile.example: %v", err)
+	}
+	for _, w := range warnings {
+		t.Errorf("warning: %s", w)
+	}
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, out, "", "\t"); err != nil {
+		t.Fatal(err)
+	}
+	buf.WriteByte('\n')
+	const golden = "testdata/Caddyfile.example.json"
+	if *update {
+		if err := os.WriteFile(golden, buf.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(buf.Bytes(), want) {
+		t.Errorf("Caddyfile.example adapts to\n%s\nwant\n%s", buf.Bytes(), want)
 	}
 }

@@ -50,6 +50,9 @@ type Config struct {
 	MaxRequestBytes uint
 	// QuotaBackendBytes sets the backend size quota; etcd's default if zero.
 	QuotaBackendBytes int64
+	// BcryptCost is the cost of password hashing when auth is on; etcd's
+	// default (10) if zero. Tests lower it to 4 to keep logins fast.
+	BcryptCost uint
 	// UnsafeNoFsync skips fsync in etcd's WAL and backend. Only for tests:
 	// a crash loses data.
 	UnsafeNoFsync bool
@@ -218,6 +221,9 @@ func (s *Server) embedConfig() *embed.Config {
 	ec.TickMs = 10
 	ec.ElectionMs = 100
 	ec.UnsafeNoFsync = c.UnsafeNoFsync
+	if c.BcryptCost > 0 {
+		ec.BcryptCost = c.BcryptCost
+	}
 	if c.MaxTxnOps > 0 {
 		ec.MaxTxnOps = c.MaxTxnOps
 	}

@@ -68,6 +68,8 @@ func Start(t testing.TB, opts ...Option) *Server {
 		// Tests write many keys; fsync would make them slow and proves nothing here.
 		UnsafeNoFsync: true,
 		MaxTxnOps:     10_000,
+		// The lowest bcrypt cost: logins in auth tests take ~1ms, not ~100ms.
+		BcryptCost: 4,
 	}}
 	for _, opt := range opts {
 		opt(&o)

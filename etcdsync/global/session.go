@@ -1,10 +1,11 @@
 package global
 
 import (
+	"github.com/edgelimit/edgelimit/etcdsync/internal/retry"
+
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"time"
 
@@ -40,7 +41,7 @@ func (c *Coordinator) batchDelay() time.Duration { return c.opts.SyncInterval / 
 // again, with jittered backoff, until Close.
 func (c *Coordinator) sessions() {
 	defer c.wg.Done()
-	bo := backoff{min: c.opts.SyncInterval / 4, max: c.opts.LeaseTTL}
+	bo := retry.Backoff{Min: c.opts.SyncInterval / 4, Max: c.opts.LeaseTTL}
 	failures := 0
 	for {
 		began := time.Now()
@@ -49,7 +50,7 @@ func (c *Coordinator) sessions() {
 			return
 		}
 		if time.Since(began) > c.opts.LeaseTTL {
-			bo.reset()
+			bo.Reset()
 			failures = 0
 		}
 		// Log the first failure of a run at Warn; retries while etcd stays
@@ -60,7 +61,7 @@ func (c *Coordinator) sessions() {
 			c.log.Debug("global: rejoin failed", zap.Int("attempt", failures), zap.Error(err))
 		}
 		failures++
-		if !sleep(c.ctx, bo.next()) {
+		if !retry.Sleep(c.ctx, bo.Next()) {
 			return
 		}
 	}
@@ -135,7 +136,7 @@ func (c *Coordinator) follow(sctx context.Context, s *concurrency.Session, lease
 		flush  = time.NewTimer(time.Hour)
 		relist = time.NewTimer(time.Hour)
 		raise  = newRaiseTimer()
-		bo     = backoff{min: c.opts.SyncInterval / 4, max: c.opts.LeaseTTL}
+		bo     = retry.Backoff{Min: c.opts.SyncInterval / 4, Max: c.opts.LeaseTTL}
 	)
 	flush.Stop()
 	relist.Stop()
@@ -221,10 +222,10 @@ func (c *Coordinator) follow(sctx context.Context, s *concurrency.Session, lease
 			r, err := c.relist(sctx, lease)
 			if err != nil {
 				c.log.Debug("global: relisting members", zap.Error(err))
-				relist.Reset(bo.next())
+				relist.Reset(bo.Next())
 				continue
 			}
-			bo.reset()
+			bo.Reset()
 			dirty = dirtySet{}
 			c.mu.Lock()
 			c.armRaiseLocked(raise)
@@ -319,35 +320,4 @@ func (c *Coordinator) writeReport(lease clientv3.LeaseID, value []byte) error {
 		c.writes++
 	}
 	return nil
-}
-
-// backoff is exponential with equal jitter: each wait is uniform in
-// [d/2, d], d doubling from min to max, so that a fleet rejoining after a
-// shared etcd outage does not retry in step.
-type backoff struct {
-	min, max, cur time.Duration
-}
-
-func (b *backoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = max(b.min, time.Millisecond)
-	} else if b.cur *= 2; b.cur > b.max {
-		b.cur = b.max
-	}
-	half := b.cur / 2
-	return half + rand.N(b.cur-half+1)
-}
-
-func (b *backoff) reset() { b.cur = 0 }
-
-// sleep waits d or until ctx ends; it reports whether d elapsed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

@@ -33,6 +33,12 @@ func Etcdctl(endpoints []string, args ...string) (string, error) {
 	return out.String(), nil
 }
 
+// RequireEtcdctl stops the test when etcdctl is missing (see RequireBin).
+func RequireEtcdctl(tb testing.TB) {
+	tb.Helper()
+	RequireBin(tb, EtcdctlBin, "etcd-client")
+}
+
 // EtcdctlPut runs `etcdctl put key value` and fails the test on error.
 func EtcdctlPut(tb testing.TB, endpoints []string, key, value string) {
 	tb.Helper()

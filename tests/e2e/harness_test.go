@@ -26,6 +26,7 @@ func TestMain(m *testing.M) {
 // leases through a concurrency.Session. It also checks that a restart on
 // the same data dir keeps the data.
 func TestEtcdProcess(t *testing.T) {
+	RequireEtcdctl(t)
 	c := StartEtcd(t)
 	eps := c.Endpoints()
 	EtcdctlPut(t, eps, "/e2e/a", `{"rate":1,"burst":2}`)
@@ -84,6 +85,7 @@ func TestEtcdCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts 3 etcd processes")
 	}
+	RequireEtcdctl(t)
 	c := StartEtcdCluster(t, 3)
 	eps := c.Endpoints()
 	EtcdctlPut(t, eps, "/e2e/x", "1")

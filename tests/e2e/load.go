@@ -18,6 +18,10 @@ type Target struct {
 	URL  string
 	// Header is set on every request, e.g. the API key that picks the bucket.
 	Header http.Header
+	// KeyHeader, with Keys > 0, sets this header on each request to the
+	// next of Keys distinct values ("k0", "k1", ...), cycling.
+	KeyHeader string
+	Keys      int
 	// Rate is the initial offered load in requests/s (open loop); 0 sends
 	// nothing until SetRate. Ignored in closed-loop mode.
 	Rate float64
@@ -91,6 +95,9 @@ type Load struct {
 	wg       sync.WaitGroup
 	mu       sync.Mutex
 	firstErr map[string]string // target -> first failure, for reports
+	// maxLag is the longest a pacer tick came late, in ns: a long one
+	// means this process was starved of CPU, whatever Caddy did.
+	maxLag atomic.Int64
 }
 
 type targetLoad struct {
@@ -100,6 +107,7 @@ type targetLoad struct {
 	ticks   chan struct{}
 	windows []window
 	client  *http.Client
+	seq     atomic.Int64 // request counter for distinct keys
 }
 
 // StartLoad starts sending load at once.
@@ -182,6 +190,7 @@ func (l *Load) pace(tl *targetLoad) {
 	segStart := time.Now()
 	rate := math.Float64frombits(tl.rate.Load())
 	var sent int64
+	last := segStart
 	for {
 		select {
 		case <-l.stop:
@@ -190,6 +199,10 @@ func (l *Load) pace(tl *targetLoad) {
 			segStart, sent = time.Now(), 0
 			rate = math.Float64frombits(tl.rate.Load())
 		case now := <-tk.C:
+			if lag := int64(now.Sub(last) - 2*time.Millisecond); lag > l.maxLag.Load() {
+				l.maxLag.Store(lag) // a race between pacers only loses a near-equal value
+			}
+			last = now
 			due := int64(now.Sub(segStart).Seconds() * rate)
 			for ; sent < due; sent++ {
 				select {
@@ -226,6 +239,10 @@ func (l *Load) do(tl *targetLoad) {
 	}
 	for k, v := range tl.t.Header {
 		req.Header[k] = v
+	}
+	if tl.t.Keys > 0 {
+		n := tl.seq.Add(1)
+		req.Header.Set(tl.t.KeyHeader, "k"+strconv.FormatInt(n%int64(tl.t.Keys), 10))
 	}
 	resp, err := tl.client.Do(req)
 	w := l.window(tl, sent)
@@ -360,6 +377,10 @@ func policyQuota(v string) (int64, bool) {
 	q, err := strconv.ParseInt(rest, 10, 64)
 	return q, err == nil
 }
+
+// MaxLag returns the longest delay of a pacer tick so far: how long this
+// process went without CPU at worst.
+func (l *Load) MaxLag() time.Duration { return time.Duration(l.maxLag.Load()) }
 
 // Window returns the counting window width.
 func (l *Load) Window() time.Duration { return l.cfg.Window }

@@ -55,18 +55,25 @@ type Request struct {
 // "" if it is absent or was not declared in Policy.Headers.
 func (r *Request) Header(name string) string {
 	for i := range r.Headers {
-		if strings.EqualFold(r.Headers[i].Name, name) {
+		if sameName(r.Headers[i].Name, name) {
 			return r.Headers[i].Value
 		}
 	}
 	return ""
 }
 
+// sameName compares header names case-insensitively, trying an exact match
+// first: the host sends canonical names, which is how policies usually
+// spell them, and Go compiled to wasm pays for every call.
+func sameName(a, b string) bool {
+	return a == b || (len(a) == len(b) && strings.EqualFold(a, b))
+}
+
 // Values returns every value of the named header, in order.
 func (r *Request) Values(name string) []string {
 	var vs []string
 	for i := range r.Headers {
-		if strings.EqualFold(r.Headers[i].Name, name) {
+		if sameName(r.Headers[i].Name, name) {
 			vs = append(vs, r.Headers[i].Value)
 		}
 	}

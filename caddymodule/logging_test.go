@@ -1,0 +1,48 @@
+package caddymodule
+
+import (
+	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/edgelimit/edgelimit/limiter"
+)
+
+// TestShadowLogsKeyOnlyWithLogKey checks the log entries of shadow
+// denials: logged at info, with the zone, and with the client's key only
+// when log_key is on.
+func TestShadowLogsKeyOnlyWithLogKey(t *testing.T) {
+	for _, logKey := range []bool{false, true} {
+		h := benchHandler(t)
+		h.Template = Template{Rate: 1, Per: caddyDuration(3600e9), Burst: 1}
+		tmpl, err := h.Template.config(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.zone.lim.Close()
+		h.zone.lim = limiter.New(limiter.WithDefault(tmpl))
+		h.Shadow, h.LogKey = true, logKey
+		core, logs := observer.New(zapcore.InfoLevel)
+		h.logger = zap.New(core)
+
+		r := caddyRequest("secret-api-key")
+		for range 3 {
+			if err := h.ServeHTTP(&discard{h: map[string][]string{}}, r, noop); err != nil {
+				t.Fatalf("shadow mode returned %v", err)
+			}
+		}
+		entries := logs.FilterMessage("shadow: request would be denied").All()
+		if len(entries) != 2 {
+			t.Fatalf("log_key=%v: %d shadow log entries, want 2 (burst 1, 3 requests)", logKey, len(entries))
+		}
+		fields := entries[0].ContextMap()
+		if fields["zone"] != "bench" {
+			t.Errorf("log_key=%v: fields %v lack the zone", logKey, fields)
+		}
+		if _, has := fields["key"]; has != logKey {
+			t.Errorf("log_key=%v: fields %v; key present = %v", logKey, fields, has)
+		}
+	}
+}

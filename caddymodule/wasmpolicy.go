@@ -1,0 +1,216 @@
+package caddymodule
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/edgelimit/edgelimit/policy"
+)
+
+func init() {
+	caddy.RegisterModule(WASMPolicy{})
+}
+
+// wasmLoadTimeout bounds compiling and checking a module at config load.
+const wasmLoadTimeout = time.Minute
+
+// WASMPolicy keys requests with an operator's WebAssembly module (see
+// package wasm for the ABI and the Go guest SDK). The module is compiled
+// and checked when the config loads, so a bad module fails the load.
+type WASMPolicy struct {
+	// Path is the .wasm file.
+	Path string `json:"path"`
+	// SHA256 pins the file's hex SHA-256; a mismatch fails the load.
+	SHA256 string `json:"sha256,omitempty"`
+	// Config is handed to the guest's init.
+	Config string `json:"config,omitempty"`
+	// OnError is what a request gets when the guest fails (trap, timeout,
+	// bad output): "fallback" (the handler's empty_key behaviour; the
+	// default), "allow", "deny" or "key" (count it in FallbackKey).
+	OnError string `json:"on_error,omitempty"`
+	// FallbackKey is the bucket of on_error key.
+	FallbackKey string `json:"fallback_key,omitempty"`
+	// Timeout bounds one guest call.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+	// MaxMemoryPages caps each instance's memory, in 64 KiB pages.
+	MaxMemoryPages uint32 `json:"max_memory_pages,omitempty"`
+	// PoolSize bounds the pooled instances.
+	PoolSize int `json:"pool_size,omitempty"`
+	// MaxKeyLen bounds a key the guest returns.
+	MaxKeyLen int `json:"max_key_len,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (WASMPolicy) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  PolicyNamespace + ".wasm",
+		New: func() caddy.Module { return new(WASMPolicy) },
+	}
+}
+
+// wasmPool keeps compiled modules across config reloads: compiling a Go
+// guest takes seconds (far longer under the race detector), and a reload
+// that keeps the same module and options must not pay it again. The key
+// includes the file's SHA-256, so a reload after the file changed on disk
+// compiles the new module.
+var wasmPool = caddy.NewUsagePool()
+
+type wasmKey struct {
+	WASMPolicy
+	FileSHA256 string
+	Fallback   policy.Fallback
+	Cost       int64
+}
+
+type pooledWASM struct{ p *policy.WASM }
+
+func (w pooledWASM) Destruct() error { return w.p.Close() }
+
+// sharedWASM is the handler's view of a pooled module: Close releases the
+// handler's reference, and the last one closes the module.
+type sharedWASM struct {
+	*policy.WASM
+	key wasmKey
+}
+
+// Close implements io.Closer.
+func (s *sharedWASM) Close() error {
+	_, err := wasmPool.Delete(s.key)
+	return err
+}
+
+// NewPolicy implements PolicyModule. The handler closes the policy at
+// cleanup.
+func (p *WASMPolicy) NewPolicy(env PolicyEnv) (policy.Policy, error) {
+	onErr, err := policy.ParseOnError(p.OnError)
+	if err != nil {
+		return nil, err
+	}
+	sum, err := fileSHA256(p.Path)
+	if err != nil {
+		return nil, err
+	}
+	key := wasmKey{WASMPolicy: *p, FileSHA256: sum, Fallback: env.Fallback, Cost: env.Cost}
+	v, _, err := wasmPool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), wasmLoadTimeout)
+		defer cancel()
+		w, err := policy.NewWASM(ctx, policy.WASMConfig{
+			Path:           p.Path,
+			SHA256:         p.SHA256,
+			Config:         p.Config,
+			OnError:        onErr,
+			FallbackKey:    p.FallbackKey,
+			Fallback:       env.Fallback,
+			Cost:           env.Cost,
+			Addr:           env.ClientAddr,
+			Timeout:        time.Duration(p.Timeout),
+			MaxMemoryPages: p.MaxMemoryPages,
+			PoolSize:       p.PoolSize,
+			MaxKeyLen:      p.MaxKeyLen,
+		})
+		if err != nil {
+			return nil, err
+		}
+		return pooledWASM{w}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &sharedWASM{WASM: v.(pooledWASM).p, key: key}, nil
+}
+
+// fileSHA256 hashes the module file, for the pool key.
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("%w: wasm module: %w", ErrInvalidConfig, err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("%w: wasm module %s: %w", ErrInvalidConfig, path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// UnmarshalCaddyfile sets up the policy from Caddyfile tokens:
+//
+//	policy wasm <path> {
+//		sha256           <hex>
+//		config           <string>
+//		on_error         fallback|allow|deny|key
+//		fallback_key     <key>
+//		timeout          <duration>
+//		max_memory_pages <pages>
+//		pool_size        <n>
+//		max_key_len      <bytes>
+//	}
+func (p *WASMPolicy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // policy name
+	if !d.Args(&p.Path) {
+		return d.ArgErr()
+	}
+	if err := noMore(d); err != nil {
+		return err
+	}
+	for d.NextBlock(0) {
+		opt := d.Val()
+		var s string
+		if !d.Args(&s) {
+			return d.ArgErr()
+		}
+		var err error
+		switch opt {
+		case "sha256":
+			p.SHA256 = s
+		case "config":
+			p.Config = s
+		case "on_error":
+			_, err = policy.ParseOnError(s)
+			p.OnError = s
+		case "fallback_key":
+			p.FallbackKey = s
+		case "timeout":
+			p.Timeout, err = parseDurationArg(s)
+		case "max_memory_pages":
+			var n uint64
+			n, err = strconv.ParseUint(s, 10, 32)
+			p.MaxMemoryPages = uint32(n)
+		case "pool_size":
+			p.PoolSize, err = positiveInt(s)
+		case "max_key_len":
+			p.MaxKeyLen, err = positiveInt(s)
+		default:
+			return d.Errf("unknown wasm policy option %q", opt)
+		}
+		if err != nil {
+			return d.Errf("%s %q: %v", opt, s, err)
+		}
+		if err := noMore(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func positiveInt(s string) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err == nil && n <= 0 {
+		err = fmt.Errorf("%w: %d is not positive", ErrInvalidConfig, n)
+	}
+	return n, err
+}
+
+var (
+	_ PolicyModule          = (*WASMPolicy)(nil)
+	_ caddyfile.Unmarshaler = (*WASMPolicy)(nil)
+)
