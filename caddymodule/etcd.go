@@ -97,6 +97,10 @@ func (c *EtcdConfig) clientConfig() etcdsync.ClientConfig {
 // serves with the templates while the syncer keeps trying.
 const startTimeout = 10 * time.Second
 
+// joinTimeout bounds how long Caddy's start waits to join the global-limit
+// fleet before it applies buckets (see start).
+const joinTimeout = 3 * time.Second
+
 // etcdState is the etcd part of the app state: the client, the syncer and,
 // for global buckets, the coordinator.
 type etcdState struct {
@@ -141,11 +145,17 @@ func (e *etcdState) start(logger *zap.Logger) error {
 	ctx, cancel := context.WithTimeout(e.ctx, startTimeout)
 	defer cancel()
 	if e.coord != nil {
-		go func() {
-			if err := e.coord.Start(e.ctx); err != nil && e.ctx.Err() == nil {
-				logger.Warn("global limits: not joined yet; using safe shares", zap.Error(err))
-			}
-		}()
+		// Join before the first bucket set is applied: global buckets that
+		// arrive before the member count is known would get the whole rate
+		// on every instance. Joining takes milliseconds while etcd is up;
+		// past joinTimeout the coordinator keeps trying in the background
+		// and the buckets get safe shares meanwhile.
+		jctx, jcancel := context.WithTimeout(e.ctx, joinTimeout)
+		err := e.coord.Start(jctx)
+		jcancel()
+		if err != nil && e.ctx.Err() == nil {
+			logger.Warn("global limits: not joined yet; using safe shares", zap.Error(err))
+		}
 	}
 	if err := e.syncer.Start(ctx); err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
