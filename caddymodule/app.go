@@ -155,6 +155,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.stateKey = string(key)
 	a.state = v.(*appState)
+	// The first bucket set is applied here rather than in Start: Caddy
+	// starts its apps in no fixed order, and the HTTP server must not take
+	// requests before the explicit buckets are in force.
+	if err := a.startState(); err != nil {
+		return err
+	}
 	a.logger.Info("edge_limit ready",
 		zap.String("instance_id", a.state.instanceID),
 		zap.Bool("etcd", a.state.etcd != nil),
@@ -191,9 +197,12 @@ func defaultInstanceID() string {
 	return host + "-" + hex.EncodeToString(b[:])
 }
 
-// Start starts the syncer (once per state: a reload that keeps the state
-// keeps its watch).
-func (a *App) Start() error {
+// Start makes sure the state is started; Provision already did it.
+func (a *App) Start() error { return a.startState() }
+
+// startState joins the fleet and starts the syncer, once per state: a
+// reload that keeps the state keeps its watch.
+func (a *App) startState() error {
 	s := a.state
 	s.startOnce.Do(func() {
 		if s.etcd != nil {
