@@ -9,14 +9,12 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/caddytest"
-
-	"github.com/edgelimit/edgelimit/wasm/wasmtest"
 )
 
 // TestWASMPolicy keys requests with the apikey example module built from
 // source: tenant "acme" is on the gold plan (cost 1), others on free (cost 2).
 func TestWASMPolicy(t *testing.T) {
-	path := wasmtest.File(t, wasmtest.Example(t, "apikey"))
+	path := examples(t, map[string]string{"apikey": "acme=gold default=free"})["apikey"]
 	// Compiling a Go guest takes seconds, longer under -race.
 	tc := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{LoadRequestTimeout: 3 * time.Minute})
 	cfg := func(body string) string {

@@ -174,13 +174,7 @@ func manyKeys(b *testing.B, n int, impl string) *manyFixture {
 		return f
 	}
 	// Only one large fixture at a time.
-	for k, f := range fixtures {
-		if f.engine != nil {
-			f.engine.Close()
-			f.engine.e.dyn.ar.unmapAll() // nothing uses it any more
-		}
-		delete(fixtures, k)
-	}
+	dropFixturesLocked()
 	f := &manyFixture{keys: benchKeys(n)}
 	before, rssBefore := memInUse(), rss()
 	switch impl {
@@ -207,6 +201,9 @@ func manyKeys(b *testing.B, n int, impl string) *manyFixture {
 }
 
 func BenchmarkManyKeys(b *testing.B) {
+	// Drop the fixtures afterwards: a 10M-key sync.Map would otherwise make
+	// every later benchmark's GC scan gigabytes.
+	defer dropFixtures()
 	for _, n := range []int{10_000, 1_000_000, 10_000_000} {
 		name := fmt.Sprintf("keys=%dM", n/1_000_000)
 		if n < 1_000_000 {
@@ -227,6 +224,23 @@ func BenchmarkManyKeys(b *testing.B) {
 			b.ReportMetric(f.rssBytes, "rss-B/bucket")
 		})
 	}
+}
+
+func dropFixtures() {
+	fixtureMu.Lock()
+	defer fixtureMu.Unlock()
+	dropFixturesLocked()
+}
+
+func dropFixturesLocked() {
+	for k, f := range fixtures {
+		if f.engine != nil {
+			f.engine.Close()
+			f.engine.e.dyn.ar.unmapAll() // nothing uses it any more
+		}
+		delete(fixtures, k)
+	}
+	runtime.GC()
 }
 
 var offsets atomic.Uint64
@@ -307,4 +321,54 @@ func BenchmarkAllowClock(b *testing.B) {
 			}
 		})
 	})
+}
+
+// The machine's floor for a decision among many keys: one dependent random
+// read in a table far larger than the caches (a pointer chase, one cache
+// line per step), with the table on huge pages (as the engine's arena
+// allocates it) and on the Go heap (4 KiB pages). A decision on 10M keys
+// makes one such read; the benchmarks above cannot beat this latency
+// divided by the reads in flight per core.
+func BenchmarkMemoryLatency(b *testing.B) {
+	for _, mb := range []int{32, 256} {
+		for _, kind := range []string{"hugepages", "heap"} {
+			b.Run(fmt.Sprintf("%dMiB/%s", mb, kind), func(b *testing.B) {
+				slots := mb << 20 / 16
+				var ar arena
+				defer ar.unmapAll()
+				var t []dentry
+				if kind == "heap" {
+					t = make([]dentry, slots)
+				} else {
+					t = ar.alloc(slots)
+				}
+				// A random cycle through all cache lines (4 slots per line).
+				lines := slots / 4
+				perm := make([]uint32, lines)
+				for i := range perm {
+					perm[i] = uint32(i)
+				}
+				r := uint64(88172645463325252)
+				for i := lines - 1; i > 0; i-- {
+					r ^= r << 13
+					r ^= r >> 7
+					r ^= r << 17
+					j := int(r % uint64(i+1))
+					perm[i], perm[j] = perm[j], perm[i]
+				}
+				for i := range perm {
+					t[perm[i]*4].h = uint64(perm[(i+1)%lines]) * 4
+				}
+				b.ResetTimer()
+				x := uint64(perm[0]) * 4
+				for i := 0; i < b.N; i++ {
+					x = t[x].h
+				}
+				b.ReportMetric(0, "B/op")
+				if x == 1<<63 {
+					b.Log(x)
+				}
+			})
+		}
+	}
 }

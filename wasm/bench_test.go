@@ -3,6 +3,9 @@ package wasm
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -208,4 +211,183 @@ func BenchmarkDecideFloor(b *testing.B) {
 			})
 		})
 	}
+}
+
+// guestVariants are Go guests that each add one piece of a policy's work,
+// built from source to split a call's cost on the guest side (see
+// BenchmarkGuestVariants). The raw-* guests do without the SDK: the ABI
+// exports written out by hand, answering a constant, with and without
+// decoding the request.
+var guestVariants = []struct{ name, src string }{
+	{"raw-constant", `package main
+
+import (
+	"unsafe"
+
+	"github.com/edgelimit/edgelimit/wasm/abi"
+)
+
+var in = make([]byte, 8192)
+var out = []byte{0, 1, 0, 0, 0, 'o', 'k'}
+var initOK = abi.AppendInit(nil, []string{"X-Tenant", "X-Region", "X-Client-Id"})
+
+func main() {}
+
+func p(b []byte) uint32 { return uint32(uintptr(unsafe.Pointer(&b[0]))) }
+
+//go:wasmexport edgelimit_abi_version
+func version() uint32 { return 1 }
+
+//go:wasmexport edgelimit_alloc
+func alloc(n uint32) uint32 {
+	if n > uint32(len(in)) {
+		in = make([]byte, n)
+	}
+	return p(in)
+}
+
+//go:wasmexport edgelimit_init
+func initx(ptr, n uint32) uint64 { return uint64(p(initOK))<<32 | uint64(len(initOK)) }
+
+//go:wasmexport edgelimit_decide
+func decide(ptr, n uint32) uint64 { return uint64(p(out))<<32 | uint64(len(out)) }
+`},
+	{"raw-decode", `package main
+
+import (
+	"unsafe"
+
+	"github.com/edgelimit/edgelimit/wasm/abi"
+)
+
+var req abi.Request
+var in = make([]byte, 8192)
+var out = []byte{0, 1, 0, 0, 0, 'o', 'k'}
+var initOK = abi.AppendInit(nil, []string{"X-Tenant", "X-Region", "X-Client-Id"})
+
+func main() {}
+
+func p(b []byte) uint32 { return uint32(uintptr(unsafe.Pointer(&b[0]))) }
+
+//go:wasmexport edgelimit_abi_version
+func version() uint32 { return 1 }
+
+//go:wasmexport edgelimit_alloc
+func alloc(n uint32) uint32 {
+	if n > uint32(len(in)) {
+		in = make([]byte, n)
+	}
+	return p(in)
+}
+
+//go:wasmexport edgelimit_init
+func initx(ptr, n uint32) uint64 { return uint64(p(initOK))<<32 | uint64(len(initOK)) }
+
+//go:wasmexport edgelimit_decide
+func decide(ptr, n uint32) uint64 {
+	if abi.DecodeRequest(in[:n], &req) != nil {
+		return 0
+	}
+	return uint64(p(out))<<32 | uint64(len(out))
+}
+`},
+	{"sdk-constant", `package main
+
+import "github.com/edgelimit/edgelimit/wasm/guest"
+
+func main() {}
+
+func init() {
+	guest.Register(guest.Policy{
+		Headers: []string{"X-Tenant", "X-Region", "X-Client-Id"},
+		Decide:  func(r *guest.Request) guest.Verdict { return guest.Limit("ok") },
+	})
+}
+`},
+	{"sdk-3-headers", `package main
+
+import "github.com/edgelimit/edgelimit/wasm/guest"
+
+func main() {}
+
+func init() {
+	guest.Register(guest.Policy{
+		Headers: []string{"X-Tenant", "X-Region", "X-Client-Id"},
+		Decide: func(r *guest.Request) guest.Verdict {
+			if r.Header("X-Tenant") == "" || r.Header("X-Region") == "" || r.Header("X-Client-Id") == "" {
+				return guest.Deny()
+			}
+			return guest.Limit("ok")
+		},
+	})
+}
+`},
+	{"sdk-key-6-parts", `package main
+
+import "github.com/edgelimit/edgelimit/wasm/guest"
+
+func main() {}
+
+func init() {
+	guest.Register(guest.Policy{
+		Headers: []string{"X-Tenant", "X-Region", "X-Client-Id"},
+		Decide: func(r *guest.Request) guest.Verdict {
+			return guest.Limit(guest.Key("t=", r.Method, "|r=", r.Path, "|c=", r.RemoteIP))
+		},
+	})
+}
+`},
+}
+
+// BenchmarkGuestVariants times the guests of guestVariants on the same
+// three-header request as the composite example, against the composite
+// example itself and the host-only WAT guest.
+func BenchmarkGuestVariants(b *testing.B) {
+	req := &abi.Request{Method: "GET", Path: "/v1/items", RemoteIP: "192.0.2.1",
+		Headers: []abi.Header{{Name: "X-Tenant", Value: "acme"}, {Name: "X-Region", Value: "eu-west"}, {Name: "X-Client-Id", Value: "42"}}}
+	type variant struct {
+		name string
+		bin  func(b *testing.B) []byte
+	}
+	vs := []variant{{"wat-constant", func(b *testing.B) []byte { return wasmtest.WAT(b, "good") }}}
+	for _, v := range guestVariants {
+		vs = append(vs, variant{"go-" + v.name, func(b *testing.B) []byte { return buildGoSource(b, v.src) }})
+	}
+	vs = append(vs, variant{"go-composite", func(b *testing.B) []byte { return wasmtest.Example(b, "composite") }})
+	for _, v := range vs {
+		b.Run("guest="+v.name, func(b *testing.B) {
+			m, err := Load(context.Background(), v.bin(b), Config{Timeout: time.Second})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer m.Close(context.Background())
+			timed(b, func() {
+				if _, err := m.Decide(req); err != nil {
+					b.Fatal(err)
+				}
+			})
+		})
+	}
+}
+
+// buildGoSource builds one main package file as a Go guest, resolving its
+// imports in this module.
+func buildGoSource(b *testing.B, src string) []byte {
+	b.Helper()
+	dir := b.TempDir()
+	file := filepath.Join(dir, "main.go")
+	if err := os.WriteFile(file, []byte(src), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	out := filepath.Join(dir, "guest.wasm")
+	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-buildmode=c-shared", "-o", out, file)
+	cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm", "CGO_ENABLED=0")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("go build: %v\n%s", err, msg)
+	}
+	bin, err := os.ReadFile(out)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return bin
 }

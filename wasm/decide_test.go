@@ -99,12 +99,26 @@ func TestRequestTooLarge(t *testing.T) {
 	}
 }
 
-// TestGoGuestHostile runs the misbehaving Go guest: panics are caught by
+// goGuestPages is the memory cap of every Go guest test: compiled code
+// depends on it, so one cap means one compilation.
+const goGuestPages = 256
+
+// TestGoGuest runs the Go guest tests on one compilation of the guest:
+// compiling it takes seconds, several times that under the race detector,
+// and compiled code is shared only between modules alive at once, so the
+// parent holds a module for its subtests.
+func TestGoGuest(t *testing.T) {
+	mustLoad(t, wasmtest.Go(t, wasmtest.GoHostile), Config{MaxMemoryPages: goGuestPages})
+	t.Run("Hostile", testGoGuestHostile)
+	t.Run("SeesRequest", testGoGuestSeesRequest)
+}
+
+// testGoGuestHostile runs the misbehaving Go guest: panics are caught by
 // the SDK (instance kept), a memory hog and os.Exit trap (instance
 // replaced), a spin loop times out, and meanwhile a well-behaved request
 // on another instance is unaffected.
-func TestGoGuestHostile(t *testing.T) {
-	m := mustLoad(t, wasmtest.Go(t, wasmtest.GoHostile), Config{Timeout: time.Second, MaxMemoryPages: 256, PoolSize: 2})
+func testGoGuestHostile(t *testing.T) {
+	m := mustLoad(t, wasmtest.Go(t, wasmtest.GoHostile), Config{Timeout: time.Second, MaxMemoryPages: goGuestPages, PoolSize: 2})
 
 	_, err := m.Decide(req("/panic"))
 	if !errors.Is(err, ErrGuest) || !strings.Contains(err.Error(), "asked to panic") {
@@ -149,10 +163,10 @@ func TestGoGuestHostile(t *testing.T) {
 	}
 }
 
-// TestGoGuestSeesRequest checks the ABI end to end through the Go SDK:
+// testGoGuestSeesRequest checks the ABI end to end through the Go SDK:
 // every field, the config string, and only the declared headers in order.
-func TestGoGuestSeesRequest(t *testing.T) {
-	m := mustLoad(t, wasmtest.Go(t, wasmtest.GoHostile), Config{Config: "mode=test", MaxKeyLen: 1 << 14})
+func testGoGuestSeesRequest(t *testing.T) {
+	m := mustLoad(t, wasmtest.Go(t, wasmtest.GoHostile), Config{Config: "mode=test", MaxKeyLen: 1 << 14, MaxMemoryPages: goGuestPages})
 	if got := strings.Join(m.Headers(), ","); got != "X-One,X-Two" {
 		t.Fatalf("Headers() = %s", got)
 	}

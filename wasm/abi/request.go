@@ -60,35 +60,81 @@ func AppendRequest(dst []byte, r *Request) []byte {
 //
 // The strings in r alias buf and are valid only while buf is unchanged: in a
 // guest, only during the edgelimit_decide call. Copy what must outlive it.
+//
+// A guest decodes every request, and Go compiled to wasm pays dearly for
+// each function call (the stack lives in linear memory and the host's
+// deadline check runs at every entry), so this is one function whose
+// helpers all inline, and the error is built only when buf is malformed.
 func DecodeRequest(buf []byte, r *Request) error {
-	d := decoder{buf: buf}
-	r.Method = d.string()
-	r.Host = d.string()
-	r.Path = d.string()
-	r.Query = d.string()
-	r.RemoteIP = d.string()
-	n := d.u32()
-	if d.err != nil {
-		return d.err
+	var ok bool
+	off := 0
+	if r.Method, off, ok = field(buf, off); !ok {
+		return truncated(buf, off)
 	}
+	if r.Host, off, ok = field(buf, off); !ok {
+		return truncated(buf, off)
+	}
+	if r.Path, off, ok = field(buf, off); !ok {
+		return truncated(buf, off)
+	}
+	if r.Query, off, ok = field(buf, off); !ok {
+		return truncated(buf, off)
+	}
+	if r.RemoteIP, off, ok = field(buf, off); !ok || len(buf)-off < 4 {
+		return truncated(buf, off)
+	}
+	n := uint64(binary.LittleEndian.Uint32(buf[off:]))
+	off += 4
 	// Each header needs at least 8 bytes of length prefixes, which bounds n
 	// before it sizes anything.
-	if uint64(n)*8 > uint64(len(d.buf)) {
-		return fmt.Errorf("%w: %d headers in %d bytes", ErrTruncated, n, len(d.buf))
+	if n*8 > uint64(len(buf)-off) {
+		return fmt.Errorf("%w: %d headers in %d bytes", ErrTruncated, n, len(buf)-off)
 	}
-	r.Headers = r.Headers[:0]
-	for i := uint32(0); i < n; i++ {
-		name := d.string()
-		value := d.string()
-		r.Headers = append(r.Headers, Header{Name: name, Value: value})
+	if uint64(cap(r.Headers)) < n {
+		r.Headers = make([]Header, n)
 	}
-	if d.err != nil {
-		return d.err
+	hs := r.Headers[:n]
+	for i := range hs {
+		if hs[i].Name, off, ok = field(buf, off); !ok {
+			return truncated(buf, off)
+		}
+		if hs[i].Value, off, ok = field(buf, off); !ok {
+			return truncated(buf, off)
+		}
 	}
-	if len(d.buf) != 0 {
-		return fmt.Errorf("%w: %d bytes", ErrTrailing, len(d.buf))
+	if off != len(buf) {
+		return fmt.Errorf("%w: %d bytes", ErrTrailing, len(buf)-off)
 	}
+	r.Headers = hs
 	return nil
+}
+
+// field returns the length-prefixed string at buf[off:], aliasing buf, and
+// the offset after it. If buf is too short it returns ok false and off
+// unchanged, for truncated. It must stay small enough to inline.
+func field(buf []byte, off int) (s string, next int, ok bool) {
+	if len(buf)-off < 4 {
+		return "", off, false
+	}
+	// A u32 fits an int on 64-bit platforms, wasm included, so n >= 0.
+	// (On a 32-bit one a length >= 1<<31 would panic in unsafe.String;
+	// requests are decoded by wasm guests and the host's tests only.)
+	n := int(binary.LittleEndian.Uint32(buf[off:]))
+	if n > len(buf)-off-4 {
+		return "", off, false
+	}
+	// buf[off+4:] never points past buf's end, even when empty: Go slices
+	// an empty tail at its base pointer.
+	return unsafe.String(unsafe.SliceData(buf[off+4:]), n), off + 4 + n, true
+}
+
+// truncated says why the field at buf[off:] does not fit in buf.
+func truncated(buf []byte, off int) error {
+	rest := len(buf) - off
+	if rest < 4 {
+		return fmt.Errorf("%w: need 4 bytes for a length, have %d", ErrTruncated, rest)
+	}
+	return fmt.Errorf("%w: field of %d bytes, have %d", ErrTruncated, binary.LittleEndian.Uint32(buf[off:]), rest-4)
 }
 
 func appendString(dst []byte, s string) []byte {
@@ -128,14 +174,4 @@ func (d *decoder) bytes() []byte {
 	b := d.buf[:n:n]
 	d.buf = d.buf[n:]
 	return b
-}
-
-// string returns the next field as a string aliasing the buffer: no copy,
-// because a guest decodes one request per call and must not allocate.
-func (d *decoder) string() string {
-	b := d.bytes()
-	if len(b) == 0 {
-		return ""
-	}
-	return unsafe.String(&b[0], len(b))
 }

@@ -30,7 +30,8 @@ func exportInit(p, n uint32) uint64 {
 
 //go:wasmexport edgelimit_decide
 func exportDecide(p, n uint32) uint64 {
-	return pack(decide(view(p, n)))
+	decide(view(p, n))
+	return pack(outBuf)
 }
 
 // view returns the n bytes at offset p, which the ABI says is the buffer

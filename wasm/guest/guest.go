@@ -21,8 +21,6 @@
 package guest
 
 import (
-	"strings"
-
 	"github.com/edgelimit/edgelimit/wasm/abi"
 )
 
@@ -62,11 +60,26 @@ func (r *Request) Header(name string) string {
 	return ""
 }
 
-// sameName compares header names case-insensitively, trying an exact match
-// first: the host sends canonical names, which is how policies usually
-// spell them, and Go compiled to wasm pays for every call.
+// sameName compares header names case-insensitively in ASCII, which is how
+// HTTP compares them (names are tokens, never anything but ASCII). It is a
+// loop of its own rather than a == b and strings.EqualFold: Go compiled to
+// wasm pays for every call, and names of the same length that differ
+// (X-Tenant, X-Region) would otherwise take both.
 func sameName(a, b string) bool {
-	return a == b || (len(a) == len(b) && strings.EqualFold(a, b))
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		c, d := a[i], b[i]
+		if c == d {
+			continue
+		}
+		// Letters differ in case by bit 0x20 only; other bytes must match.
+		if c |= 0x20; c != d|0x20 || c < 'a' || c > 'z' {
+			return false
+		}
+	}
+	return true
 }
 
 // Values returns every value of the named header, in order.

@@ -41,24 +41,31 @@ func initPolicy(config string) (out []byte) {
 	return outBuf
 }
 
-// decide decodes a request, runs Policy.Decide and encodes the verdict. A
-// panic becomes a Fail verdict: the host then applies on_error but keeps
-// this instance, which is far cheaper than a trap and a new instance.
-func decide(buf []byte) (out []byte) {
-	defer func() {
-		if r := recover(); r != nil {
-			out = abi.AppendResult(outBuf[:0], abi.Fail, 0, "panic in Decide: "+panicText(r))
-			outBuf = out
-		}
-	}()
+// decide decodes a request, runs Policy.Decide and leaves the encoded
+// verdict in outBuf. A panic becomes a Fail verdict: the host then applies
+// on_error but keeps this instance, which is far cheaper than a trap and a
+// new instance.
+//
+// It is the per-request path, and Go compiled to wasm pays for every call
+// (stack in linear memory, the host's deadline check at each entry): the
+// recovery is a plain deferred function rather than a closure, and nothing
+// is returned through the export's wrapper but the packed outBuf.
+func decide(buf []byte) {
+	defer recoverDecide()
 	scratch = scratch[:0]
 	if err := abi.DecodeRequest(buf, &req.Request); err != nil {
 		outBuf = abi.AppendResult(outBuf[:0], abi.Fail, 0, err.Error())
-		return outBuf
+		return
 	}
 	v := registered.Decide(&req)
 	outBuf = v.appendTo(outBuf[:0])
-	return outBuf
+}
+
+// recoverDecide turns a panic in Decide into a Fail verdict.
+func recoverDecide() {
+	if r := recover(); r != nil {
+		outBuf = abi.AppendResult(outBuf[:0], abi.Fail, 0, "panic in Decide: "+panicText(r))
+	}
 }
 
 func panicText(r any) string {
