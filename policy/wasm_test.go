@@ -19,30 +19,39 @@ import (
 )
 
 // Compiling a Go guest takes seconds of CPU, several times that under the
-// race detector, and the wasm package shares compiled code only between
-// modules alive at the same time. pinned keeps one module of each guest
-// (and memory cap, which compiled code depends on) alive for the whole
-// test process, so that each is compiled once. The process exit releases
-// them.
+// race detector (a cache hit takes a tenth of it), and the wasm package
+// shares compiled code only between modules alive at the same time. pinned
+// keeps one module of each guest (and memory cap, which compiled code
+// depends on) alive for the whole test process, so that each is compiled
+// once. The process exit releases them.
 var pinned = struct {
 	sync.Mutex
-	m map[string]*wasm.Module
-}{m: map[string]*wasm.Module{}}
+	m map[string]*pinnedModule
+}{m: map[string]*pinnedModule{}}
+
+type pinnedModule struct {
+	once sync.Once
+	err  error
+}
 
 // pin loads module once per process with c's memory cap and init config.
+// Different modules compile concurrently.
 func pin(t testing.TB, module []byte, c policy.WASMConfig) {
 	t.Helper()
 	key := fmt.Sprint(c.MaxMemoryPages, string(module))
 	pinned.Lock()
-	defer pinned.Unlock()
-	if pinned.m[key] != nil {
-		return
+	p := pinned.m[key]
+	if p == nil {
+		p = &pinnedModule{}
+		pinned.m[key] = p
 	}
-	m, err := wasm.Load(context.Background(), module, wasm.Config{Config: c.Config, MaxMemoryPages: c.MaxMemoryPages, Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatalf("pinning the compiled module: %v", err)
+	pinned.Unlock()
+	p.once.Do(func() {
+		_, p.err = wasm.Load(context.Background(), module, wasm.Config{Config: c.Config, MaxMemoryPages: c.MaxMemoryPages, Timeout: 5 * time.Second})
+	})
+	if p.err != nil {
+		t.Fatalf("pinning the compiled module: %v", p.err)
 	}
-	pinned.m[key] = m
 }
 
 // newWASM loads module bytes through a file, as Caddy does, and closes the
