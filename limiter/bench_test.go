@@ -2,7 +2,7 @@ package limiter
 
 // Benchmarks: this engine against golang.org/x/time/rate behind a sync.Map
 // (the usual way to build per-key limiting with it), on one hot key, 1M keys
-// and 10M keys, with b.RunParallel. See .bench/limiter.md for the figures
+// and 10M keys, with b.RunParallel. See BENCHMARKS.md for the figures
 // and the command.
 
 import (

@@ -38,7 +38,7 @@ var ErrInstrument = errors.New("wasm: instrumenting module for the call deadline
 // all in native code. It replaces wazero's WithCloseOnContextDone, which
 // leaves native code for a Go call at every one of these points and spawns
 // a goroutine per call; measured, that made a Go guest call 5-10x slower
-// (.bench/wasm.md). Like wasmtime's epoch interruption, the watchdog
+// (BENCHMARKS.md). Like wasmtime's epoch interruption, the watchdog
 // goroutine sets the exported interrupt global when a call overruns its
 // deadline, and the guest traps at its next slow-path check.
 //

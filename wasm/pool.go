@@ -8,7 +8,7 @@ import (
 
 // pool holds a Module's instances: at most max exist at once, the pool
 // starts with the one made at load and grows on demand, because a Go guest
-// instance costs ~4 ms and ~5.6 MB to make (measured in .bench/wasm.md) and
+// instance costs ~4 ms and ~5.6 MB to make (measured in BENCHMARKS.md) and
 // most sites never need GOMAXPROCS of them. It never shrinks: an idle
 // instance costs memory only. See RATIONALE.md.
 //

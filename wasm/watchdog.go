@@ -21,7 +21,7 @@ const ticksPerTimeout = 4
 // that are past theirs, by setting the instance's interrupt global (see
 // instrument) or, in the measured alternative, cancelling its context. The
 // cost on the call path is an atomic load, store and swap. Measured in
-// .bench/wasm.md.
+// BENCHMARKS.md.
 type watchdog struct {
 	tick     atomic.Int64
 	interval time.Duration
