@@ -30,7 +30,8 @@ func benchHandler(b testing.TB) *Handler {
 	}
 	h.explicit = limiter.New()
 	h.zone = &zoneState{name: "bench", lim: limiter.New(limiter.WithDefault(tmpl))}
-	h.unknown, h.status, h.logger = UnknownDefault, 429, zap.NewNop()
+	h.unknown, h.status = UnknownDefault, 429
+	h.setLogger(zap.NewNop())
 	h.counters = newZoneCounters("bench")
 	h.hdr = newHeaderWriter(HeadersDraft, "bench", tmpl, true)
 	b.Cleanup(func() { h.explicit.Close(); h.zone.lim.Close() })

@@ -102,6 +102,9 @@ type Handler struct {
 	hdr      headerWriter
 	counters zoneCounters
 	logger   *zap.Logger
+	// policyErrLog logs policy failures at most once per second: a broken
+	// WASM module fails every request, and the metric counts them all.
+	policyErrLog *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -115,7 +118,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision sets defaults, builds the policy and attaches the handler to
 // the app's explicit buckets and to its zone's table.
 func (h *Handler) Provision(ctx caddy.Context) error {
-	h.logger = ctx.Logger()
+	h.setLogger(ctx.Logger())
 	if h.Zone == "" {
 		h.Zone = DefaultZone
 	}
@@ -219,6 +222,15 @@ func (h *Handler) check() error {
 	return h.Headers.validate()
 }
 
+// setLogger sets the handler's logger and the sampled logger for policy
+// failures, which records the first failure each second and drops the rest.
+func (h *Handler) setLogger(l *zap.Logger) {
+	h.logger = l
+	h.policyErrLog = l.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
+		return zapcore.NewSamplerWithOptions(c, time.Second, 1, 0)
+	}))
+}
+
 // Validate implements caddy.Validator.
 func (h *Handler) Validate() error { return h.check() }
 
@@ -245,7 +257,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if err != nil {
 		// The verdict is already the policy's fallback; the error is news.
 		h.counters.policyErrors.Inc()
-		h.logger.Warn("policy failed; applying its fallback", zap.String("zone", h.Zone), zap.String("action", v.Action.String()), zap.Error(err))
+		h.policyErrLog.Warn("policy failed; applying its fallback (logged at most once a second)", zap.String("zone", h.Zone), zap.String("action", v.Action.String()), zap.Error(err))
 	}
 	switch v.Action {
 	case policy.Skip:
