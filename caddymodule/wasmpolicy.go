@@ -82,10 +82,20 @@ type sharedWASM struct {
 	key wasmKey
 }
 
-// Close implements io.Closer.
+// wasmReleaseGrace is how long a module outlives the Cleanup of the
+// handler that used it. During a reload Caddy can still hand a request to
+// a handler of the old config just after cleaning it up (seen as "wasm:
+// module closed" in TestWASMReloadSwapsModule under load); with the grace,
+// such a request is decided by the old module instead of falling to
+// on_error. A reload that keeps the module takes a new reference first,
+// so nothing is recompiled. (A variable for tests.)
+var wasmReleaseGrace = 5 * time.Second
+
+// Close implements io.Closer: it releases the reference after
+// wasmReleaseGrace.
 func (s *sharedWASM) Close() error {
-	_, err := wasmPool.Delete(s.key)
-	return err
+	time.AfterFunc(wasmReleaseGrace, func() { _, _ = wasmPool.Delete(s.key) })
+	return nil
 }
 
 // NewPolicy implements PolicyModule. The handler closes the policy at

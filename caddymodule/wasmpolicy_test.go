@@ -37,7 +37,12 @@ func TestWASMPolicy(t *testing.T) {
 	// A reload with the same module reuses the compiled one.
 	tc.InitServer(cfg("ok"), "caddyfile")
 	n := 0
-	wasmPool.Range(func(_, _ any) bool { n++; return true })
+	wasmPool.Range(func(k, _ any) bool {
+		if k.(wasmKey).Path == path {
+			n++
+		}
+		return true
+	})
 	if n != 1 {
 		t.Errorf("%d compiled modules after a reload with the same module, want 1", n)
 	}
