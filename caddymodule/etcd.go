@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
 	"github.com/edgelimit/edgelimit/etcdsync"
@@ -104,7 +103,7 @@ const joinTimeout = 3 * time.Second
 // etcdState is the etcd part of the app state: the client, the syncer and,
 // for global buckets, the coordinator.
 type etcdState struct {
-	client *clientv3.Client
+	client *etcdsync.LazyClient
 	syncer *etcdsync.Syncer
 	coord  *global.Coordinator // nil with global disabled
 	ctx    context.Context     // lives as long as the state
@@ -113,26 +112,30 @@ type etcdState struct {
 
 func newEtcdState(c *EtcdConfig, s *appState, snapshot string, g *GlobalConfig, logger *zap.Logger) (*etcdState, error) {
 	cc := c.clientConfig()
-	cli, err := cc.New(logger.Named("etcd"))
-	if err != nil {
-		return nil, fmt.Errorf("edge_limit: connecting to etcd %s: %w", cc, err)
+	if err := cc.Validate(); err != nil {
+		return nil, fmt.Errorf("edge_limit: etcd %s: %w", cc, err)
 	}
-	e := &etcdState{client: cli}
+	// The client is made on first use, not here: with a user name,
+	// clientv3.New authenticates and fails while etcd is down, and Caddy
+	// must start anyway, serving the snapshot (see start).
+	e := &etcdState{client: etcdsync.NewLazyClient(cc.Connect(logger.Named("etcd")))}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	var target etcdsync.Target = etcdsync.LimiterTarget(s.explicit)
 	if g.enabled() {
-		e.coord, err = newCoordinator(cli, target, s, c.Prefix, g, logger)
+		var err error
+		e.coord, err = newCoordinator(e.client.Get, target, s, c.Prefix, g, logger)
 		if err != nil {
 			e.close()
 			return nil, err
 		}
 		target = e.coord
 	}
-	e.syncer = etcdsync.NewSyncer(cli, etcdsync.SyncerOptions{
+	e.syncer = etcdsync.NewSyncer(nil, etcdsync.SyncerOptions{
 		Prefix:       c.Prefix,
 		Target:       target,
 		Logger:       logger.Named("sync"),
 		SnapshotPath: snapshot,
+		Connect:      e.client.Get,
 	})
 	logger.Info("etcd configured", zap.Object("etcd", cc), zap.String("prefix", c.Prefix), zap.Bool("global", e.coord != nil))
 	return e, nil

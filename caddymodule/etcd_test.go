@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -177,6 +178,63 @@ func TestEtcdAuthFromEnv(t *testing.T) {
 		t.Errorf("the error shows the password: %v", err)
 	}
 	wantStatuses(t, statuses(t, tc, 1, "/", "X-Key", "k"), 200)
+}
+
+// TestEtcdColdStartWithAuthWhileDown: with a user name and password, a
+// start while etcd is down still loads (clientv3 cannot authenticate, so
+// the client is made later) and enforces the snapshot's buckets; once etcd
+// is back, the watch applies changes. Global limits are on, so the
+// coordinator also has to get by without a client at first.
+func TestEtcdColdStartWithAuthWhileDown(t *testing.T) {
+	srv := etcdtest.Start(t, etcdtest.WithAuth("s3cret-pw"))
+	cli := srv.Client(t)
+	const prefix = "/caddytest-coldauth/"
+	snap := filepath.Join(t.TempDir(), "buckets.json")
+	cfg := site(fmt.Sprintf(`
+	edge_limit {
+		etcd %s {
+			prefix %s
+			username %s
+			password s3cret-pw
+			dial_timeout 1s
+		}
+		instance_id cold-1
+		snapshot_file %s
+	}`, srv.Endpoints()[0], prefix, etcdtest.RootUser, snap), `
+	edge_limit authz {
+		policy header X-Key
+		unknown deny
+	}
+	respond "ok"`)
+	tc := caddytest.NewTester(t)
+	tc.InitServer(cfg, "caddyfile")
+	put(t, cli, prefix+"buckets/k", `{"rate":1,"per":"1h","burst":2}`)
+	eventually(t, 5*time.Second, "bucket k enforced", func() bool {
+		resp, _ := get(t, tc, "/", "X-Key", "k")
+		return resp.StatusCode == 200
+	})
+	// Without the app its state is torn down, and the syncer writes the
+	// snapshot on the way out.
+	if err := loadCaddyfile(t, site("", `respond "ok"`)); err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop()
+
+	began := time.Now()
+	if err := loadCaddyfile(t, cfg); err != nil {
+		t.Fatalf("loading with etcd down: %v", err)
+	}
+	t.Logf("cold start with auth and etcd down: loaded in %v", time.Since(began))
+	// A fresh state: k starts full (burst 2) and refills once an hour.
+	wantStatuses(t, statuses(t, tc, 3, "/", "X-Key", "k"), 200, 200, 429)
+	wantStatuses(t, statuses(t, tc, 1, "/", "X-Key", "j"), 429)
+
+	srv.Restart(t)
+	put(t, cli, prefix+"buckets/j", `{"rate":10,"burst":10}`)
+	eventually(t, 30*time.Second, "bucket j from etcd enforced after the restart", func() bool {
+		resp, _ := get(t, tc, "/", "X-Key", "j")
+		return resp.StatusCode == 200
+	})
 }
 
 // loadCaddyfile posts a config to the admin API and returns the error

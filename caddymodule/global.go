@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -33,18 +34,19 @@ func (g *GlobalConfig) enabled() bool { return g == nil || !g.Disabled }
 
 // newCoordinator wraps the plain limiter target so that global buckets get
 // this instance's share.
-func newCoordinator(cli *clientv3.Client, inner etcdsync.Target, s *appState, prefix string, g *GlobalConfig, logger *zap.Logger) (*global.Coordinator, error) {
+func newCoordinator(connect func(context.Context) (*clientv3.Client, error), inner etcdsync.Target, s *appState, prefix string, g *GlobalConfig, logger *zap.Logger) (*global.Coordinator, error) {
 	opts := global.Options{
 		Prefix:     prefix,
 		InstanceID: s.instanceID,
 		Logger:     logger.Named("global"),
+		Connect:    connect,
 	}
 	if g != nil {
 		opts.SyncInterval = time.Duration(g.SyncInterval)
 		opts.LeaseTTL = time.Duration(g.LeaseTTL)
 		opts.ExpectedMembers = g.ExpectedMembers
 	}
-	c, err := global.New(cli, inner, s.explicit, opts)
+	c, err := global.New(nil, inner, s.explicit, opts)
 	if err != nil {
 		return nil, fmt.Errorf("edge_limit: global limits for instance %q: %w", s.instanceID, err)
 	}

@@ -43,13 +43,7 @@ func (c ClientConfig) New(logger *zap.Logger) (*clientv3.Client, error) {
 	if logger == nil {
 		logger = zap.NewNop()
 	}
-	if len(c.Endpoints) == 0 {
-		return nil, fmt.Errorf("%w: no endpoints", ErrClientConfig)
-	}
-	if (c.Username == "") != (c.Password == "") {
-		return nil, fmt.Errorf("%w: user %q: user name and password must be given together", ErrClientConfig, c.Username)
-	}
-	tlsCfg, err := c.tlsConfig()
+	tlsCfg, err := c.validate()
 	if err != nil {
 		return nil, err
 	}
@@ -69,6 +63,25 @@ func (c ClientConfig) New(logger *zap.Logger) (*clientv3.Client, error) {
 		return nil, c.describe(err)
 	}
 	return cli, nil
+}
+
+// Validate checks what New can check without contacting etcd: endpoints,
+// a user name with its password, and readable, valid TLS files. It fails
+// with ErrClientConfig. Callers that make the client later (a LazyClient)
+// call it first, so a broken config is reported at once, not retried.
+func (c ClientConfig) Validate() error {
+	_, err := c.validate()
+	return err
+}
+
+func (c ClientConfig) validate() (*tls.Config, error) {
+	if len(c.Endpoints) == 0 {
+		return nil, fmt.Errorf("%w: no endpoints", ErrClientConfig)
+	}
+	if (c.Username == "") != (c.Password == "") {
+		return nil, fmt.Errorf("%w: user %q: user name and password must be given together", ErrClientConfig, c.Username)
+	}
+	return c.tlsConfig()
 }
 
 // Connect returns a function for SyncerOptions.Connect that makes the

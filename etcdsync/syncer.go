@@ -46,11 +46,14 @@ type SyncerOptions struct {
 	// after an error (defaults 50ms and 5s).
 	MinBackoff, MaxBackoff time.Duration
 	// Connect, used when NewSyncer gets a nil client, makes the client
-	// in the background and is retried like any other sync error; the
-	// syncer closes that client on Stop. It is for clients that cannot be
-	// made while etcd is down: clientv3 authenticates a user name and
-	// password inside clientv3.New. With it, a cold start still serves
-	// the snapshot at once. ClientConfig.Connect returns one.
+	// in the background and is retried like any other sync error. It is
+	// for clients that cannot be made while etcd is down: clientv3
+	// authenticates a user name and password inside clientv3.New. With it,
+	// a cold start still serves the snapshot. The caller owns the client
+	// it returns: LazyClient.Get shares one and closes it at its Close.
+	// If the first attempt fails because etcd refused the credentials
+	// (ErrAuthFailed), Start returns that error: retrying cannot fix it,
+	// though the syncer does retry until Stop.
 	Connect func(ctx context.Context) (*clientv3.Client, error)
 }
 
@@ -135,6 +138,7 @@ type Syncer struct {
 	wg                  sync.WaitGroup
 	ready               chan struct{}
 	readyOnce           sync.Once
+	refused             chan error // the first Connect refused the credentials
 
 	// beforeWatch, if set (by tests), runs before each watch starts from rev+1.
 	beforeWatch func(rev int64)
@@ -172,13 +176,15 @@ func NewSyncer(cli *clientv3.Client, opts SyncerOptions) *Syncer {
 		decoded:  make(map[string]Spec),
 		interned: make(map[Spec]*Spec),
 		ready:    make(chan struct{}),
+		refused:  make(chan error, 1),
 	}
 }
 
 // Start starts syncing and returns once the initial bucket set is applied,
 // from etcd or, if etcd does not answer within RequestTimeout, from the
-// snapshot file. If ctx ends first, Start returns its error but the syncer
-// keeps trying in the background until Stop.
+// snapshot file. If ctx ends first, or Connect's first attempt finds the
+// credentials refused, Start returns the error but the syncer keeps trying
+// in the background until Stop.
 func (s *Syncer) Start(ctx context.Context) error {
 	started := false
 	s.startOnce.Do(func() {
@@ -196,8 +202,15 @@ func (s *Syncer) Start(ctx context.Context) error {
 		return ErrStarted
 	}
 	select {
+	case err := <-s.refused:
+		return fmt.Errorf("etcdsync: connecting to etcd: %w", err)
 	case <-s.ready:
-		return nil
+		select { // a refusal also applies the snapshot: report it all the same
+		case err := <-s.refused:
+			return fmt.Errorf("etcdsync: connecting to etcd: %w", err)
+		default:
+			return nil
+		}
 	case <-ctx.Done():
 		return fmt.Errorf("etcdsync: waiting for the initial bucket set under %q: %w", s.prefix, ctx.Err())
 	}
@@ -214,9 +227,6 @@ func (s *Syncer) Stop() {
 		}
 		s.cancel()
 		s.wg.Wait()
-		if s.opts.Connect != nil && s.cli != nil {
-			s.cli.Close()
-		}
 		if s.opts.SnapshotPath != "" && s.dirty.Load() {
 			if err := s.writeSnapshot(); err != nil {
 				s.log.Warn("etcdsync: final snapshot", zap.Error(err))
@@ -296,6 +306,12 @@ func (s *Syncer) connectAndList(ctx context.Context) (int64, error) {
 	if s.cli == nil {
 		cli, err := s.opts.Connect(ctx)
 		if err != nil {
+			if errors.Is(err, ErrAuthFailed) {
+				select { // Start reports the first refusal; later ones are only logged
+				case s.refused <- err:
+				default:
+				}
+			}
 			return 0, err
 		}
 		s.cli = cli

@@ -250,12 +250,14 @@ func TestSyncerColdStartWithPasswordAuth(t *testing.T) {
 	lg, logs := observed()
 	lim := limiter.New()
 	f2 := &syncFixture{etcd: e, lim: lim}
+	lazy := NewLazyClient(cc.Connect(lg))
 	s2 := NewSyncer(nil, SyncerOptions{
 		Prefix: testPrefix, Target: LimiterTarget(lim), Logger: lg, SnapshotPath: snap,
-		Connect: cc.Connect(lg), RequestTimeout: 300 * time.Millisecond, ProgressInterval: 50 * time.Millisecond,
+		Connect: lazy.Get, RequestTimeout: 300 * time.Millisecond, ProgressInterval: 50 * time.Millisecond,
 		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
 	})
 	checkNoLeak(t)
+	t.Cleanup(func() { lazy.Close() })
 	t.Cleanup(s2.Stop)
 	if err := s2.Start(ctxT(t)); err != nil {
 		t.Fatal(err)
@@ -272,4 +274,49 @@ func TestSyncerColdStartWithPasswordAuth(t *testing.T) {
 	if logs.FilterMessageSnippet("listing buckets failed").Len() == 0 {
 		t.Fatal("the failed connection attempts were not logged")
 	}
+	if err := lazy.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lazy.Get(ctxT(t)); !errors.Is(err, ErrClientClosed) {
+		t.Fatalf("Get after Close: %v, want ErrClientClosed", err)
+	}
+}
+
+// TestSyncerStartReportsRefusedCredentials: with a wrong password, Start
+// returns ErrAuthFailed at once instead of waiting for a sync that cannot
+// come, even though the snapshot was applied.
+func TestSyncerStartReportsRefusedCredentials(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.WithAuth(testPassword))
+	snap := filepath.Join(t.TempDir(), "buckets.json")
+	f := &syncFixture{etcd: e, cli: e.Client(t), lim: limiter.New()}
+	s := f.startSyncer(t, func(o *SyncerOptions) { o.SnapshotPath = snap })
+	mustPut(t, f.cli, bkey("a"), specJSON(1, 1))
+	f.bucketIs(t, "a", spec(1, 1))
+	s.Stop()
+
+	cc := ClientConfig{Endpoints: e.Endpoints(), DialTimeout: 5 * time.Second, Username: etcdtest.RootUser, Password: "wrong-" + testPassword}
+	lg, logs := observed()
+	lim := limiter.New()
+	lazy := NewLazyClient(cc.Connect(lg))
+	t.Cleanup(func() { lazy.Close() })
+	s2 := NewSyncer(nil, SyncerOptions{
+		Prefix: testPrefix, Target: LimiterTarget(lim), Logger: lg, SnapshotPath: snap, Connect: lazy.Get,
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
+	})
+	t.Cleanup(s2.Stop)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	began := time.Now()
+	err := s2.Start(ctx)
+	if !errors.Is(err, ErrAuthFailed) {
+		t.Fatalf("Start with a wrong password: %v, want ErrAuthFailed", err)
+	}
+	if took := time.Since(began); took > 10*time.Second {
+		t.Errorf("Start took %v to report the refusal", took)
+	}
+	if _, ok := lim.BucketConfig("a"); !ok {
+		t.Error("the snapshot was not applied while the credentials are refused")
+	}
+	s2.Stop()
+	assertNoSecret(t, logs, testPassword)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -48,7 +49,7 @@ func (s state) String() string {
 // A Coordinator is safe for concurrent use. Requests never wait on it: it
 // only changes bucket configs in the limiter, which keeps their tokens.
 type Coordinator struct {
-	cli     *clientv3.Client
+	cli     atomic.Pointer[clientv3.Client] // set before the first session
 	inner   etcdsync.Target
 	lim     *limiter.Limiter
 	opts    Options
@@ -104,15 +105,15 @@ type gbucket struct {
 // (usually etcdsync.LimiterTarget(lim)); lim receives the shares of global
 // buckets. Call Start to join the fleet and Close to leave it.
 func New(client *clientv3.Client, inner etcdsync.Target, lim *limiter.Limiter, opts Options) (*Coordinator, error) {
-	if client == nil || inner == nil || lim == nil {
-		return nil, fmt.Errorf("%w: client, inner target and limiter are required", ErrInvalidOptions)
+	if (client == nil && opts.Connect == nil) || inner == nil || lim == nil {
+		return nil, fmt.Errorf("%w: client (or Options.Connect), inner target and limiter are required", ErrInvalidOptions)
 	}
 	if err := opts.setDefaults(); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Coordinator{
-		cli: client, inner: inner, lim: lim, opts: opts,
+	c := &Coordinator{
+		inner: inner, lim: lim, opts: opts,
 		log:        opts.Logger.With(zap.String("instance", opts.InstanceID)),
 		members:    MembersPrefix(opts.Prefix),
 		key:        MemberKey(opts.Prefix, opts.InstanceID),
@@ -122,7 +123,23 @@ func New(client *clientv3.Client, inner etcdsync.Target, lim *limiter.Limiter, o
 		leaseLost:  make(chan struct{}, 1),
 		buckets:    map[string]*gbucket{},
 		badReports: map[string]bool{},
-	}, nil
+	}
+	c.cli.Store(client)
+	return c, nil
+}
+
+// client returns the etcd client, making it with Options.Connect if it was
+// not given; a failure ends the session attempt, which is retried.
+func (c *Coordinator) client(ctx context.Context) (*clientv3.Client, error) {
+	if cli := c.cli.Load(); cli != nil {
+		return cli, nil
+	}
+	cli, err := c.opts.Connect(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("global: connecting to etcd: %w", err)
+	}
+	c.cli.Store(cli)
+	return cli, nil
 }
 
 // Start joins the fleet in the background and waits, until ctx ends, for

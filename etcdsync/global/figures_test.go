@@ -2,6 +2,7 @@ package global
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ type sampler struct {
 	maxSum     float64
 	excess     float64 // tokens
 	overFor    time.Duration
+	changes    int // times the set of shares changed
 }
 
 func startSampler(t *testing.T, fleet []*member, id string, rate float64) *sampler {
@@ -27,17 +29,24 @@ func startSampler(t *testing.T, fleet []*member, id string, rate float64) *sampl
 		tk := time.NewTicker(time.Millisecond)
 		defer tk.Stop()
 		last := time.Now()
+		var prev []float64
 		for {
 			select {
 			case <-s.stop:
 				return
 			case now := <-tk.C:
 				sum := 0.0
-				for _, m := range fleet {
+				cur := make([]float64, len(fleet))
+				for i, m := range fleet {
 					if c, ok := m.lim.BucketConfig(id); ok {
-						sum += c.Rate.PerSecondFloat()
+						cur[i] = c.Rate.PerSecondFloat()
+						sum += cur[i]
 					}
 				}
+				if prev != nil && !slices.Equal(prev, cur) {
+					s.changes++
+				}
+				prev = cur
 				s.maxSum = max(s.maxSum, sum)
 				if dt := now.Sub(last); sum > s.rate*1.000001 {
 					s.excess += (sum - s.rate) * dt.Seconds()
@@ -53,8 +62,8 @@ func startSampler(t *testing.T, fleet []*member, id string, rate float64) *sampl
 func (s *sampler) halt() { close(s.stop); <-s.done }
 
 func (s *sampler) String() string {
-	return fmt.Sprintf("peak sum of shares %.1f/s (%.3f of the rate), above the rate for %v in all, excess %.2f tokens",
-		s.maxSum, s.maxSum/s.rate, s.overFor, s.excess)
+	return fmt.Sprintf("peak sum of shares %.1f/s (%.3f of the rate), above the rate for %v in all, excess %.2f tokens; shares changed %d times",
+		s.maxSum, s.maxSum/s.rate, s.overFor, s.excess, s.changes)
 }
 
 func sleepFor(t *testing.T, d time.Duration) {

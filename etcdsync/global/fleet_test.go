@@ -127,7 +127,11 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool
 }
 
 // load offers perSecond requests per second to one bucket of one member,
-// in batches every 10 ms, counting what the limiter admits.
+// every 10 ms, counting what the limiter admits. Each batch makes up for
+// the time since the last one: a ticker drops ticks while the process is
+// starved of CPU (CI runs several race-enabled test binaries at once), and
+// a fixed batch per tick would then offer less than perSecond and leave
+// tokens unused that the tests count as admitted.
 type load struct {
 	stop             chan struct{}
 	done             chan struct{}
@@ -137,18 +141,19 @@ type load struct {
 func startLoad(t *testing.T, m *member, id string, perSecond int) *load {
 	t.Helper()
 	l := &load{stop: make(chan struct{}), done: make(chan struct{})}
-	const tick = 10 * time.Millisecond
-	batch := max(perSecond*int(tick)/int(time.Second), 1)
+	start := time.Now()
 	go func() {
 		defer close(l.done)
-		tk := time.NewTicker(tick)
+		tk := time.NewTicker(10 * time.Millisecond)
 		defer tk.Stop()
+		var sent int64
 		for {
 			select {
 			case <-l.stop:
 				return
 			case now := <-tk.C:
-				for range batch {
+				due := int64(now.Sub(start)) * int64(perSecond) / int64(time.Second)
+				for ; sent < due; sent++ {
 					d, err := m.lim.AllowN(id, now, 1)
 					if err != nil {
 						t.Errorf("%s: AllowN(%q): %v", m.id, id, err)

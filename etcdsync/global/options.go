@@ -1,10 +1,12 @@
 package global
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
 	"github.com/edgelimit/edgelimit/etcdsync"
@@ -56,6 +58,11 @@ type Options struct {
 	// DefaultMaxReportBytes. Buckets beyond it are left out of the report,
 	// lowest demand first (see Status.OmittedBuckets).
 	MaxReportBytes int
+	// Connect, used when New gets a nil client, makes the client before the
+	// first session and is retried like any other session failure
+	// (meanwhile buckets get safe shares). The caller owns the client it
+	// returns: pass the Get of the etcdsync.LazyClient the Syncer shares.
+	Connect func(ctx context.Context) (*clientv3.Client, error)
 	// ExpectedMembers is the member count assumed while none is known yet
 	// (before the first join, e.g. a cold start while etcd is down): the
 	// instance then enforces rate/ExpectedMembers. Zero means 1, i.e. the

@@ -72,16 +72,21 @@ func (c *Coordinator) sessions() {
 // revokes the lease.
 func (c *Coordinator) session() error {
 	ttl := int64(c.opts.LeaseTTL / time.Second)
-	sent := time.Now()
 	gctx, gcancel := context.WithTimeout(c.ctx, c.opts.LeaseTTL)
-	g, err := c.cli.Grant(gctx, ttl)
+	defer gcancel()
+	cli, err := c.client(gctx)
+	if err != nil {
+		return err
+	}
+	sent := time.Now()
+	g, err := cli.Grant(gctx, ttl)
 	gcancel()
 	if err != nil {
 		return fmt.Errorf("global: granting a %ds lease: %w", ttl, err)
 	}
 	sctx, scancel := context.WithCancel(c.ctx)
 	defer scancel()
-	s, err := concurrency.NewSession(c.cli, concurrency.WithLease(g.ID), concurrency.WithTTL(int(ttl)), concurrency.WithContext(sctx))
+	s, err := concurrency.NewSession(cli, concurrency.WithLease(g.ID), concurrency.WithTTL(int(ttl)), concurrency.WithContext(sctx))
 	if err != nil {
 		return fmt.Errorf("global: starting a session on lease %x: %w", g.ID, err)
 	}
@@ -93,7 +98,7 @@ func (c *Coordinator) session() error {
 		s.Orphan()
 		if c.ctx.Err() != nil {
 			rctx, cancel := context.WithTimeout(context.Background(), min(c.opts.LeaseTTL, revokeTimeout))
-			if _, err := c.cli.Revoke(rctx, g.ID); err != nil {
+			if _, err := cli.Revoke(rctx, g.ID); err != nil {
 				c.log.Warn("global: revoking the lease at close; peers reclaim after the TTL", zap.Error(err))
 			}
 			cancel()
@@ -102,7 +107,7 @@ func (c *Coordinator) session() error {
 	// A second keepalive channel on the same lease (the session drains its
 	// own) tells us when the lease was last renewed; the client sends one
 	// keepalive per lease however many channels listen.
-	renewals, err := c.cli.KeepAlive(sctx, g.ID)
+	renewals, err := cli.KeepAlive(sctx, g.ID)
 	if err != nil {
 		return fmt.Errorf("global: observing lease %x: %w", g.ID, err)
 	}
@@ -159,7 +164,7 @@ func (c *Coordinator) follow(sctx context.Context, s *concurrency.Session, lease
 	watch := func(from int64) clientv3.WatchChan {
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(sctx))
 		stopWatch = cancel
-		return c.cli.Watch(wctx, c.members, clientv3.WithPrefix(), clientv3.WithRev(from))
+		return c.cli.Load().Watch(wctx, c.members, clientv3.WithPrefix(), clientv3.WithRev(from))
 	}
 	wch := watch(rev + 1)
 	for {
@@ -249,7 +254,7 @@ func (c *Coordinator) relist(ctx context.Context, lease clientv3.LeaseID) (int64
 			opts = append(opts, clientv3.WithRev(rev))
 		}
 		lctx, cancel := context.WithTimeout(ctx, c.opts.LeaseTTL)
-		resp, err := c.cli.Get(lctx, key, opts...)
+		resp, err := c.cli.Load().Get(lctx, key, opts...)
 		cancel()
 		if err != nil {
 			return 0, fmt.Errorf("global: listing %q: %w", c.members, err)
@@ -307,7 +312,7 @@ func (c *Coordinator) joinLocked(lease clientv3.LeaseID) {
 // writeReport puts this instance's member key under lease.
 func (c *Coordinator) writeReport(lease clientv3.LeaseID, value []byte) error {
 	ctx, cancel := context.WithTimeout(c.ctx, c.opts.SyncInterval)
-	_, err := c.cli.Put(ctx, c.key, string(value), clientv3.WithLease(lease))
+	_, err := c.cli.Load().Put(ctx, c.key, string(value), clientv3.WithLease(lease))
 	cancel()
 	c.mu.Lock()
 	defer c.mu.Unlock()
