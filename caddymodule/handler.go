@@ -269,15 +269,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	now := time.Now()
-	var d limiter.Decision
-	err = limiter.ErrBucketNotFound
-	// BucketConfig is a lock-free probe; asking AllowN directly would build
-	// a not-found error for every key without an explicit bucket, which is
-	// most of them.
-	if _, ok := h.explicit.BucketConfig(v.Key); ok {
-		d, err = h.explicit.AllowN(v.Key, now, int(v.Cost))
-	}
-	if errors.Is(err, limiter.ErrBucketNotFound) { // also a bucket deleted since the probe
+	// Explicit buckets (from etcd) first; a miss, the common case, is the
+	// bare sentinel and costs no allocation.
+	d, err := h.explicit.AllowN(v.Key, now, int(v.Cost))
+	if err == limiter.ErrBucketNotFound {
 		switch {
 		case h.unknown == UnknownAllow:
 			h.counters.byResult[resultUnknownAllowed].Inc()

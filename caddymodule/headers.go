@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+	"unsafe"
 
 	"github.com/edgelimit/edgelimit/limiter"
 )
@@ -123,7 +124,7 @@ func (hw *headerWriter) write(h http.Header, c limiter.Config, remaining int64, 
 			h[hdrRateLimit] = append(h[hdrRateLimit], string(b))
 		} else {
 			h[hdrPolicy] = pol // cap 1: a later append copies, never writes into the cache
-			h[hdrRateLimit] = []string{string(b)}
+			h[hdrRateLimit] = oneValue(b)
 		}
 	}
 	// The legacy fields hold one limit: the innermost handler's wins.
@@ -132,4 +133,29 @@ func (hw *headerWriter) write(h http.Header, c limiter.Config, remaining int64, 
 		h[hdrRemaining] = []string{strconv.FormatInt(remaining, 10)}
 		h[hdrReset] = []string{strconv.FormatInt(resetS, 10)}
 	}
+}
+
+// fieldInline is the longest value oneValue keeps in the slice's own
+// allocation: a zone of up to ~16 bytes with 10-digit numbers.
+const fieldInline = 48
+
+// inlineField is a one-value header field and the value's bytes, in one
+// allocation.
+type inlineField struct {
+	vals [1]string
+	buf  [fieldInline]byte
+}
+
+// oneValue returns a header field holding b, in one allocation rather than
+// two (the string and its slice) when b is short: it is made on every
+// response. The slice has capacity 1, so an append copies it.
+func oneValue(b []byte) []string {
+	if len(b) > fieldInline {
+		return []string{string(b)}
+	}
+	f := new(inlineField)
+	n := copy(f.buf[:], b)
+	// The bytes are never written again; the string keeps f alive.
+	f.vals[0] = unsafe.String(&f.buf[0], n)
+	return f.vals[:]
 }

@@ -299,7 +299,9 @@ func (l *Limiter) Allow(bucketID string) bool {
 //
 //   - An explicit bucket named bucketID takes precedence; otherwise, with
 //     WithDefault, the key's dynamic bucket is used (created full on first
-//     use). Without either, AllowN returns ErrBucketNotFound.
+//     use). Without either, AllowN returns ErrBucketNotFound itself, not
+//     wrapped: a miss is an expected answer on the request path (a caller
+//     trying explicit buckets before a template), so it costs no allocation.
 //   - n = 0 is a pure query: it reports the bucket's state and changes
 //     nothing (it does not create a dynamic bucket). Allowed is true unless
 //     now is so far before earlier requests that the bucket is in debt.
@@ -311,7 +313,7 @@ func (l *Limiter) Allow(bucketID string) bool {
 // now may go backwards (callers' clocks disagree): that never creates
 // tokens. AllowN does not retain bucketID, so callers may pass a string
 // that aliases a reused buffer (see unsafe.String). It does not allocate,
-// except to build an error.
+// except to build an ErrInvalidCost error.
 func (l *Limiter) AllowN(bucketID string, now time.Time, n int) (d Decision, err error) {
 	if n < 0 {
 		return d, fmt.Errorf("%w: n = %d is negative", ErrInvalidCost, n)
@@ -319,7 +321,7 @@ func (l *Limiter) AllowN(bucketID string, now time.Time, n int) (d Decision, err
 	r, p, over := l.e.decide(bucketID, l.e.nanos(now), int64(n))
 	runtime.KeepAlive(l)
 	if p == nil {
-		return d, fmt.Errorf("%w: %q", ErrBucketNotFound, bucketID)
+		return d, ErrBucketNotFound
 	}
 	p.fill(&d, r)
 	if over {
@@ -332,13 +334,17 @@ func (l *Limiter) AllowN(bucketID string, now time.Time, n int) (d Decision, err
 // decide is the hot path shared by Allow and AllowN. p is nil when there is
 // no such bucket; over reports n > burst (then the result is a query).
 func (e *engine) decide(id string, now, n int64) (r result, p *params, over bool) {
+	explicit, dyn := e.explicit.count.Load() > 0, e.dyn != nil
+	if !explicit && !dyn {
+		return r, nil, false // nothing to find: skip the hash
+	}
 	h := e.hash(id)
-	if e.explicit.count.Load() > 0 {
+	if explicit {
 		if b := e.explicit.get(h, id); b != nil {
 			return b.decide(now, n)
 		}
 	}
-	if e.dyn == nil {
+	if !dyn {
 		return r, nil, false
 	}
 	p = e.dyn.p

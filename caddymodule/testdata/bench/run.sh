@@ -2,7 +2,8 @@
 # run.sh CADDY [ROUNDS] [DURATION]: HTTP overhead of edge_limit with wrk.
 #
 # Starts CADDY with bench.caddyfile and, for ROUNDS rounds, runs wrk against
-# the bare site, the 100k-key site and the hot-key site in turn, plus the
+# the bare site, the 100k-key site (with and without the RateLimit headers)
+# and the hot-key site in turn, plus the
 # bare site under each limited case's own requests (interleaved, so that
 # load from other processes hits every case alike). For each run it reads
 # Caddy's CPU time (utime+stime) from /proc/PID/stat before and after, and
@@ -45,6 +46,7 @@ run() { # name port script
 wrk -t1 -c8 -d3s http://127.0.0.1:18101/ >/dev/null
 wrk -t1 -c8 -d3s -s "$here/keys.lua" http://127.0.0.1:18102/ >/dev/null
 wrk -t1 -c8 -d3s -s "$here/hot.lua" http://127.0.0.1:18103/ >/dev/null
+wrk -t1 -c8 -d3s -s "$here/keys.lua" http://127.0.0.1:18104/ >/dev/null
 
 # bare-keys and bare-hot send the very requests of keys100k and hotkey (same
 # wrk script, same X-Key header) to the bare site: they separate the
@@ -54,6 +56,7 @@ for r in $(seq 1 "$rounds"); do
 	run bare 18101 ""
 	run bare-keys 18101 keys.lua
 	run keys100k 18102 keys.lua
+	run keys-nohdr 18104 keys.lua
 	run bare-hot 18101 hot.lua
 	run hotkey 18103 hot.lua
 done | tee "$tmp/results"
@@ -67,10 +70,10 @@ awk '
 	}
 	END {
 		printf "\nmedians (CPU/req, req/s) and ratio to the bare site under the same requests:\n"
-		split("bare bare-keys keys100k bare-hot hotkey", names, " ")
-		ref["bare"] = "bare"; ref["bare-keys"] = "bare"; ref["keys100k"] = "bare-keys"
+		split("bare bare-keys keys100k keys-nohdr bare-hot hotkey", names, " ")
+		ref["bare"] = "bare"; ref["bare-keys"] = "bare"; ref["keys100k"] = "bare-keys"; ref["keys-nohdr"] = "bare-keys"
 		ref["bare-hot"] = "bare"; ref["hotkey"] = "bare-hot"
-		for (i = 1; i <= 5; i++) {
+		for (i = 1; i <= 6; i++) {
 			n = names[i]; c = median(cpu[n]); r = median(rps[n])
 			b = median(cpu[ref[n]]); br = median(rps[ref[n]])
 			printf "%-10s %6.2f us CPU/req  x%.3f of %-9s (%+5.1f%%)  %7.0f req/s (x%.3f)\n", n, c, c / b, ref[n], (c / b - 1) * 100, r, r / br
