@@ -129,6 +129,29 @@ func BenchmarkDecideParallel(b *testing.B) {
 			b.ReportMetric(float64(s.PoolBusy), "pool-busy")
 		})
 	}
+	// pinned: each goroutine keeps one instance for the whole run, so an
+	// instance never moves between cores. Against pool=GOMAXPROCS it
+	// shows what instances travelling between cores' caches cost.
+	b.Run("pinned", func(b *testing.B) {
+		m := loadBench(b, deadlineInterrupt, Config{PoolSize: procs})
+		b.ReportAllocs()
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			in, err := m.acquire()
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			defer m.release(in, false)
+			size := benchReq.Size()
+			for pb.Next() {
+				if _, _, err := m.call(in, &benchReq, size); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
 }
 
 // BenchmarkInstantiate measures making one Go guest instance (instantiate,

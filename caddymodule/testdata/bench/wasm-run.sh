@@ -2,15 +2,15 @@
 # wasm-run.sh CADDY [ROUNDS] [DURATION]: HTTP CPU per request of a WASM
 # policy against bare Caddy, by run.sh's method.
 #
-# Builds the composite example policy from source (GOOS=wasip1) into a
-# temporary directory, starts CADDY with wasm.caddyfile and, for ROUNDS
-# rounds, runs wrk against the bare site, the placeholder-keyed site and
-# the WASM-keyed site in turn (interleaved, so that load from other
-# processes hits every case alike), all with the same three request
-# headers. For each run it reads Caddy's CPU time (utime+stime) from
-# /proc/PID/stat before and after, and prints requests/s and CPU
-# microseconds per request; then each case's median, its spread, and its
-# ratio to the bare site.
+# Builds the composite example policy from source (GOOS=wasip1) and
+# host-floor.wat (wat2wasm) into a temporary directory, starts CADDY with
+# wasm.caddyfile and, for ROUNDS rounds, runs wrk against the bare site,
+# the placeholder-keyed site, the WASM-keyed site and the host-floor site
+# in turn (interleaved, so that load from other processes hits every case
+# alike), all with the same three request headers. For each run it reads
+# Caddy's CPU time (utime+stime) from /proc/PID/stat before and after, and
+# prints requests/s and CPU microseconds per request; then each case's
+# median, its spread, and its ratio to the bare site.
 set -euo pipefail
 caddy="${1:?usage: wasm-run.sh CADDY [ROUNDS] [DURATION]}"
 rounds="${2:-5}"
@@ -21,10 +21,11 @@ threads="${WRK_THREADS:-1}"
 conns="${WRK_CONNS:-32}"
 tmp="$(mktemp -d)"
 export XDG_DATA_HOME="$tmp/data" XDG_CONFIG_HOME="$tmp/config"
-export EDGELIMIT_BENCH_WASM="$tmp/composite.wasm"
+export EDGELIMIT_BENCH_WASM="$tmp/composite.wasm" EDGELIMIT_BENCH_WASM_FLOOR="$tmp/host-floor.wasm"
 
 (cd "$root" && GOOS=wasip1 GOARCH=wasm CGO_ENABLED=0 go build -buildmode=c-shared \
 	-o "$EDGELIMIT_BENCH_WASM" ./wasm/examples/composite)
+wat2wasm "$here/host-floor.wat" -o "$EDGELIMIT_BENCH_WASM_FLOOR"
 
 "$caddy" run --config "$here/wasm.caddyfile" --adapter caddyfile >"$tmp/caddy.log" 2>&1 &
 pid=$!
@@ -51,7 +52,7 @@ run() { # name port
 }
 
 # Warm up every site (and every pooled instance) before measuring.
-for port in 18111 18112 18113; do
+for port in 18111 18112 18113 18114; do
 	wrk -t1 -c8 -d3s "${hdrs[@]}" "http://127.0.0.1:$port/" >/dev/null
 done
 
@@ -59,6 +60,7 @@ for r in $(seq 1 "$rounds"); do
 	run bare 18111
 	run placeholder 18112
 	run wasm 18113
+	run wasm-host 18114
 done | tee "$tmp/results"
 
 awk '
@@ -73,11 +75,11 @@ awk '
 	function hi(s,   a, n) { n = sort(s, a); return a[n] }
 	END {
 		printf "\nmedians (CPU/req [min-max], req/s) and ratio to the bare site:\n"
-		split("bare placeholder wasm", names, " ")
+		split("bare placeholder wasm wasm-host", names, " ")
 		b = median(cpu["bare"]); br = median(rps["bare"])
-		for (i = 1; i <= 3; i++) {
+		for (i = 1; i <= 4; i++) {
 			n = names[i]; c = median(cpu[n]); r = median(rps[n])
 			printf "%-12s %6.2f us CPU/req [%.2f-%.2f]  x%.3f of bare (%+5.1f%%)  %7.0f req/s (x%.3f)\n", n, c, lo(cpu[n]), hi(cpu[n]), c / b, (c / b - 1) * 100, r, r / br
 		}
-		printf "wasm vs placeholder: x%.3f CPU/req\n", median(cpu["wasm"]) / median(cpu["placeholder"])
+		printf "wasm vs placeholder: x%.3f CPU/req; wasm-host (host-floor.wat) vs placeholder: x%.3f\n", median(cpu["wasm"]) / median(cpu["placeholder"]), median(cpu["wasm-host"]) / median(cpu["placeholder"])
 	}' "$tmp/results"
