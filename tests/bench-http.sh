@@ -1,22 +1,49 @@
 #!/usr/bin/env bash
 # bench-http.sh measures Caddy's CPU time per request and requests/s with
-# wrk, in one run: bare Caddy with `respond`, the same with edge_limit on a
-# placeholder key over 100k distinct keys, with every request on one hot
-# key, and over distinct keys with `headers off` (the decision without the
-# RateLimit fields); then the etcd -> enforcement propagation on a 3-instance fleet
-# (TestBenchPropagation). With EDGELIMIT_BENCH_PIN=1, Caddy runs pinned to
-# CPU 0 and wrk to CPU 1 (taskset); that is off by default because on a
-# shared machine a pinned Caddy starves whenever other work lands on its CPU.
-# After the wrk rounds, the same three cases run at a fixed request rate
-# from the Go load generator (BENCH-FIXED lines), where CPU per request does
-# not depend on how saturated Caddy is. Results are the BENCH lines of the
-# output; the ratios to bare Caddy are in the *SUMMARY lines.
+# wrk, in one run (TestBenchHTTP), then the etcd -> enforcement propagation
+# on a 3-instance fleet (TestBenchPropagation). Each Caddy configuration is
+# its own process; the cases run interleaved, round by round. Each limited
+# case is compared with its control, bare Caddy under the very same
+# requests (a Lua request() script slows wrk, and that alone moves Caddy's
+# CPU per request); the controls are compared with plain bare Caddy.
 #
-# Knobs (environment): EDGELIMIT_BENCH_DURATION (3s per wrk run),
+# Cases, by group (EDGELIMIT_BENCH_CASES picks groups; bare always runs):
+#   bare                bare Caddy with `respond`, plain requests
+#   limiter:
+#     bare-keys         bare, 100k distinct X-Key values (wrk Lua script)
+#     distinct          edge_limit keyed by X-Key, the same requests
+#     distinct-noheaders  the same with `headers off` (the decision without
+#                       the RateLimit fields)
+#     bare-hot          bare, every request with X-Key: hot
+#     hot               edge_limit, the same requests: one hot key
+#   wasm (every request with X-Tenant: acme, X-Region: eu-west,
+#   X-Client-Id: 42):
+#     bare-wasm         bare, the same headers
+#     placeholder       edge_limit keyed by a placeholder that makes the
+#                       composite example's key
+#     wasm              edge_limit with `policy wasm`, the composite example
+#                       policy built from source (a Go guest)
+#     wasm-host         `policy wasm` with tests/testdata/host-floor.wat
+#                       (wat2wasm): a guest that answers a constant, so the
+#                       host's share of a WASM call
+#   wasm and wasm-host are also compared with placeholder.
+# After the wrk rounds, every case runs at a fixed request rate from the Go
+# load generator (BENCH-FIXED lines), where CPU per request does not depend
+# on how saturated Caddy is. Limits are far above the offered load: every
+# response must be 2xx. Results are the BENCH lines of the output; the
+# ratios (case vs=reference: median of per-round ratios, and ratio of the
+# totals) are in the *SUMMARY lines.
+#
+# Knobs (environment): EDGELIMIT_BENCH_CASES (limiter,wasm: a comma-separated
+# list of groups), EDGELIMIT_BENCH_DURATION (3s per wrk run),
 # EDGELIMIT_BENCH_ROUNDS (9), EDGELIMIT_BENCH_FIXED_RATE (3000 requests/s;
 # 0 skips), EDGELIMIT_BENCH_FIXED_DURATION (10s), EDGELIMIT_BENCH_FIXED_ROUNDS
-# (5), EDGELIMIT_BENCH_PIN=1 to pin,
-# EDGELIMIT_CADDY_BIN to reuse a built binary.
+# (5), EDGELIMIT_BENCH_PIN=1 to pin Caddy to CPU 0 and wrk to CPU 1
+# (taskset; off by default because on a shared machine a pinned Caddy
+# starves whenever other work lands on its CPU), EDGELIMIT_CADDY_BIN to
+# reuse a built binary. The wasm group needs wat2wasm (wabt). With every
+# group and the defaults TestBenchHTTP runs 10 cases, each 9 times 3s with
+# wrk and 5 times 10s at the fixed rate: about 14 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/usr/local/go/bin:$PATH"

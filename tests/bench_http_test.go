@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"sort"
@@ -13,15 +15,23 @@ import (
 	"time"
 
 	"github.com/edgelimit/edgelimit/tests/e2e"
+	"github.com/edgelimit/edgelimit/wasm/wasmtest"
 )
+
+// benchGroups are the case groups of TestBenchHTTP, in the order they run
+// within a round; EDGELIMIT_BENCH_CASES picks some of them.
+var benchGroups = []string{"limiter", "wasm"}
 
 // benchConfig reads the HTTP benchmark's knobs from the environment, so that
 // tests/bench-http.sh can change them without editing code.
 type benchConfig struct {
 	duration    time.Duration // per wrk run
-	rounds      int           // bare, distinct, hot, repeated
+	rounds      int           // each round runs every case once
 	connections int
 	keys        int
+	// groups are the case groups to run (see benchGroups); bare Caddy,
+	// the reference, always runs.
+	groups []string
 	// fixedRate, fixedDuration and fixedRounds set the second measurement:
 	// the Go load generator at a fixed request rate instead of wrk's
 	// closed loop (see TestBenchHTTP).
@@ -36,7 +46,7 @@ type benchConfig struct {
 }
 
 func loadBenchConfig(t *testing.T) benchConfig {
-	c := benchConfig{duration: 3 * time.Second, rounds: 9, connections: 32, keys: 100000,
+	c := benchConfig{duration: 3 * time.Second, rounds: 9, connections: 32, keys: 100000, groups: benchGroups,
 		fixedRate: 3000, fixedDuration: 10 * time.Second, fixedRounds: 5}
 	if s := os.Getenv("EDGELIMIT_BENCH_DURATION"); s != "" {
 		d, err := time.ParseDuration(s)
@@ -51,6 +61,17 @@ func loadBenchConfig(t *testing.T) benchConfig {
 			t.Fatalf("EDGELIMIT_BENCH_ROUNDS=%q: want a positive integer", s)
 		}
 		c.rounds = n
+	}
+	if s := os.Getenv("EDGELIMIT_BENCH_CASES"); s != "" {
+		c.groups = nil
+		for _, g := range strings.Split(s, ",") {
+			if !slices.Contains(benchGroups, g) {
+				t.Fatalf("EDGELIMIT_BENCH_CASES=%q: unknown group %q; want a comma-separated list of %s", s, g, strings.Join(benchGroups, ", "))
+			}
+			if !slices.Contains(c.groups, g) {
+				c.groups = append(c.groups, g)
+			}
+		}
 	}
 	if s := os.Getenv("EDGELIMIT_BENCH_FIXED_RATE"); s != "" {
 		r, err := strconv.ParseFloat(s, 64)
@@ -86,12 +107,16 @@ func loadBenchConfig(t *testing.T) benchConfig {
 // /proc's 10ms clock, so the tick costs at most 2%.
 const minBenchCPU = 500 * time.Millisecond
 
-// benchCase is one configuration of the HTTP benchmark.
+// benchCase is one configuration of the HTTP benchmark: a Caddy and the
+// requests sent to it.
 type benchCase struct {
-	name   string
-	caddy  *e2e.Caddy
-	keys   int    // distinct X-Key values, via the wrk Lua script
-	header string // a fixed header instead
+	name    string
+	caddy   *e2e.Caddy
+	keys    int      // distinct X-Key values, via the wrk Lua script
+	headers []string // fixed "Name: value" header fields instead
+	// vs names the cases this one is compared with, its control first:
+	// bare Caddy under the very same requests. Empty for bare Caddy.
+	vs []string
 }
 
 // benchRun is one wrk run's figures.
@@ -105,11 +130,28 @@ type benchRun struct {
 
 func (r benchRun) cpuPerReq() time.Duration { return r.cpu / time.Duration(max(r.requests, 1)) }
 
+// wasmHeaders are the request header fields of the wasm group: the three
+// the composite example policy reads.
+var wasmHeaders = []string{"X-Tenant: acme", "X-Region: eu-west", "X-Client-Id: 42"}
+
 // TestBenchHTTP measures Caddy's CPU time per request and its requests/s,
-// bare and with edge_limit (100k distinct keys, then one hot key), in one
-// run, interleaved round by round so that drift in the machine's load hits
-// every case alike. It runs only with EDGELIMIT_BENCH=1; tests/bench-http.sh
-// is its front end.
+// bare and with edge_limit, in one run, interleaved round by round so that
+// drift in the machine's load hits every case alike. Each limited case is
+// compared with a control: bare Caddy under the very same requests, since
+// the client's side (a Lua request() script slows wrk) alone moves Caddy's
+// CPU per request. The groups:
+//
+//   - limiter: 100k distinct keys (control bare-keys), the same with
+//     `headers off` (the decision without the RateLimit fields), and one hot
+//     key (control bare-hot);
+//   - wasm: all with the three headers of wasmHeaders (control bare-wasm):
+//     edge_limit keyed by a placeholder that makes the composite example's
+//     key, by the composite example policy itself (a Go guest), and by
+//     testdata/host-floor.wat (a guest that answers a constant: the host's
+//     share of a WASM call); the last two are also compared with the
+//     placeholder.
+//
+// It runs only with EDGELIMIT_BENCH=1; tests/bench-http.sh is its front end.
 func TestBenchHTTP(t *testing.T) {
 	if os.Getenv("EDGELIMIT_BENCH") != "1" {
 		t.Skip("set EDGELIMIT_BENCH=1 (or run tests/bench-http.sh): a benchmark, not a test")
@@ -117,55 +159,74 @@ func TestBenchHTTP(t *testing.T) {
 	e2e.RequireBin(t, e2e.WrkBin, "wrk")
 	cfg := loadBenchConfig(t)
 
-	bare := e2e.NewCaddy(t, "bare")
-	limited := e2e.NewCaddy(t, "limited")
-	quiet := e2e.NewCaddy(t, "limited-noheaders")
-	if cfg.pin {
-		bare.CPUs, limited.CPUs, quiet.CPUs = "0", "0", "0"
+	// One Caddy process per configuration; every bare case shares one.
+	start := func(name, site string) *e2e.Caddy {
+		c := e2e.NewCaddy(t, name)
+		if cfg.pin {
+			c.CPUs = "0"
+		}
+		c.Start(c.Caddyfile("", site))
+		return c
 	}
-	bare.Start(bare.Caddyfile("", `respond "ok" 200`))
-	// A rate far above what wrk reaches, so that every request is admitted
-	// and each run measures the same work: the decision, the headers, then
-	// respond. A 429 would take Caddy's error path instead.
-	limited.Start(limited.Caddyfile("", `
-edge_limit bench {
-	key {http.request.header.X-Key}
-	rate 100000000/1s
-	burst 100000000
-}
-respond "ok" 200`))
-	// The same without the RateLimit fields, to tell the decision's cost
-	// from the cost of writing two more response header fields.
-	quiet.Start(quiet.Caddyfile("", `
-edge_limit bench {
-	key {http.request.header.X-Key}
-	rate 100000000/1s
-	burst 100000000
-	headers off
-}
-respond "ok" 200`))
-
-	// The limited instance really limits: its responses carry the zone's
-	// policy, the bare one's do not.
-	if p := probe(t, limited, "X-Key", "k1"); p.policy != `"bench";q=100000000;w=1` {
-		t.Fatalf("limited Caddy answered %d with RateLimit-Policy %q", p.status, p.policy)
-	}
+	bare := start("bare", `respond "ok" 200`)
 	if p := probe(t, bare, "X-Key", "k1"); p.status != 200 || p.policy != "" {
 		t.Fatalf("bare Caddy answered %d with RateLimit-Policy %q", p.status, p.policy)
 	}
+	// limited starts a Caddy with edge_limit in front of respond, keyed by
+	// the given lines, and checks that it really limits: its responses
+	// carry the zone's policy, the bare one's do not.
+	limited := func(name, keying, probeName, probeValue string) *e2e.Caddy {
+		c := start(name, benchLimitedSite(keying))
+		if p := probe(t, c, probeName, probeValue); p.status != 200 || p.policy != `"bench";q=100000000;w=1` {
+			t.Fatalf("%s Caddy answered %d with RateLimit-Policy %q", name, p.status, p.policy)
+		}
+		return c
+	}
 
-	cases := []benchCase{
-		{name: "bare", caddy: bare, keys: cfg.keys},
-		{name: "distinct", caddy: limited, keys: cfg.keys},
-		{name: "hot", caddy: limited, header: "X-Key: hot"},
-		{name: "distinct-noheaders", caddy: quiet, keys: cfg.keys},
+	cases := []benchCase{{name: "bare", caddy: bare}}
+	for _, g := range cfg.groups {
+		switch g {
+		case "limiter":
+			keyed := limited("limited", "key {http.request.header.X-Key}", "X-Key", "k1")
+			// The same without the RateLimit fields, to tell the
+			// decision's cost from the cost of writing two more response
+			// header fields.
+			quiet := start("limited-noheaders", benchLimitedSite("key {http.request.header.X-Key}\nheaders off"))
+			hot := []string{"X-Key: hot"}
+			cases = append(cases,
+				benchCase{name: "bare-keys", caddy: bare, keys: cfg.keys, vs: []string{"bare"}},
+				benchCase{name: "distinct", caddy: keyed, keys: cfg.keys, vs: []string{"bare-keys"}},
+				benchCase{name: "distinct-noheaders", caddy: quiet, keys: cfg.keys, vs: []string{"bare-keys"}},
+				benchCase{name: "bare-hot", caddy: bare, headers: hot, vs: []string{"bare"}},
+				benchCase{name: "hot", caddy: keyed, headers: hot, vs: []string{"bare-hot"}},
+			)
+		case "wasm":
+			composite, floor := benchWASMModules(t)
+			placeholder := limited("placeholder",
+				`key "t={http.request.header.X-Tenant}|r={http.request.header.X-Region}|c={http.request.header.X-Client-Id}"`,
+				"X-Tenant", "acme")
+			guest := limited("wasm", "policy wasm "+composite, "X-Tenant", "acme")
+			// The composite guest denies a request without X-Tenant: a
+			// 429 here shows that the guest, not a fallback, decides.
+			if p := probe(t, guest, "", ""); p.status != http.StatusTooManyRequests {
+				t.Fatalf("wasm Caddy answered %d to a request without X-Tenant; want the guest's deny, 429", p.status)
+			}
+			host := limited("wasm-host", "policy wasm "+floor, "X-Tenant", "acme")
+			cases = append(cases,
+				benchCase{name: "bare-wasm", caddy: bare, headers: wasmHeaders, vs: []string{"bare"}},
+				benchCase{name: "placeholder", caddy: placeholder, headers: wasmHeaders, vs: []string{"bare-wasm"}},
+				benchCase{name: "wasm", caddy: guest, headers: wasmHeaders, vs: []string{"bare-wasm", "placeholder"}},
+				benchCase{name: "wasm-host", caddy: host, headers: wasmHeaders, vs: []string{"bare-wasm", "placeholder"}},
+			)
+		}
 	}
 	wrkCPUs := ""
 	if cfg.pin {
 		wrkCPUs = "1"
 	}
-	// Warm up each process (JIT-free Go, but connection pools, page faults
-	// and the 100k dynamic buckets) with a short run that is not counted.
+	// Warm up each process (JIT-free Go, but connection pools, page faults,
+	// the 100k dynamic buckets and the pooled WASM instances) with a short
+	// run that is not counted.
 	for _, c := range cases {
 		if _, err := runBench(c, cfg, 2*time.Second, wrkCPUs); err != nil {
 			t.Fatal(err)
@@ -174,14 +235,8 @@ respond "ok" 200`))
 	runs := map[string][]benchRun{}
 	valid := 0
 	for round := 0; round < cfg.rounds; round++ {
-		// Odd rounds run the cases in reverse, so that a drift in the
-		// machine's background load during a round favours no case.
-		order := append([]benchCase(nil), cases...)
-		if round%2 == 1 {
-			slices.Reverse(order)
-		}
 		got := map[string]benchRun{}
-		for _, c := range order {
+		for _, c := range benchOrder(cases, round) {
 			r, err := runBench(c, cfg, cfg.duration, wrkCPUs)
 			if err != nil {
 				t.Fatal(err)
@@ -221,11 +276,7 @@ respond "ok" 200`))
 	if cfg.fixedRate > 0 {
 		fixed := map[string][]benchRun{}
 		for round := 0; round < cfg.fixedRounds; round++ {
-			order := append([]benchCase(nil), cases...)
-			if round%2 == 1 {
-				slices.Reverse(order)
-			}
-			for _, c := range order {
+			for _, c := range benchOrder(cases, round) {
 				r, err := runFixed(c, cfg)
 				if err != nil {
 					t.Fatal(err)
@@ -237,30 +288,76 @@ respond "ok" 200`))
 		}
 		summarize(t, "BENCH-FIXED-SUMMARY", cases, fixed, cfg.fixedRounds)
 	}
-	t.Logf("BENCH-CONFIG duration=%v rounds=%d connections=%d keys=%d pinned=%v cpus=%d",
-		cfg.duration, cfg.rounds, cfg.connections, cfg.keys, cfg.pin, runtime.NumCPU())
+	t.Logf("BENCH-CONFIG cases=%s duration=%v rounds=%d connections=%d keys=%d pinned=%v cpus=%d",
+		strings.Join(cfg.groups, ","), cfg.duration, cfg.rounds, cfg.connections, cfg.keys, cfg.pin, runtime.NumCPU())
 }
 
-// summarize logs two views of each case's ratio to bare Caddy: the median
-// of the per-round ratios (bare and limited ran seconds apart under the
-// same background load), and the ratio of the totals over all rounds (CPU
-// time summed before dividing, which averages out the 10ms tick).
+// benchLimitedSite is a site with one edge_limit zone, keyed by keying (its
+// key or policy lines), in front of respond. The rate is far above what
+// wrk reaches, so that every request is admitted and each run measures the
+// same work: the decision, the headers, then respond. A 429 would take
+// Caddy's error path instead.
+func benchLimitedSite(keying string) string {
+	return "edge_limit bench {\n\t" + strings.ReplaceAll(keying, "\n", "\n\t") + `
+	rate 100000000/1s
+	burst 100000000
+}
+respond "ok" 200`
+}
+
+// benchWASMModules builds the wasm group's two guests into files: the
+// composite example policy from source, and testdata/host-floor.wat with
+// wat2wasm.
+func benchWASMModules(t *testing.T) (composite, floor string) {
+	wat2wasm, err := exec.LookPath("wat2wasm")
+	if err != nil {
+		t.Fatal("the wasm group needs wat2wasm (apt-get install wabt); EDGELIMIT_BENCH_CASES=limiter leaves it out")
+	}
+	floor = filepath.Join(t.TempDir(), "host-floor.wasm")
+	if out, err := exec.Command(wat2wasm, filepath.Join("testdata", "host-floor.wat"), "-o", floor).CombinedOutput(); err != nil {
+		t.Fatalf("wat2wasm testdata/host-floor.wat: %v: %s", err, out)
+	}
+	return wasmtest.File(t, wasmtest.Example(t, "composite")), floor
+}
+
+// benchOrder returns the cases in the order round runs them: odd rounds run
+// them in reverse, so that a drift in the machine's background load during
+// a round favours no case.
+func benchOrder(cases []benchCase, round int) []benchCase {
+	order := slices.Clone(cases)
+	if round%2 == 1 {
+		slices.Reverse(order)
+	}
+	return order
+}
+
+// summarize logs, for each case and each case it is compared with (bare
+// Caddy with itself), two views of the ratio: the median of the per-round
+// ratios (both ran seconds apart under the same background load), and the
+// ratio of the totals over all rounds (CPU time summed before dividing,
+// which averages out the 10ms tick).
 func summarize(t *testing.T, tag string, cases []benchCase, runs map[string][]benchRun, rounds int) {
 	for _, c := range cases {
 		rps, cpu := medians(runs[c.name])
-		var rr, cr []float64
-		var cpuSum, bareCPU time.Duration
-		var reqSum, bareReq int64
-		for i, r := range runs[c.name] {
-			b := runs["bare"][i]
-			rr = append(rr, r.rps/b.rps)
-			cr = append(cr, float64(r.cpuPerReq())/float64(b.cpuPerReq()))
-			cpuSum, reqSum = cpuSum+r.cpu, reqSum+r.requests
-			bareCPU, bareReq = bareCPU+b.cpu, bareReq+b.requests
+		vs := c.vs
+		if len(vs) == 0 {
+			vs = []string{c.name}
 		}
-		total := (float64(cpuSum) / float64(reqSum)) / (float64(bareCPU) / float64(bareReq))
-		t.Logf("%s case=%s rounds=%d median_rps=%.0f median_cpu_per_req=%v median_rps_ratio=%.3f median_cpu_ratio=%.3f total_cpu_per_req=%v total_cpu_ratio=%.3f",
-			tag, c.name, rounds, rps, cpu, medianOf(rr), medianOf(cr), cpuSum/time.Duration(reqSum), total)
+		for _, ref := range vs {
+			var rr, cr []float64
+			var cpuSum, refCPU time.Duration
+			var reqSum, refReq int64
+			for i, r := range runs[c.name] {
+				b := runs[ref][i]
+				rr = append(rr, r.rps/b.rps)
+				cr = append(cr, float64(r.cpuPerReq())/float64(b.cpuPerReq()))
+				cpuSum, reqSum = cpuSum+r.cpu, reqSum+r.requests
+				refCPU, refReq = refCPU+b.cpu, refReq+b.requests
+			}
+			total := (float64(cpuSum) / float64(reqSum)) / (float64(refCPU) / float64(refReq))
+			t.Logf("%s case=%s vs=%s rounds=%d median_rps=%.0f median_cpu_per_req=%v median_rps_ratio=%.3f median_cpu_ratio=%.3f total_cpu_per_req=%v total_cpu_ratio=%.3f",
+				tag, c.name, ref, rounds, rps, cpu, medianOf(rr), medianOf(cr), cpuSum/time.Duration(reqSum), total)
+		}
 	}
 }
 
@@ -272,12 +369,13 @@ func runFixed(c benchCase, cfg benchConfig) (benchRun, error) {
 	if err != nil {
 		return benchRun{}, err
 	}
-	target := e2e.Target{Name: c.name, URL: c.caddy.URL("/"), Rate: cfg.fixedRate}
+	target := e2e.Target{Name: c.name, URL: c.caddy.URL("/"), Rate: cfg.fixedRate, Header: http.Header{}}
 	if c.keys > 0 {
 		target.KeyHeader, target.Keys = "X-Key", c.keys
-	} else {
-		name, value, _ := strings.Cut(c.header, ": ")
-		target.Header = http.Header{name: {value}}
+	}
+	for _, h := range c.headers {
+		name, value, _ := strings.Cut(h, ": ")
+		target.Header.Add(name, value)
 	}
 	l := e2e.StartLoad(e2e.LoadConfig{Targets: []e2e.Target{target}, Workers: cfg.connections})
 	runFor(l, cfg.fixedDuration)
@@ -293,6 +391,7 @@ func runFixed(c benchCase, cfg benchConfig) (benchRun, error) {
 	return benchRun{requests: n.OK, rps: float64(n.OK) / cfg.fixedDuration.Seconds(), cpu: after - before}, nil
 }
 
+// runBench runs wrk with c's requests for d and measures Caddy's CPU time.
 func runBench(c benchCase, cfg benchConfig, d time.Duration, wrkCPUs string) (benchRun, error) {
 	pid := c.caddy.Proc().PID()
 	before, err := e2e.ProcCPU(pid)
@@ -301,7 +400,7 @@ func runBench(c benchCase, cfg benchConfig, d time.Duration, wrkCPUs string) (be
 	}
 	res, err := e2e.RunWrk(e2e.WrkOptions{
 		URL: c.caddy.URL("/"), Threads: 2, Connections: cfg.connections, Duration: d,
-		Keys: c.keys, Header: c.header, CPUs: wrkCPUs,
+		Keys: c.keys, Headers: c.headers, CPUs: wrkCPUs,
 	})
 	if err != nil {
 		return benchRun{}, err

@@ -243,6 +243,7 @@ func (m *Module) invoke(in *instance, timeout time.Duration, f func(context.Cont
 	switch m.deadline {
 	case deadlineInterrupt, deadlineCancel:
 		in.state.Store(m.dog.deadline(timeout))
+		m.dog.watch()
 		err = f(in.ctx)
 		if in.state.Swap(0) == stateKilled {
 			return fmt.Errorf("%w: after %v", ErrTimeout, timeout)

@@ -44,8 +44,8 @@ type WrkOptions struct {
 	Duration    time.Duration
 	// Keys > 0 runs DistinctKeysLua over that many keys.
 	Keys int
-	// Header is a fixed "Name: value" header, e.g. the hot key.
-	Header string
+	// Headers are fixed "Name: value" header fields, e.g. the hot key.
+	Headers []string
 	// CPUs, if set, pins wrk with taskset -c (e.g. "1").
 	CPUs string
 }
@@ -74,8 +74,8 @@ func RunWrk(o WrkOptions) (WrkResult, error) {
 		// wrk's 2s default counts a request stalled by a busy shared
 		// machine as a socket error; such stalls are noise, not failures.
 		"--timeout", "10s"}
-	if o.Header != "" {
-		args = append(args, "-H", o.Header)
+	for _, h := range o.Headers {
+		args = append(args, "-H", h)
 	}
 	if o.Keys > 0 {
 		dir, err := os.MkdirTemp("", "edgelimit-wrk-")

@@ -1,5 +1,6 @@
-;; host-floor: the host's share of a WASM policy call, for wasm-run.sh. It
-;; declares the composite example's three headers (so the host encodes the
+;; host-floor: the host's share of a WASM policy call, for the wasm-host case
+;; of TestBenchHTTP (tests/bench-http.sh), which assembles it with wat2wasm.
+;; It declares the composite example's three headers (so the host encodes the
 ;; same request) and answers every request with the composite's key for the
 ;; benchmark's request, without reading it: what is left is the pool, the
 ;; request encoding, the call and the result decoding.

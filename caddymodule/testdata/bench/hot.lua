@@ -1,2 +1,0 @@
--- hot.lua: every request on one key.
-wrk.headers["X-Key"] = "hot"
