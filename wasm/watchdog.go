@@ -13,14 +13,18 @@ const stateKilled = -1
 // starts at tick s began before tick s+1, so stopping it at tick s+5 means
 // it ran at least 4 ticks = Timeout and at most 5 = 1.25 x Timeout (plus
 // scheduling delay): never stopped early, late by at most a quarter.
+// (Timeout/2 was tried against the ~10 us per request that any WASM policy
+// costs at 3000 requests/s: no measurable change, so the ticks are not
+// that cost; see BENCHMARKS.md.)
 const ticksPerTimeout = 4
 
-// idleTicksBeforePark is how many ticks without a call in flight the
-// watchdog waits before it parks. A tick wakes a thread (~10-35 us of CPU
-// on an idle machine), so a ticking watchdog costs an idle Caddy ~2% of a
-// core at the default timeout; parked, it costs nothing, and the next call
-// wakes it with one channel send. Two ticks keep it awake through the gaps
-// of a busy site, where a wake per request would cost more than the ticks.
+// idleTicksBeforePark is how many ticks without a call the watchdog waits
+// before it parks. A ticking watchdog cost an idle Caddy ~2% of a core at
+// the default timeout; parked, it costs nothing, and the next call wakes
+// it with one channel send. A tick counts as idle only if no call started
+// since the previous one (not merely none in flight at the tick: calls of
+// a microsecond rarely are), so a site with steady traffic keeps it ticking
+// instead of paying a wake-up per request.
 const idleTicksBeforePark = 2
 
 // watchdog enforces the call deadline for all instances of a Module with
@@ -28,17 +32,18 @@ const idleTicksBeforePark = 2
 // the tick at which it must stop; every tick the watchdog stops the calls
 // that are past theirs, by setting the instance's interrupt global (see
 // instrument) or, in the measured alternative, cancelling its context. The
-// cost on the call path is an atomic load, store and swap, plus a load of
-// running. Measured in BENCHMARKS.md.
+// cost on the call path is an atomic load, store and swap, plus loads of
+// used and running. Measured in BENCHMARKS.md.
 //
 // The watchdog ticks only while calls happen: after idleTicksBeforePark
-// ticks with none in flight it parks, and the next call wakes it (see
+// ticks in which no call started it parks, and the next call wakes it (see
 // watch). Ticks do not advance while it is parked; a deadline is a number
 // of ticks from the call's start, so a call is never stopped early.
 type watchdog struct {
 	tick     atomic.Int64
 	interval time.Duration
 	running  atomic.Bool   // false while parked
+	used     atomic.Bool   // a call started since the last tick
 	wake     chan struct{} // a call found it parked
 
 	mu    sync.Mutex
@@ -67,6 +72,9 @@ func newWatchdog(timeout time.Duration) *watchdog {
 // its deadline in the instance's state. Paired with park's re-check, every
 // call is either seen by the parking watchdog or wakes it.
 func (w *watchdog) watch() {
+	if !w.used.Load() { // written once per tick at most: the line stays shared
+		w.used.Store(true)
+	}
 	if !w.running.Load() && w.running.CompareAndSwap(false, true) {
 		select {
 		case w.wake <- struct{}{}:
@@ -105,7 +113,8 @@ func (w *watchdog) run() {
 			return
 		case <-t.C:
 		}
-		if w.sweep(w.tick.Add(1)) {
+		busy := w.sweep(w.tick.Add(1))
+		if w.used.Swap(false) || busy {
 			idle = 0
 			continue
 		}
