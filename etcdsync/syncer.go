@@ -51,9 +51,9 @@ type SyncerOptions struct {
 	// authenticates a user name and password inside clientv3.New. With it,
 	// a cold start still serves the snapshot. The caller owns the client
 	// it returns: LazyClient.Get shares one and closes it at its Close.
-	// If the first attempt fails because etcd refused the credentials
-	// (ErrAuthFailed), Start returns that error: retrying cannot fix it,
-	// though the syncer does retry until Stop.
+	// If etcd refuses the credentials (ErrAuthFailed) while Start waits,
+	// Start returns that error: retrying cannot fix it, though the syncer
+	// does retry until Stop.
 	Connect func(ctx context.Context) (*clientv3.Client, error)
 }
 
@@ -182,9 +182,9 @@ func NewSyncer(cli *clientv3.Client, opts SyncerOptions) *Syncer {
 
 // Start starts syncing and returns once the initial bucket set is applied,
 // from etcd or, if etcd does not answer within RequestTimeout, from the
-// snapshot file. If ctx ends first, or Connect's first attempt finds the
-// credentials refused, Start returns the error but the syncer keeps trying
-// in the background until Stop.
+// snapshot file. If ctx ends first, or etcd refuses Connect's credentials
+// meanwhile, Start returns the error but the syncer keeps trying in the
+// background until Stop.
 func (s *Syncer) Start(ctx context.Context) error {
 	started := false
 	s.startOnce.Do(func() {
