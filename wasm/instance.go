@@ -34,17 +34,18 @@ type instance struct {
 	alloc  api.Function
 	decide api.Function
 	// interrupt is the instrumented module's interrupt global: the
-	// watchdog sets it to stop an overrunning call (deadlineInterrupt).
+	// deadline sets it to stop an overrunning call (deadlineInterrupt).
 	interrupt api.MutableGlobal
 	// ctx is the context of every call on this instance; in deadlineCancel
-	// mode the watchdog cancels it instead, which makes wazero close the
+	// mode the deadline cancels it instead, which makes wazero close the
 	// module. One context per instance, not per call, keeps a call free of
 	// allocations and timers.
 	ctx    context.Context
 	cancel context.CancelFunc
-	// state is 0 while idle, the watchdog tick at which the current call
-	// must be stopped while busy, or stateKilled once the watchdog fired.
+	// state is stateIdle, stateBusy during a call, or stateKilled once
+	// the call's deadline fired; dl enforces it (nil without a deadline).
 	state atomic.Int64
+	dl    *callTimer
 	// bufPtr and bufCap locate the guest buffer from the last
 	// edgelimit_alloc; the guest keeps it valid until the next alloc.
 	bufPtr uint32
@@ -82,7 +83,7 @@ func (m *Module) newInstance() (*instance, []string, error) {
 func (m *Module) instantiate() (*instance, []string, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	// Instantiation itself runs no guest code: start functions are run
-	// below, under the watchdog, so ictx only bounds the host's work.
+	// below, under the deadline, so ictx only bounds the host's work.
 	ictx, icancel := context.WithTimeout(ctx, m.cfg.initTimeout)
 	defer icancel()
 	mod, err := m.rt.InstantiateModule(ictx, m.compiled, m.modCfg)
@@ -106,8 +107,8 @@ func (m *Module) instantiate() (*instance, []string, error) {
 			return nil, nil, fmt.Errorf("%w: %q is not a mutable global", ErrInstrument, InterruptExport)
 		}
 	}
-	if m.dog != nil {
-		m.dog.add(in) // before any guest code runs, so that all of it is watched
+	if m.deadline == deadlineInterrupt || m.deadline == deadlineCancel {
+		in.dl = newCallTimer(in) // before any guest code runs, so that all of it is bounded
 	}
 	fail := func(err error) (*instance, []string, error) {
 		m.closeInstance(in)
@@ -242,10 +243,7 @@ func (m *Module) invoke(in *instance, timeout time.Duration, f func(context.Cont
 	var err error
 	switch m.deadline {
 	case deadlineInterrupt, deadlineCancel:
-		in.state.Store(m.dog.deadline(timeout))
-		m.dog.watch()
-		err = f(in.ctx)
-		if in.state.Swap(0) == stateKilled {
+		if in.dl.run(in, timeout, func() { err = f(in.ctx) }) {
 			return fmt.Errorf("%w: after %v", ErrTimeout, timeout)
 		}
 	case deadlinePerCall:
@@ -272,7 +270,7 @@ func (m *Module) invoke(in *instance, timeout time.Duration, f func(context.Cont
 	return fmt.Errorf("%w: %s", ErrTrap, abi.Truncate(err.Error(), maxErrorText))
 }
 
-// kill stops the instance's running call; the watchdog calls it.
+// kill stops the instance's running call; its deadline calls it.
 func (in *instance) kill() {
 	if in.interrupt != nil {
 		in.interrupt.Set(1)
@@ -283,8 +281,8 @@ func (in *instance) kill() {
 
 // closeInstance releases an instance that will not be used again.
 func (m *Module) closeInstance(in *instance) {
-	if m.dog != nil {
-		m.dog.remove(in)
+	if in.dl != nil {
+		in.dl.close()
 	}
 	_ = in.mod.Close(context.Background())
 	in.cancel()

@@ -38,13 +38,13 @@ var ErrInstrument = errors.New("wasm: instrumenting module for the call deadline
 // all in native code. It replaces wazero's WithCloseOnContextDone, which
 // leaves native code for a Go call at every one of these points and spawns
 // a goroutine per call; measured, that made a Go guest call 5-10x slower
-// (BENCHMARKS.md). Like wasmtime's epoch interruption, the watchdog
-// goroutine sets the exported interrupt global when a call overruns its
-// deadline, and the guest traps at its next slow-path check.
+// (BENCHMARKS.md). As with wasmtime's epoch interruption, the host sets the
+// exported interrupt global when a call overruns its deadline (a timer per
+// instance, calltimer.go), and the guest traps at its next slow-path check.
 //
 // The slow path must leave native code: Go cannot preempt a goroutine that
 // runs generated machine code, so a guest that loops without ever calling
-// into Go would block the next stop-the-world GC, and with it the watchdog
+// into Go would block the next stop-the-world GC, and with it the timer
 // that should stop it (wazero's RATIONALE.md, "Why context cancellation is
 // handled in Go code"). memory.grow(0) is the cheapest such trip that needs
 // no import: wazero serves it in Go and it changes nothing.

@@ -27,7 +27,6 @@ type Module struct {
 	modCfg   wazero.ModuleConfig
 	headers  []string // canonical, deduplicated, as declared at init
 	pool     pool
-	dog      *watchdog
 	stats    counters
 	sum      string
 	deadline deadline
@@ -49,22 +48,22 @@ func LoadFile(ctx context.Context, path string, cfg Config) (*Module, error) {
 }
 
 // Load compiles a module, checks it, instantiates and initializes one
-// instance, and starts the call watchdog. ctx bounds compilation only.
+// instance. ctx bounds compilation only.
 func Load(ctx context.Context, wasmBytes []byte, cfg Config) (*Module, error) {
 	return load(ctx, wasmBytes, cfg, deadlineInterrupt)
 }
 
 // deadline selects how a call's deadline is enforced. Only the benchmarks
-// that measure the watchdog against the alternatives pick anything but
-// deadlineWatchdog.
+// that measure the mechanisms against each other pick anything but
+// deadlineInterrupt.
 type deadline uint8
 
 const (
 	// deadlineInterrupt: the module is instrumented with interrupt checks
-	// (interrupt.go) and the watchdog (watchdog.go) sets the interrupt
-	// global of a call that overruns. The production mode.
+	// (interrupt.go) and the instance's call timer (calltimer.go) sets the
+	// interrupt global of a call that overruns. The production mode.
 	deadlineInterrupt deadline = iota
-	// deadlineCancel: wazero's WithCloseOnContextDone, and the watchdog
+	// deadlineCancel: wazero's WithCloseOnContextDone, and the call timer
 	// cancels a per-instance context when a call overruns.
 	deadlineCancel
 	// deadlinePerCall: wazero's WithCloseOnContextDone with
@@ -76,7 +75,7 @@ const (
 )
 
 func (d deadline) String() string {
-	return [...]string{"interrupt-checks+watchdog", "CloseOnContextDone+watchdog-cancel", "CloseOnContextDone+context.WithTimeout", "none"}[d]
+	return [...]string{"interrupt-checks+timer", "CloseOnContextDone+timer-cancel", "CloseOnContextDone+context.WithTimeout", "none"}[d]
 }
 
 func load(ctx context.Context, wasmBytes []byte, cfg Config, dl deadline) (*Module, error) {
@@ -141,12 +140,8 @@ func load(ctx context.Context, wasmBytes []byte, cfg Config, dl deadline) (*Modu
 		WithStartFunctions() // run by the host under the deadline: see instantiate
 
 	m.pool.init(cfg.PoolSize)
-	if dl == deadlineInterrupt || dl == deadlineCancel {
-		m.dog = newWatchdog(cfg.Timeout)
-	}
 	first, headers, err := m.newInstance()
 	if err != nil {
-		m.stopWatchdog()
 		return nil, err
 	}
 	m.headers = headers
@@ -270,14 +265,7 @@ func (m *Module) SHA256() string { return m.sum }
 // It is safe to call more than once and concurrently with Decide.
 func (m *Module) Close(ctx context.Context) error {
 	m.closePool()
-	m.stopWatchdog()
 	err := m.rt.Close(ctx)
 	m.closed.Do(func() { releaseCache(m.cacheKey) })
 	return err
-}
-
-func (m *Module) stopWatchdog() {
-	if m.dog != nil {
-		m.dog.stop()
-	}
 }
