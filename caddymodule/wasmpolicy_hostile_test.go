@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddytest"
 
 	"github.com/edgelimit/edgelimit/wasm/wasmtest"
+	"github.com/edgelimit/edgelimit/wasm/wasmtest/pin"
 )
 
 // TestWASMHostileThroughCaddy puts each hostile module behind the handler:
@@ -26,7 +27,7 @@ import (
 func TestWASMHostileThroughCaddy(t *testing.T) {
 	wat := func(name string) string { return wasmtest.File(t, wasmtest.WAT(t, name)) }
 	goHostile := wasmtest.Go(t, wasmtest.GoHostile)
-	if err := pinCompiled(goHostile, 256, ""); err != nil {
+	if err := pin.Compiled(goHostile, 256, ""); err != nil {
 		t.Fatal(err)
 	}
 

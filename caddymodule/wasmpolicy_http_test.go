@@ -1,55 +1,18 @@
 package caddymodule
 
 import (
-	"context"
 	"encoding/base64"
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/caddytest"
 
-	"github.com/edgelimit/edgelimit/wasm"
 	"github.com/edgelimit/edgelimit/wasm/wasmtest"
+	"github.com/edgelimit/edgelimit/wasm/wasmtest/pin"
 )
-
-// Compiling a Go guest takes seconds of CPU, several times that under the
-// race detector, and the wasm package shares compiled code only between
-// modules that are alive at the same time. pinned keeps one module of each
-// guest this test binary loads alive for the whole process, so that every
-// config load after the first finds the guest compiled. The pins are never
-// closed: the process exit releases them.
-var pinned = struct {
-	sync.Mutex
-	m map[string]*pin
-}{m: map[string]*pin{}}
-
-type pin struct {
-	once sync.Once
-	err  error
-}
-
-// pinCompiled loads b once per process with the memory cap of the config
-// that will use it (compiled code depends on it) and an init config the
-// guest accepts. It is safe for concurrent use, so that several guests
-// compile at once.
-func pinCompiled(b []byte, pages uint32, initConfig string) error {
-	key := fmt.Sprint(pages, string(b))
-	pinned.Lock()
-	p := pinned.m[key]
-	if p == nil {
-		p = &pin{}
-		pinned.m[key] = p
-	}
-	pinned.Unlock()
-	p.once.Do(func() {
-		_, p.err = wasm.Load(context.Background(), b, wasm.Config{Config: initConfig, MaxMemoryPages: pages, Timeout: 5 * time.Second})
-	})
-	return p.err
-}
 
 // examples builds the named example policies (name to init config),
 // compiles and pins them in parallel, and returns their files for the
@@ -61,7 +24,7 @@ func examples(t *testing.T, initConfigs map[string]string) map[string]string {
 	for name, cfg := range initConfigs {
 		b := wasmtest.Example(t, name)
 		paths[name] = wasmtest.File(t, b)
-		go func() { errs <- pinCompiled(b, 0, cfg) }()
+		go func() { errs <- pin.Compiled(b, 0, cfg) }()
 	}
 	for range initConfigs {
 		if err := <-errs; err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
-	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -16,41 +15,14 @@ import (
 	"github.com/edgelimit/edgelimit/policy"
 	"github.com/edgelimit/edgelimit/wasm"
 	"github.com/edgelimit/edgelimit/wasm/wasmtest"
+	"github.com/edgelimit/edgelimit/wasm/wasmtest/pin"
 )
 
-// Compiling a Go guest takes seconds of CPU, several times that under the
-// race detector (a cache hit takes a tenth of it), and the wasm package
-// shares compiled code only between modules alive at the same time. pinned
-// keeps one module of each guest (and memory cap, which compiled code
-// depends on) alive for the whole test process, so that each is compiled
-// once. The process exit releases them.
-var pinned = struct {
-	sync.Mutex
-	m map[string]*pinnedModule
-}{m: map[string]*pinnedModule{}}
-
-type pinnedModule struct {
-	once sync.Once
-	err  error
-}
-
-// pin loads module once per process with c's memory cap and init config.
-// Different modules compile concurrently.
-func pin(t testing.TB, module []byte, c policy.WASMConfig) {
+// pinModule pins module with c's memory cap and init config (see pin).
+func pinModule(t testing.TB, module []byte, c policy.WASMConfig) {
 	t.Helper()
-	key := fmt.Sprint(c.MaxMemoryPages, string(module))
-	pinned.Lock()
-	p := pinned.m[key]
-	if p == nil {
-		p = &pinnedModule{}
-		pinned.m[key] = p
-	}
-	pinned.Unlock()
-	p.once.Do(func() {
-		_, p.err = wasm.Load(context.Background(), module, wasm.Config{Config: c.Config, MaxMemoryPages: c.MaxMemoryPages, Timeout: 5 * time.Second})
-	})
-	if p.err != nil {
-		t.Fatalf("pinning the compiled module: %v", p.err)
+	if err := pin.Compiled(module, c.MaxMemoryPages, c.Config); err != nil {
+		t.Fatalf("pinning the compiled module: %v", err)
 	}
 }
 
@@ -58,7 +30,7 @@ func pin(t testing.TB, module []byte, c policy.WASMConfig) {
 // policy at cleanup. The compiled module is pinned for later tests.
 func newWASM(t testing.TB, module []byte, c policy.WASMConfig) *policy.WASM {
 	t.Helper()
-	pin(t, module, c)
+	pinModule(t, module, c)
 	c.Path = wasmtest.File(t, module)
 	if c.Timeout == 0 {
 		c.Timeout = 5 * time.Second // not about deadlines: the test machines are loaded
