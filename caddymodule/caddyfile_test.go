@@ -33,6 +33,8 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"bad zone", "edge_limit {\n\tzone \"a b\"\n\trate 1/s\n}", `zone "a b"`, "at Caddyfile:3"},
 		{"extra arg", "edge_limit {\n\trate 1/s extra\n}", "unexpected argument \"extra\"", "at Caddyfile:3"},
 		{"shadow arg", "edge_limit {\n\trate 1/s\n\tshadow yes\n}", "unexpected argument \"yes\"", "at Caddyfile:4"},
+		{"bad wasm cache", "edge_limit {\n\trate 1/s\n\tpolicy wasm p.wasm {\n\t\tcache none\n\t}\n}", `cache "none": caddymodule: invalid config: want a positive number of entries, or off`, "at Caddyfile:5"},
+		{"zero wasm cache", "edge_limit {\n\trate 1/s\n\tpolicy wasm p.wasm {\n\t\tcache 0\n\t}\n}", `cache "0": caddymodule: invalid config: want a positive number of entries, or off`, "at Caddyfile:5"},
 		{"bad status", "edge_limit {\n\trate 1/s\n\tstatus many\n}", `status "many"`, "at Caddyfile:4"},
 	}
 	for _, tt := range tests {

@@ -5,6 +5,8 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgelimit/edgelimit/wasm"
 )
 
 // Decision results, the values of the "result" label.
@@ -100,6 +102,14 @@ var (
 		"Seconds since the syncer last heard from etcd (event, list or progress notification).", nil, nil)
 	descRejected = prometheus.NewDesc("edgelimit_etcd_rejected_configs_total",
 		"Bucket configs in etcd that failed validation and were not applied.", nil, nil)
+	descGuestCalls = prometheus.NewDesc("edgelimit_wasm_guest_calls_total",
+		"Requests a WASM policy module was called for: those its verdict cache did not answer, by module file.", []string{"module"}, nil)
+	descWASMErrors = prometheus.NewDesc("edgelimit_wasm_errors_total",
+		"Failed WASM policy calls by module file and kind (trap, timeout, bad_result, key_too_long, guest_error, request_too_large, pool_busy).", []string{"module", "kind"}, nil)
+	descInstances = prometheus.NewDesc("edgelimit_wasm_instances",
+		"Live instances of a WASM policy module, by module file.", []string{"module"}, nil)
+	descReplaced = prometheus.NewDesc("edgelimit_wasm_instances_replaced_total",
+		"WASM policy instances thrown away after a trap, timeout or malformed result, by module file.", []string{"module"}, nil)
 )
 
 // stateCollector reports the state that outlives reloads (the pools of
@@ -108,7 +118,8 @@ var (
 type stateCollector struct{}
 
 func (*stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descExplicit, descDynamic, descEvictions, descConnected, descRevision, descSyncAge, descRejected} {
+	for _, d := range []*prometheus.Desc{descExplicit, descDynamic, descEvictions, descConnected, descRevision, descSyncAge, descRejected,
+		descGuestCalls, descWASMErrors, descInstances, descReplaced} {
 		ch <- d
 	}
 }
@@ -134,6 +145,7 @@ func (*stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descDynamic, prometheus.GaugeValue, s.dynamic, name)
 		ch <- prometheus.MustNewConstMetric(descEvictions, prometheus.CounterValue, s.evictions, name)
 	}
+	collectWASM(ch)
 	// One app state per process in practice; during a reload that changes
 	// the etcd connection, the newest state is reported.
 	var newest *appState
@@ -165,4 +177,33 @@ type stateMetrics struct {
 	revision  float64
 	syncAge   float64
 	rejected  float64
+}
+
+// collectWASM reports the loaded WASM policy modules. A module file loaded
+// with different options is several modules (during a reload, the old and
+// the new config's); their figures are summed per file.
+func collectWASM(ch chan<- prometheus.Metric) {
+	mods := map[string]*wasm.Stats{}
+	wasmPool.Range(func(k, v any) bool {
+		key, ok1 := k.(wasmKey)
+		w, ok2 := v.(pooledWASM)
+		if !ok1 || !ok2 {
+			return true
+		}
+		sum := mods[key.Path]
+		if sum == nil {
+			sum = &wasm.Stats{}
+			mods[key.Path] = sum
+		}
+		sum.Add(w.p.Stats())
+		return true
+	})
+	for path, st := range mods {
+		ch <- prometheus.MustNewConstMetric(descGuestCalls, prometheus.CounterValue, float64(st.GuestCalls), path)
+		for kind, n := range st.ErrorKinds() {
+			ch <- prometheus.MustNewConstMetric(descWASMErrors, prometheus.CounterValue, float64(n), path, kind)
+		}
+		ch <- prometheus.MustNewConstMetric(descInstances, prometheus.GaugeValue, float64(st.Live), path)
+		ch <- prometheus.MustNewConstMetric(descReplaced, prometheus.CounterValue, float64(st.Replaced), path)
+	}
 }

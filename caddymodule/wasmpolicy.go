@@ -47,6 +47,12 @@ type WASMPolicy struct {
 	PoolSize int `json:"pool_size,omitempty"`
 	// MaxKeyLen bounds a key the guest returns.
 	MaxKeyLen int `json:"max_key_len,omitempty"`
+	// CacheEntries sizes the verdict cache, which answers a request
+	// identical to a recent one without calling the guest (default 4096).
+	CacheEntries int `json:"cache_entries,omitempty"`
+	// NoCache turns the verdict cache off, for a guest whose verdicts
+	// depend on more than the request (which the ABI does not allow).
+	NoCache bool `json:"no_cache,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -126,6 +132,8 @@ func (p *WASMPolicy) NewPolicy(env PolicyEnv) (policy.Policy, error) {
 			MaxMemoryPages: p.MaxMemoryPages,
 			PoolSize:       p.PoolSize,
 			MaxKeyLen:      p.MaxKeyLen,
+			CacheEntries:   p.CacheEntries,
+			NoCache:        p.NoCache,
 		})
 		if err != nil {
 			return nil, err
@@ -163,6 +171,7 @@ func fileSHA256(path string) (string, error) {
 //		max_memory_pages <pages>
 //		pool_size        <n>
 //		max_key_len      <bytes>
+//		cache            <entries>|off
 //	}
 func (p *WASMPolicy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // policy name
@@ -199,6 +208,12 @@ func (p *WASMPolicy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			p.PoolSize, err = positiveInt(s)
 		case "max_key_len":
 			p.MaxKeyLen, err = positiveInt(s)
+		case "cache":
+			if s == "off" {
+				p.NoCache = true
+			} else if p.CacheEntries, err = strconv.Atoi(s); err != nil || p.CacheEntries <= 0 {
+				err = fmt.Errorf("%w: want a positive number of entries, or off", ErrInvalidConfig)
+			}
 		default:
 			return d.Errf("unknown wasm policy option %q", opt)
 		}

@@ -31,6 +31,8 @@ func TestWASMHostileThroughCaddy(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	loopPath := wat("loop")
+
 	tc := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{LoadRequestTimeout: 3 * time.Minute})
 	tc.InitServer(site("", fmt.Sprintf(`
 	handle_path /loop/* {
@@ -106,7 +108,7 @@ func TestWASMHostileThroughCaddy(t *testing.T) {
 			burst 3
 		}
 		respond "go"
-	}`, wat("loop"), wat("unreachable"), wat("garbage"), wat("huge"), wat("longkey"), wat("membomb"),
+	}`, loopPath, wat("unreachable"), wat("garbage"), wat("huge"), wat("longkey"), wat("membomb"),
 		wasmtest.File(t, goHostile))), "caddyfile")
 
 	// wantErrors runs f and checks that it counted n policy errors in zone.
@@ -120,11 +122,22 @@ func TestWASMHostileThroughCaddy(t *testing.T) {
 	}
 
 	t.Run("infinite loop: timeout, on_error deny", func(t *testing.T) {
+		// The module's own series show the kind, and that each timed-out
+		// instance was replaced.
+		timeouts := fmt.Sprintf(`edgelimit_wasm_errors_total{kind="timeout",module=%q}`, loopPath)
+		replaced := fmt.Sprintf(`edgelimit_wasm_instances_replaced_total{module=%q}`, loopPath)
+		t0, r0 := counter(t, timeouts), counter(t, replaced)
 		wantErrors(t, "h-loop", 3, func() {
 			for range 3 {
 				wantPolicyDenied(t, tc, "/loop/")
 			}
 		})
+		if d := counter(t, timeouts) - t0; d != 3 {
+			t.Errorf("%s +%v, want +3", timeouts, d)
+		}
+		if d := counter(t, replaced) - r0; d != 3 {
+			t.Errorf("%s +%v, want +3", replaced, d)
+		}
 	})
 	t.Run("unreachable: trap, on_error allow", func(t *testing.T) {
 		skipped := counter(t, decisions("h-unreachable", "skipped"))
@@ -197,6 +210,53 @@ func loadError(t *testing.T, cfg string) string {
 		return body
 	}
 	return e.Error
+}
+
+// TestWASMCacheThroughCaddy: the verdict cache answers repeated requests
+// without calling the guest, a different request calls it, and `cache off`
+// calls it every time; edgelimit_wasm_guest_calls_total shows which.
+func TestWASMCacheThroughCaddy(t *testing.T) {
+	cached, uncached := wasmtest.File(t, wasmtest.WAT(t, "good")), wasmtest.File(t, wasmtest.WAT(t, "good"))
+	tc := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{LoadRequestTimeout: 3 * time.Minute})
+	tc.InitServer(site("", fmt.Sprintf(`
+	handle /cached/* {
+		edge_limit cached {
+			policy wasm %s
+			rate 1/1h
+			burst 100
+		}
+		respond "cached"
+	}
+	handle /uncached/* {
+		edge_limit uncached {
+			policy wasm %s {
+				cache off
+			}
+			rate 1/1h
+			burst 100
+		}
+		respond "uncached"
+	}`, cached, uncached)), "caddyfile")
+	calls := func(path string) float64 {
+		return counter(t, fmt.Sprintf(`edgelimit_wasm_guest_calls_total{module=%q}`, path))
+	}
+	c0, u0 := calls(cached), calls(uncached)
+	for range 5 {
+		wantStatuses(t, statuses(t, tc, 1, "/cached/a"), 200)
+		wantStatuses(t, statuses(t, tc, 1, "/uncached/a"), 200)
+	}
+	wantStatuses(t, statuses(t, tc, 1, "/cached/b"), 200)
+	if d := calls(cached) - c0; d != 2 {
+		t.Errorf("cached module: %v guest calls for 5 identical requests and 1 other, want 2", d)
+	}
+	if d := calls(uncached) - u0; d != 5 {
+		t.Errorf("cache off: %v guest calls for 5 requests, want 5", d)
+	}
+	// Every request took the guest's key, cached or not: 100 - 6 left.
+	resp, _ := get(t, tc, "/cached/a")
+	if got := resp.Header.Get("RateLimit"); !strings.HasPrefix(got, `"cached";r=93;`) {
+		t.Errorf("RateLimit after 6 cached requests and this one: %q, want r=93", got)
+	}
 }
 
 // TestWASMBadModulesFailTheLoad: a module that cannot work is refused when

@@ -16,11 +16,32 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // DefaultDialTimeout bounds the first connection (and, with a user name,
 // the authentication that clientv3 does while connecting).
 const DefaultDialTimeout = 5 * time.Second
+
+// reconnectBackoff paces the client's reconnection to an etcd that went
+// away. gRPC's default backoff grows by 1.6x per failed attempt up to 2
+// minutes, so after a long outage an edge could go on serving its last
+// known configs (and the safe share of global buckets) for up to 2 minutes
+// after etcd came back, and even after a 10 s outage the next attempt can
+// be 4-6 s away (a slow rejoin failed TestGlobalLimits/etcd-stopped once:
+// 7.2 s). Capped at 2 s, a returning etcd is reached within ~2 s. One
+// attempt per endpoint per 2 s is nothing for etcd, and the jitter keeps a
+// fleet from reconnecting in step.
+var reconnectBackoff = grpc.ConnectParams{
+	Backoff: backoff.Config{
+		BaseDelay:  250 * time.Millisecond,
+		Multiplier: 1.6,
+		Jitter:     0.2,
+		MaxDelay:   2 * time.Second,
+	},
+	MinConnectTimeout: time.Second,
+}
 
 // ClientConfig says how to reach etcd. Its String and MarshalLogObject
 // never show the password; the key file appears by path only.
@@ -58,6 +79,7 @@ func (c ClientConfig) New(logger *zap.Logger) (*clientv3.Client, error) {
 		Password:    c.Password,
 		TLS:         tlsCfg,
 		Logger:      logger.Named("etcd-client"),
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(reconnectBackoff)},
 	})
 	if err != nil {
 		return nil, c.describe(err)

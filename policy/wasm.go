@@ -93,6 +93,10 @@ type WASMConfig struct {
 	MaxMemoryPages uint32
 	PoolSize       int
 	MaxKeyLen      int
+	// CacheEntries sizes the module's verdict cache; NoCache turns it off
+	// (see wasm.Config).
+	CacheEntries int
+	NoCache      bool
 }
 
 // WASM runs an operator's WebAssembly module (see package wasm) to key
@@ -133,6 +137,8 @@ func NewWASM(ctx context.Context, c WASMConfig) (*WASM, error) {
 		MaxMemoryPages: c.MaxMemoryPages,
 		PoolSize:       c.PoolSize,
 		MaxKeyLen:      c.MaxKeyLen,
+		CacheEntries:   c.CacheEntries,
+		NoCache:        c.NoCache,
 	})
 	if err != nil {
 		return nil, err
@@ -164,10 +170,12 @@ func (p *WASM) Evaluate(r *http.Request) (Verdict, error) {
 		Query:   r.URL.RawQuery,
 		Headers: headers[:0],
 	}
-	if a, ok := p.addr(r); ok {
-		// Formatted on the stack: the string only lives for this call.
-		ip := a.WithZone("").AppendTo(ipBuf[:0])
-		req.RemoteIP = unsafe.String(unsafe.SliceData(ip), len(ip))
+	if p.mod.Fields()&abi.FieldRemoteIP != 0 { // finding it costs; skip it when unread
+		if a, ok := p.addr(r); ok {
+			// Formatted on the stack: the string only lives for this call.
+			ip := a.WithZone("").AppendTo(ipBuf[:0])
+			req.RemoteIP = unsafe.String(unsafe.SliceData(ip), len(ip))
+		}
 	}
 	for _, name := range p.headers {
 		for _, v := range r.Header[name] {

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -37,9 +38,9 @@ func benchRequest() *http.Request {
 
 // benchPolicies returns the composite example as a WASM policy and the
 // same key from a built-in placeholder template: the reference.
-func benchPolicies(b *testing.B, poolSize int) (wasmP, builtin policy.Policy) {
+func benchPolicies(b *testing.B, c policy.WASMConfig) (wasmP, builtin policy.Policy) {
 	b.Helper()
-	wasmP = newWASM(b, wasmtest.Example(b, "composite"), policy.WASMConfig{PoolSize: poolSize})
+	wasmP = newWASM(b, wasmtest.Example(b, "composite"), c)
 	builtin, err := policy.NewPlaceholder(policy.PlaceholderConfig{
 		Template: "t={http.request.header.X-Tenant}|r={http.request.header.X-Region}|c={http.request.header.X-Client-Id}",
 		Lookup:   headerLookup,
@@ -52,23 +53,43 @@ func benchPolicies(b *testing.B, poolSize int) (wasmP, builtin policy.Policy) {
 
 // BenchmarkEvaluate: one request through the WASM policy (pooled Go guest)
 // against the built-in placeholder policy making the same key, in the same
-// run. p50/p99 are timed around each call.
+// run. p50/p99 are timed around each call. The WASM policy runs three
+// ways: the same request each time with the verdict cache on (hits) and
+// off (a guest call each time), and with the cache on but every request's
+// X-Client-Id different from the last 64k (misses: a guest call plus the
+// cache's lookup and store).
 func BenchmarkEvaluate(b *testing.B) {
-	wasmP, builtin := benchPolicies(b, 0)
-	r := benchRequest()
-	const want = "t=acme|r=eu-west|c=42"
+	cached, builtin := benchPolicies(b, policy.WASMConfig{})
+	uncached, _ := benchPolicies(b, policy.WASMConfig{NoCache: true})
+	ids := make([]string, 1<<16)
+	for i := range ids {
+		ids[i] = strconv.Itoa(i)
+	}
 	for _, bc := range []struct {
-		name string
-		p    policy.Policy
-	}{{"reference=builtin-placeholder", builtin}, {"policy=wasm-composite", wasmP}} {
+		name     string
+		p        policy.Policy
+		distinct bool
+	}{
+		{"reference=builtin-placeholder", builtin, false},
+		{"policy=wasm-composite/cache=hit", cached, false},
+		{"policy=wasm-composite/cache=off", uncached, false},
+		{"policy=wasm-composite/cache=miss", cached, true},
+	} {
 		b.Run(bc.name, func(b *testing.B) {
+			r := benchRequest()
+			id := r.Header["X-Client-Id"]
 			lat := make([]time.Duration, 0, 1<<20)
 			b.ReportAllocs()
+			i := 0
 			for b.Loop() {
+				if bc.distinct {
+					id[0] = ids[i%len(ids)]
+					i++
+				}
 				start := time.Now()
 				v, err := bc.p.Evaluate(r)
 				d := time.Since(start)
-				if err != nil || v.Key != want {
+				if err != nil || !strings.HasPrefix(v.Key, "t=acme|r=eu-west|c=") || v.Key[len("t=acme|r=eu-west|c="):] != id[0] {
 					b.Fatal(v, err)
 				}
 				if len(lat) < cap(lat) {
@@ -85,7 +106,7 @@ func BenchmarkEvaluate(b *testing.B) {
 // BenchmarkEvaluateParallel: the same under RunParallel, with the default
 // pool (GOMAXPROCS instances).
 func BenchmarkEvaluateParallel(b *testing.B) {
-	wasmP, builtin := benchPolicies(b, 0)
+	wasmP, builtin := benchPolicies(b, policy.WASMConfig{NoCache: true})
 	for _, bc := range []struct {
 		name string
 		p    policy.Policy

@@ -22,11 +22,13 @@
 #     placeholder       edge_limit keyed by a placeholder that makes the
 #                       composite example's key
 #     wasm              edge_limit with `policy wasm`, the composite example
-#                       policy built from source (a Go guest)
+#                       policy built from source (a Go guest), as shipped:
+#                       its verdict cache answers these identical requests
+#     wasm-nocache      the same with `cache off`: a guest call per request
 #     wasm-host         `policy wasm` with tests/testdata/host-floor.wat
-#                       (wat2wasm): a guest that answers a constant, so the
-#                       host's share of a WASM call
-#   wasm and wasm-host are also compared with placeholder.
+#                       (wat2wasm) and `cache off`: a guest that answers a
+#                       constant, so the host's share of a WASM call
+#   wasm, wasm-nocache and wasm-host are also compared with placeholder.
 # After the wrk rounds, every case runs at a fixed request rate from the Go
 # load generator (BENCH-FIXED lines), where CPU per request does not depend
 # on how saturated Caddy is. Limits are far above the offered load: every
@@ -42,8 +44,8 @@
 # (taskset; off by default because on a shared machine a pinned Caddy
 # starves whenever other work lands on its CPU), EDGELIMIT_CADDY_BIN to
 # reuse a built binary. The wasm group needs wat2wasm (wabt). With every
-# group and the defaults TestBenchHTTP runs 10 cases, each 9 times 3s with
-# wrk and 5 times 10s at the fixed rate: about 14 minutes.
+# group and the defaults TestBenchHTTP runs 11 cases, each 9 times 3s with
+# wrk and 5 times 10s at the fixed rate: about 16 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/usr/local/go/bin:$PATH"

@@ -146,10 +146,12 @@ var wasmHeaders = []string{"X-Tenant: acme", "X-Region: eu-west", "X-Client-Id: 
 //     key (control bare-hot);
 //   - wasm: all with the three headers of wasmHeaders (control bare-wasm):
 //     edge_limit keyed by a placeholder that makes the composite example's
-//     key, by the composite example policy itself (a Go guest), and by
-//     testdata/host-floor.wat (a guest that answers a constant: the host's
-//     share of a WASM call); the last two are also compared with the
-//     placeholder.
+//     key; by the composite example policy itself (a Go guest) as shipped,
+//     where the verdict cache answers these identical requests; by the
+//     same with `cache off`, a guest call per request; and by
+//     testdata/host-floor.wat with `cache off` (a guest that answers a
+//     constant: the host's share of a WASM call). The WASM cases are also
+//     compared with the placeholder.
 //
 // It runs only with EDGELIMIT_BENCH=1; tests/bench-http.sh is its front end.
 func TestBenchHTTP(t *testing.T) {
@@ -211,11 +213,13 @@ func TestBenchHTTP(t *testing.T) {
 			if p := probe(t, guest, "", ""); p.status != http.StatusTooManyRequests {
 				t.Fatalf("wasm Caddy answered %d to a request without X-Tenant; want the guest's deny, 429", p.status)
 			}
-			host := limited("wasm-host", "policy wasm "+floor, "X-Tenant", "acme")
+			uncached := limited("wasm-nocache", "policy wasm "+composite+" {\n\tcache off\n}", "X-Tenant", "acme")
+			host := limited("wasm-host", "policy wasm "+floor+" {\n\tcache off\n}", "X-Tenant", "acme")
 			cases = append(cases,
 				benchCase{name: "bare-wasm", caddy: bare, headers: wasmHeaders, vs: []string{"bare"}},
 				benchCase{name: "placeholder", caddy: placeholder, headers: wasmHeaders, vs: []string{"bare-wasm"}},
 				benchCase{name: "wasm", caddy: guest, headers: wasmHeaders, vs: []string{"bare-wasm", "placeholder"}},
+				benchCase{name: "wasm-nocache", caddy: uncached, headers: wasmHeaders, vs: []string{"bare-wasm", "placeholder"}},
 				benchCase{name: "wasm-host", caddy: host, headers: wasmHeaders, vs: []string{"bare-wasm", "placeholder"}},
 			)
 		}

@@ -25,6 +25,12 @@ const (
 	// It is the sum of method, host, path, query, remote IP and the declared
 	// headers; Go's net/http allows 1 MiB of headers, a policy needs far less.
 	DefaultMaxRequestLen = 64 << 10
+	// DefaultCacheEntries is the size of the verdict cache: enough for the
+	// distinct requests a busy edge sees within seconds, at a few hundred
+	// bytes each (~1 MB, less than one Go guest instance).
+	DefaultCacheEntries = 4096
+	// maxCacheEntries caps CacheEntries (~300 MB when full).
+	maxCacheEntries = 1 << 20
 	// maxPoolSize caps PoolSize: an idle Go instance holds ~5.6 MB.
 	maxPoolSize = 1024
 	// defaultInitTimeout bounds each guest call while an instance starts
@@ -53,6 +59,12 @@ type Config struct {
 	MaxKeyLen int
 	// MaxRequestLen bounds the encoded request, in bytes.
 	MaxRequestLen int
+	// CacheEntries sizes the verdict cache, which answers a request that
+	// is byte for byte one the guest decided recently without calling the
+	// guest (see verdictCache). NoCache turns it off, for a guest that
+	// breaks the ABI's rule that a verdict depends on the request alone.
+	CacheEntries int
+	NoCache      bool
 
 	// initTimeout overrides defaultInitTimeout; tests shorten it.
 	initTimeout time.Duration
@@ -90,6 +102,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxRequestLen == 0 {
 		c.MaxRequestLen = DefaultMaxRequestLen
+	}
+	if c.CacheEntries < 0 || c.CacheEntries > maxCacheEntries {
+		return c, fmt.Errorf("%w: cache_entries %d not in [0, %d]", ErrConfig, c.CacheEntries, maxCacheEntries)
+	}
+	if c.CacheEntries == 0 {
+		c.CacheEntries = DefaultCacheEntries
 	}
 	if c.initTimeout == 0 {
 		c.initTimeout = defaultInitTimeout

@@ -112,14 +112,16 @@ func TestGoGuest(t *testing.T) {
 	mustLoad(t, wasmtest.Go(t, wasmtest.GoHostile), Config{MaxMemoryPages: goGuestPages})
 	t.Run("Hostile", testGoGuestHostile)
 	t.Run("SeesRequest", testGoGuestSeesRequest)
+	t.Run("Cache", testGoGuestCache)
 }
 
 // testGoGuestHostile runs the misbehaving Go guest: panics are caught by
 // the SDK (instance kept), a memory hog and os.Exit trap (instance
 // replaced), a spin loop times out, and meanwhile a well-behaved request
-// on another instance is unaffected.
+// on another instance is unaffected. The verdict cache is off, so that the
+// well-behaved requests reach an instance every time.
 func testGoGuestHostile(t *testing.T) {
-	m := mustLoad(t, wasmtest.Go(t, wasmtest.GoHostile), Config{Timeout: time.Second, MaxMemoryPages: goGuestPages, PoolSize: 2})
+	m := mustLoad(t, wasmtest.Go(t, wasmtest.GoHostile), Config{Timeout: time.Second, MaxMemoryPages: goGuestPages, PoolSize: 2, NoCache: true})
 
 	_, err := m.Decide(req("/panic"))
 	if !errors.Is(err, ErrGuest) || !strings.Contains(err.Error(), "asked to panic") {

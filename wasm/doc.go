@@ -10,7 +10,10 @@
 // under a memory cap, with no filesystem, network, environment or real
 // clock. A trap, a timeout or a malformed result returns an error (the
 // caller applies its on_error action), is counted in Stats, and the
-// instance is thrown away; the pool makes a fresh one on demand.
+// instance is thrown away; the pool makes a fresh one on demand. A request
+// identical to a recent one is answered from a cache of the guest's
+// verdicts (Config.CacheEntries, Config.NoCache): the ABI requires a
+// verdict to depend on the request alone.
 //
 // The wire format is in package wasm/abi and documented in ABI.md; the Go
 // guest SDK is package wasm/guest. This package knows nothing of HTTP or

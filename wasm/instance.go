@@ -63,24 +63,25 @@ type Result struct {
 }
 
 // newInstance instantiates the module, checks its ABI version and runs
-// edgelimit_init with the config string. It returns the canonical header
-// names the guest declared.
-func (m *Module) newInstance() (*instance, []string, error) {
+// edgelimit_init with the config string. It returns what the guest
+// declared, with canonical header names.
+func (m *Module) newInstance() (*instance, abi.Init, error) {
 	m.stats.instantiations.Add(1)
-	in, headers, err := m.instantiate()
+	in, decl, err := m.instantiate()
 	if err != nil {
 		m.stats.instantiateFailures.Add(1)
-		return nil, nil, err
+		return nil, abi.Init{}, err
 	}
-	if m.headers != nil && !slices.Equal(headers, m.headers) {
+	if m.headers != nil && (!slices.Equal(decl.Headers, m.headers) || decl.Fields != m.fields) {
 		m.closeInstance(in)
 		m.stats.instantiateFailures.Add(1)
-		return nil, nil, fmt.Errorf("%w: instance declared headers %q, the first declared %q", ErrInit, headers, m.headers)
+		return nil, abi.Init{}, fmt.Errorf("%w: instance declared headers %q and fields %#02x, the first declared %q and %#02x",
+			ErrInit, decl.Headers, decl.Fields, m.headers, m.fields)
 	}
-	return in, headers, nil
+	return in, decl, nil
 }
 
-func (m *Module) instantiate() (*instance, []string, error) {
+func (m *Module) instantiate() (*instance, abi.Init, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	// Instantiation itself runs no guest code: start functions are run
 	// below, under the deadline, so ictx only bounds the host's work.
@@ -89,7 +90,7 @@ func (m *Module) instantiate() (*instance, []string, error) {
 	mod, err := m.rt.InstantiateModule(ictx, m.compiled, m.modCfg)
 	if err != nil {
 		cancel()
-		return nil, nil, fmt.Errorf("%w: %s", ErrInstantiate, abi.Truncate(err.Error(), maxErrorText))
+		return nil, abi.Init{}, fmt.Errorf("%w: %s", ErrInstantiate, abi.Truncate(err.Error(), maxErrorText))
 	}
 	in := &instance{
 		mod:    mod,
@@ -104,15 +105,15 @@ func (m *Module) instantiate() (*instance, []string, error) {
 		if in.interrupt == nil {
 			_ = mod.Close(context.Background())
 			cancel()
-			return nil, nil, fmt.Errorf("%w: %q is not a mutable global", ErrInstrument, InterruptExport)
+			return nil, abi.Init{}, fmt.Errorf("%w: %q is not a mutable global", ErrInstrument, InterruptExport)
 		}
 	}
 	if m.deadline == deadlineInterrupt || m.deadline == deadlineCancel {
 		in.dl = newCallTimer(in) // before any guest code runs, so that all of it is bounded
 	}
-	fail := func(err error) (*instance, []string, error) {
+	fail := func(err error) (*instance, abi.Init, error) {
 		m.closeInstance(in)
-		return nil, nil, err
+		return nil, abi.Init{}, err
 	}
 	call := func(name string, params ...uint64) ([]uint64, error) {
 		var res []uint64
@@ -137,8 +138,9 @@ func (m *Module) instantiate() (*instance, []string, error) {
 	if err != nil {
 		return fail(err)
 	}
-	if got := uint32(v[0]); got != abi.Version {
-		return fail(fmt.Errorf("%w: module speaks %d, host speaks %d", ErrABIVersion, got, abi.Version))
+	version := uint32(v[0])
+	if version < abi.MinVersion || version > abi.Version {
+		return fail(fmt.Errorf("%w: module speaks %d, host speaks %d to %d", ErrABIVersion, version, abi.MinVersion, abi.Version))
 	}
 	cfg := m.cfg.Config
 	if err := m.invoke(in, m.cfg.initTimeout, func(ctx context.Context) error { return in.reserve(ctx, len(cfg)) }); err != nil {
@@ -155,11 +157,12 @@ func (m *Module) instantiate() (*instance, []string, error) {
 	if err != nil {
 		return fail(fmt.Errorf("%w: %w", ErrInit, err))
 	}
-	headers, err := abi.DecodeInit(buf)
+	decl, err := abi.DecodeInit(buf, version)
 	if err != nil {
 		return fail(fmt.Errorf("%w: %w", ErrInit, err))
 	}
-	return in, canonicalHeaders(headers), nil
+	decl.Headers = canonicalHeaders(decl.Headers)
+	return in, decl, nil
 }
 
 // reserve makes sure the guest buffer holds at least n bytes, asking the
@@ -194,23 +197,29 @@ func (in *instance) result(packed uint64) ([]byte, error) {
 	return b, nil
 }
 
-// call runs edgelimit_decide for req, whose encoded size is size. broken
-// reports that the instance must not be reused.
-func (m *Module) call(in *instance, req *abi.Request, size int) (res Result, broken bool, err error) {
+// call runs edgelimit_decide for req, whose encoded size is size; enc is
+// req encoded, or nil. The result's key aliases the instance's memory:
+// copy it before releasing the instance. A guest's Fail is an error.
+// broken reports that the instance must not be reused.
+func (m *Module) call(in *instance, req *abi.Request, enc []byte, size int) (res abi.Result, broken bool, err error) {
 	if uint32(size) > in.bufCap {
 		if err := m.invoke(in, m.cfg.Timeout, func(ctx context.Context) error { return in.reserve(ctx, size) }); err != nil {
-			return Result{}, true, err
+			return abi.Result{}, true, err
 		}
 	}
 	view, _ := in.mem.Read(in.bufPtr, in.bufCap) // in bounds: checked by reserve
-	abi.AppendRequest(view[:0], req)             // in place: size <= bufCap
+	if enc != nil {
+		copy(view, enc)
+	} else {
+		abi.AppendRequest(view[:0], req) // in place: size <= bufCap
+	}
 	in.stack[0], in.stack[1] = uint64(in.bufPtr), uint64(size)
 	if err := m.invoke(in, m.cfg.Timeout, in.callDecide); err != nil {
-		return Result{}, true, err
+		return abi.Result{}, true, err
 	}
 	buf, err := in.result(in.stack[0])
 	if err != nil {
-		return Result{}, true, err
+		return abi.Result{}, true, err
 	}
 	r, err := abi.DecodeResult(buf, m.cfg.MaxKeyLen)
 	if err != nil {
@@ -218,19 +227,24 @@ func (m *Module) call(in *instance, req *abi.Request, size int) (res Result, bro
 			// The guest followed the ABI; its key is just too long for
 			// us. Keep the instance: replacing it would let a client who
 			// sends a long header make the host re-instantiate at will.
-			return Result{}, false, fmt.Errorf("wasm: guest result: %w", err)
+			return abi.Result{}, false, fmt.Errorf("wasm: guest result: %w", err)
 		}
-		return Result{}, true, fmt.Errorf("%w: %w", ErrBadResult, err)
+		return abi.Result{}, true, fmt.Errorf("%w: %w", ErrBadResult, err)
 	}
-	switch r.Action {
-	case abi.Fail:
-		return Result{}, false, fmt.Errorf("%w: %s", ErrGuest, abi.Truncate(string(r.Key), maxErrorText))
-	case abi.Limit:
-		// The one allocation of a call: the key must outlive the
-		// instance's memory, which the next caller overwrites.
-		return Result{Action: abi.Limit, Cost: int64(r.Cost), Key: string(r.Key)}, false, nil
+	if r.Action == abi.Fail {
+		return abi.Result{}, false, fmt.Errorf("%w: %s", ErrGuest, abi.Truncate(string(r.Key), maxErrorText))
 	}
-	return Result{Action: r.Action}, false, nil
+	return r, false, nil
+}
+
+// toResult copies a guest's verdict out of its memory. For Limit that is
+// the one allocation of an uncached call: the key must outlive the
+// instance's memory, which the next caller overwrites.
+func toResult(r abi.Result) Result {
+	if r.Action != abi.Limit {
+		return Result{Action: r.Action}
+	}
+	return Result{Action: abi.Limit, Cost: int64(r.Cost), Key: string(r.Key)}
 }
 
 func (in *instance) callDecide(ctx context.Context) error {

@@ -25,7 +25,9 @@ type Module struct {
 	rt       wazero.Runtime
 	compiled wazero.CompiledModule
 	modCfg   wazero.ModuleConfig
-	headers  []string // canonical, deduplicated, as declared at init
+	headers  []string      // canonical, deduplicated, as declared at init
+	fields   abi.Fields    // the request fields declared at init
+	verdicts *verdictCache // nil with Config.NoCache
 	pool     pool
 	stats    counters
 	sum      string
@@ -140,11 +142,14 @@ func load(ctx context.Context, wasmBytes []byte, cfg Config, dl deadline) (*Modu
 		WithStartFunctions() // run by the host under the deadline: see instantiate
 
 	m.pool.init(cfg.PoolSize)
-	first, headers, err := m.newInstance()
+	first, decl, err := m.newInstance()
 	if err != nil {
 		return nil, err
 	}
-	m.headers = headers
+	m.headers, m.fields = decl.Headers, decl.Fields
+	if !cfg.NoCache {
+		m.verdicts = newVerdictCache(cfg.CacheEntries)
+	}
 	m.pool.seed(first)
 	ok = true
 	return m, nil
@@ -256,6 +261,10 @@ func canonicalHeaders(names []string) []string {
 // declared at init; only these are put in the request. The caller must not
 // modify the slice.
 func (m *Module) Headers() []string { return m.headers }
+
+// Fields returns the request fields the module declared it reads; the
+// others reach it empty.
+func (m *Module) Fields() abi.Fields { return m.fields }
 
 // SHA256 returns the hex SHA-256 of the module's bytes, for logs.
 func (m *Module) SHA256() string { return m.sum }

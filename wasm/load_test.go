@@ -26,7 +26,7 @@ func TestLoadRefusesBadModules(t *testing.T) {
 		{"missing", ErrMissingExport, `"edgelimit_decide"`},
 		{"import", ErrUnknownImport, "env.now"},
 		{"wasisig", ErrUnknownImport, "wasi_snapshot_preview1.fd_write"},
-		{"badversion", ErrABIVersion, "module speaks 2, host speaks 1"},
+		{"badversion", ErrABIVersion, "module speaks 3, host speaks 1 to 2"},
 		{"initfail", ErrInit, "config: nope"},
 		{"reserved", ErrInstrument, `"edgelimit_interrupt"`},
 	}

@@ -2,10 +2,15 @@ package wasm
 
 import "sync/atomic"
 
-// Stats are a Module's counters since load, for metrics. Successful calls
-// are not counted here: the caller counts requests, and a shared counter
+// Stats are a Module's counters since load, for metrics. Decide calls are
+// not counted here: the caller counts requests, and a shared counter
 // bumped on every call would be a contended cache line on the hot path.
+// Calls into the guest are, as they cost a microsecond anyway.
 type Stats struct {
+	// GuestCalls counts the requests handed to the guest: those the
+	// verdict cache did not answer, less those refused before a call
+	// (RequestTooLarge, PoolBusy).
+	GuestCalls      uint64
 	Traps           uint64 // ErrTrap
 	Timeouts        uint64 // ErrTimeout
 	BadResults      uint64 // ErrBadResult
@@ -28,7 +33,34 @@ func (s Stats) Errors() uint64 {
 	return s.Traps + s.Timeouts + s.BadResults + s.KeysTooLong + s.GuestErrors + s.RequestTooLarge + s.PoolBusy
 }
 
+// ErrorKinds returns the failed calls by kind, named as Kind names them.
+func (s Stats) ErrorKinds() map[string]uint64 {
+	return map[string]uint64{
+		"trap": s.Traps, "timeout": s.Timeouts, "bad_result": s.BadResults, "key_too_long": s.KeysTooLong,
+		"guest_error": s.GuestErrors, "request_too_large": s.RequestTooLarge, "pool_busy": s.PoolBusy,
+	}
+}
+
+// Add adds o's counters and instance counts to s, for figures summed
+// over several Modules.
+func (s *Stats) Add(o Stats) {
+	s.GuestCalls += o.GuestCalls
+	s.Traps += o.Traps
+	s.Timeouts += o.Timeouts
+	s.BadResults += o.BadResults
+	s.KeysTooLong += o.KeysTooLong
+	s.GuestErrors += o.GuestErrors
+	s.RequestTooLarge += o.RequestTooLarge
+	s.PoolBusy += o.PoolBusy
+	s.Instantiations += o.Instantiations
+	s.InstantiateFailures += o.InstantiateFailures
+	s.Replaced += o.Replaced
+	s.Live += o.Live
+	s.Idle += o.Idle
+}
+
 type counters struct {
+	guestCalls                                                                       atomic.Uint64
 	traps, timeouts, badResults, keysTooLong, guestErrors, requestTooLarge, poolBusy atomic.Uint64
 	instantiations, instantiateFailures, replaced                                    atomic.Uint64
 }
@@ -57,6 +89,7 @@ func (c *counters) count(err error) {
 func (m *Module) Stats() Stats {
 	live, idle := m.pool.size()
 	return Stats{
+		GuestCalls:          m.stats.guestCalls.Load(),
 		Traps:               m.stats.traps.Load(),
 		Timeouts:            m.stats.timeouts.Load(),
 		BadResults:          m.stats.badResults.Load(),

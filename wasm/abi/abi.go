@@ -13,8 +13,15 @@ package abi
 import "errors"
 
 // Version is the ABI version this package speaks. A guest reports its own
-// version from the edgelimit_abi_version export; the host refuses any other.
-const Version = 1
+// version from the edgelimit_abi_version export; the host accepts
+// MinVersion to Version and refuses any other.
+//
+// Version 2 added the fields byte to the init answer (see Fields); a
+// version 1 guest is sent every field.
+const (
+	Version    = 2
+	MinVersion = 1
+)
 
 // Names of the exports every guest module must have.
 const (
@@ -52,6 +59,7 @@ var (
 	ErrBadStatus    = errors.New("abi: unknown init status")
 	ErrBadHeader    = errors.New("abi: invalid header name")
 	ErrTooMany      = errors.New("abi: too many header names")
+	ErrBadFields    = errors.New("abi: unknown request fields")
 	ErrGuestFailure = errors.New("abi: guest reported an error")
 )
 

@@ -134,15 +134,21 @@ func TestDecodeResult(t *testing.T) {
 }
 
 func TestInit(t *testing.T) {
-	got, err := DecodeInit(AppendInit(nil, []string{"X-Api-Key", "authorization"}))
-	if err != nil || !reflect.DeepEqual(got, []string{"X-Api-Key", "authorization"}) {
-		t.Fatalf("got %q, %v", got, err)
+	got, err := DecodeInit(AppendInit(nil, FieldPath|FieldRemoteIP, []string{"X-Api-Key", "authorization"}), Version)
+	if err != nil || !reflect.DeepEqual(got, Init{Fields: FieldPath | FieldRemoteIP, Headers: []string{"X-Api-Key", "authorization"}}) {
+		t.Fatalf("got %+v, %v", got, err)
 	}
-	got, err = DecodeInit(AppendInit(nil, nil))
-	if err != nil || len(got) != 0 {
-		t.Fatalf("no headers: got %q, %v", got, err)
+	got, err = DecodeInit(AppendInit(nil, 0, nil), Version)
+	if err != nil || got.Fields != 0 || len(got.Headers) != 0 {
+		t.Fatalf("no fields, no headers: got %+v, %v", got, err)
 	}
-	_, err = DecodeInit(AppendInitError(nil, "config: unknown plan"))
+	// Version 1 had no fields byte: such a guest gets every field.
+	v1 := append([]byte{initOK}, AppendInit(nil, 0, []string{"X-A"})[2:]...)
+	got, err = DecodeInit(v1, 1)
+	if err != nil || !reflect.DeepEqual(got, Init{Fields: AllFields, Headers: []string{"X-A"}}) {
+		t.Fatalf("version 1: got %+v, %v", got, err)
+	}
+	_, err = DecodeInit(AppendInitError(nil, "config: unknown plan"), Version)
 	if !errors.Is(err, ErrGuestFailure) || !strings.Contains(err.Error(), "config: unknown plan") {
 		t.Fatalf("init error: %v", err)
 	}
@@ -150,19 +156,35 @@ func TestInit(t *testing.T) {
 		buf  []byte
 		want error
 	}{
-		"empty":        {nil, ErrTruncated},
-		"bad status":   {[]byte{7}, ErrBadStatus},
-		"bad name":     {AppendInit(nil, []string{"X Space"}), ErrBadHeader},
-		"empty name":   {AppendInit(nil, []string{""}), ErrBadHeader},
-		"colon":        {AppendInit(nil, []string{"a:b"}), ErrBadHeader},
-		"too many":     {AppendInit(nil, make([]string, MaxHeaders+1)), ErrTooMany},
-		"truncated":    {AppendInit(nil, []string{"X-A"})[:7], ErrTruncated},
-		"trailing":     {append(AppendInit(nil, []string{"X-A"}), 1), ErrTrailing},
-		"name too big": {AppendInit(nil, []string{strings.Repeat("a", MaxHeaderNameLen+1)}), ErrBadHeader},
+		"empty":          {nil, ErrTruncated},
+		"bad status":     {[]byte{7}, ErrBadStatus},
+		"no fields byte": {[]byte{initOK}, ErrTruncated},
+		"unknown fields": {AppendInit(nil, 1<<5, nil), ErrBadFields},
+		"bad name":       {AppendInit(nil, 0, []string{"X Space"}), ErrBadHeader},
+		"empty name":     {AppendInit(nil, 0, []string{""}), ErrBadHeader},
+		"colon":          {AppendInit(nil, 0, []string{"a:b"}), ErrBadHeader},
+		"too many":       {AppendInit(nil, 0, make([]string, MaxHeaders+1)), ErrTooMany},
+		"truncated":      {AppendInit(nil, 0, []string{"X-A"})[:8], ErrTruncated},
+		"trailing":       {append(AppendInit(nil, 0, []string{"X-A"}), 1), ErrTrailing},
+		"name too big":   {AppendInit(nil, 0, []string{strings.Repeat("a", MaxHeaderNameLen+1)}), ErrBadHeader},
 	} {
-		if _, err := DecodeInit(tt.buf); !errors.Is(err, tt.want) {
+		if _, err := DecodeInit(tt.buf, Version); !errors.Is(err, tt.want) {
 			t.Errorf("%s: err = %v, want %v", name, err, tt.want)
 		}
+	}
+}
+
+func TestMasked(t *testing.T) {
+	r := Request{Method: "GET", Host: "h", Path: "/p", Query: "q", RemoteIP: "ip", Headers: []Header{{"X-A", "1"}}}
+	if got := r.Masked(AllFields); !reflect.DeepEqual(got, r) {
+		t.Errorf("Masked(AllFields) = %+v", got)
+	}
+	want := Request{Path: "/p", RemoteIP: "ip", Headers: r.Headers}
+	if got := r.Masked(FieldPath | FieldRemoteIP); !reflect.DeepEqual(got, want) {
+		t.Errorf("Masked(path, ip) = %+v, want %+v", got, want)
+	}
+	if got := r.Masked(0); !reflect.DeepEqual(got, Request{Headers: r.Headers}) {
+		t.Errorf("Masked(0) = %+v", got)
 	}
 }
 
@@ -234,14 +256,18 @@ func FuzzRequestRoundTrip(f *testing.F) {
 // FuzzDecodeInit: arbitrary init answers never panic, and accepted header
 // names are valid tokens.
 func FuzzDecodeInit(f *testing.F) {
-	f.Add(AppendInit(nil, []string{"X-Api-Key"}))
-	f.Add(AppendInitError(nil, "nope"))
-	f.Fuzz(func(t *testing.T, buf []byte) {
-		names, err := DecodeInit(buf)
+	f.Add(AppendInit(nil, AllFields, []string{"X-Api-Key"}), uint32(Version))
+	f.Add(AppendInit(nil, 0, []string{"X-Api-Key"})[1:], uint32(1))
+	f.Add(AppendInitError(nil, "nope"), uint32(Version))
+	f.Fuzz(func(t *testing.T, buf []byte, version uint32) {
+		in, err := DecodeInit(buf, version)
 		if err != nil {
 			return
 		}
-		for _, n := range names {
+		if in.Fields&^AllFields != 0 {
+			t.Fatalf("accepted fields %#02x", in.Fields)
+		}
+		for _, n := range in.Headers {
 			if !validToken([]byte(n)) {
 				t.Fatalf("accepted header name %q", n)
 			}

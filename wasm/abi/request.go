@@ -27,6 +27,43 @@ type Request struct {
 	Headers  []Header
 }
 
+// Fields is a set of the request's fields other than headers, which a guest
+// declares at init: the host sends the others empty. A guest that reads
+// less is cheaper to call, and the host's verdict cache then treats
+// requests that differ only in fields the guest ignores as the same.
+type Fields uint8
+
+// The fields, as bits of the init answer's fields byte.
+const (
+	FieldMethod Fields = 1 << iota
+	FieldHost
+	FieldPath
+	FieldQuery
+	FieldRemoteIP
+
+	AllFields = FieldMethod | FieldHost | FieldPath | FieldQuery | FieldRemoteIP
+)
+
+// Masked returns r with the fields outside f emptied.
+func (r Request) Masked(f Fields) Request {
+	if f&FieldMethod == 0 {
+		r.Method = ""
+	}
+	if f&FieldHost == 0 {
+		r.Host = ""
+	}
+	if f&FieldPath == 0 {
+		r.Path = ""
+	}
+	if f&FieldQuery == 0 {
+		r.Query = ""
+	}
+	if f&FieldRemoteIP == 0 {
+		r.RemoteIP = ""
+	}
+	return r
+}
+
 // Size returns the encoded length of r, so that a host can size the guest
 // buffer before encoding.
 func (r *Request) Size() int {

@@ -101,10 +101,10 @@ const (
 	initError = 1
 )
 
-// AppendInit appends a successful init answer declaring the request headers
-// the guest needs.
-func AppendInit(dst []byte, headers []string) []byte {
-	dst = append(dst, initOK)
+// AppendInit appends a successful init answer (version 2) declaring the
+// request fields and headers the guest needs.
+func AppendInit(dst []byte, fields Fields, headers []string) []byte {
+	dst = append(dst, initOK, byte(fields))
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(headers)))
 	for _, h := range headers {
 		dst = appendString(dst, h)
@@ -119,44 +119,62 @@ func AppendInitError(dst []byte, msg string) []byte {
 	return append(dst, msg...)
 }
 
-// DecodeInit decodes an init answer into the declared header names. A
+// Init is a decoded init answer.
+type Init struct {
+	Fields  Fields   // the request fields the guest reads
+	Headers []string // the header names it declared, as given
+}
+
+// DecodeInit decodes the init answer of a guest that speaks version. A
 // failed init yields an error wrapping ErrGuestFailure with the guest's
 // message. Names are checked to be HTTP tokens; duplicates are kept, the
-// host deduplicates after canonicalizing.
-func DecodeInit(buf []byte) ([]string, error) {
+// host deduplicates after canonicalizing. A version 1 answer has no fields
+// byte and asks for AllFields.
+func DecodeInit(buf []byte, version uint32) (Init, error) {
 	if len(buf) == 0 {
-		return nil, fmt.Errorf("%w: empty init answer", ErrTruncated)
+		return Init{}, fmt.Errorf("%w: empty init answer", ErrTruncated)
 	}
 	switch buf[0] {
 	case initOK:
 	case initError:
-		return nil, fmt.Errorf("%w: %s", ErrGuestFailure, Truncate(string(buf[1:]), 512))
+		return Init{}, fmt.Errorf("%w: %s", ErrGuestFailure, Truncate(string(buf[1:]), 512))
 	default:
-		return nil, fmt.Errorf("%w: %d", ErrBadStatus, buf[0])
+		return Init{}, fmt.Errorf("%w: %d", ErrBadStatus, buf[0])
 	}
-	d := decoder{buf: buf[1:]}
+	in := Init{Fields: AllFields}
+	buf = buf[1:]
+	if version >= 2 {
+		if len(buf) == 0 {
+			return Init{}, fmt.Errorf("%w: init answer without its fields byte", ErrTruncated)
+		}
+		if in.Fields = Fields(buf[0]); in.Fields&^AllFields != 0 {
+			return Init{}, fmt.Errorf("%w: %#02x", ErrBadFields, buf[0])
+		}
+		buf = buf[1:]
+	}
+	d := decoder{buf: buf}
 	n := d.u32()
 	if d.err != nil {
-		return nil, d.err
+		return Init{}, d.err
 	}
 	if n > MaxHeaders {
-		return nil, fmt.Errorf("%w: %d, max %d", ErrTooMany, n, MaxHeaders)
+		return Init{}, fmt.Errorf("%w: %d, max %d", ErrTooMany, n, MaxHeaders)
 	}
-	headers := make([]string, 0, n)
+	in.Headers = make([]string, 0, n)
 	for i := uint32(0); i < n; i++ {
 		b := d.bytes()
 		if d.err != nil {
-			return nil, d.err
+			return Init{}, d.err
 		}
 		if !validToken(b) {
-			return nil, fmt.Errorf("%w: %q", ErrBadHeader, Truncate(string(b), 64))
+			return Init{}, fmt.Errorf("%w: %q", ErrBadHeader, Truncate(string(b), 64))
 		}
-		headers = append(headers, string(b)) // copied: names outlive the buffer
+		in.Headers = append(in.Headers, string(b)) // copied: names outlive the buffer
 	}
 	if len(d.buf) != 0 {
-		return nil, fmt.Errorf("%w: %d bytes", ErrTrailing, len(d.buf))
+		return Init{}, fmt.Errorf("%w: %d bytes", ErrTrailing, len(d.buf))
 	}
-	return headers, nil
+	return in, nil
 }
 
 // validToken reports whether b is a non-empty RFC 9110 token of bounded

@@ -29,17 +29,49 @@ type Policy struct {
 	// Headers names the request headers Decide reads. The host sends only
 	// these, so that a request costs no more than the policy needs.
 	Headers []string
+	// Fields names the request fields Decide reads besides its headers:
+	// an OR of Method, Host, Path, Query and RemoteIP, or NoFields. The
+	// host sends the others empty, and its verdict cache then treats
+	// requests that differ only in them as one, so a policy keyed by
+	// headers alone should say NoFields. The zero value sends every field.
+	Fields Fields
 	// Init, if set, receives the policy's config string from the Caddyfile
 	// once per instance, before any request. An error fails the config
 	// load with its message.
 	Init func(config string) error
 	// Decide maps a request to a verdict. It runs on one request at a time
-	// per instance.
+	// per instance. Its verdict must depend on the request alone: the host
+	// answers a request identical to a recent one with the verdict Decide
+	// gave then, without calling it (see wasm/ABI.md; `cache off` in the
+	// Caddyfile for a policy that cannot follow this rule).
 	Decide func(r *Request) Verdict
 }
 
+// Fields is a set of request fields, for Policy.Fields.
+type Fields uint8
+
+// The request fields a policy can declare.
+const (
+	Method   = Fields(abi.FieldMethod)
+	Host     = Fields(abi.FieldHost)
+	Path     = Fields(abi.FieldPath)
+	Query    = Fields(abi.FieldQuery)
+	RemoteIP = Fields(abi.FieldRemoteIP)
+	// NoFields declares a policy that reads headers only.
+	NoFields Fields = 1 << 7
+)
+
+// wire returns the fields byte of the init answer.
+func (f Fields) wire() abi.Fields {
+	if f == 0 {
+		return abi.AllFields
+	}
+	return abi.Fields(f) & abi.AllFields
+}
+
 // Request is what the guest sees of an HTTP request: method, host, path,
-// query (raw, without '?'), the client's IP, and the declared headers.
+// query (raw, without '?'), the client's IP (each "" unless declared in
+// Policy.Fields), and the declared headers.
 //
 // # Notes
 //

@@ -37,7 +37,7 @@ func initPolicy(config string) (out []byte) {
 			return outBuf
 		}
 	}
-	outBuf = abi.AppendInit(outBuf[:0], registered.Headers)
+	outBuf = abi.AppendInit(outBuf[:0], registered.Fields.wire(), registered.Headers)
 	return outBuf
 }
 

@@ -26,6 +26,7 @@ func main() {}
 func init() {
 	guest.Register(guest.Policy{
 		Headers: []string{"X-API-Key"},
+		Fields:  guest.RemoteIP, // for requests without a key
 		Init: func(config string) error {
 			var err error
 			plans, err = guest.Pairs(config)

@@ -13,6 +13,7 @@ func main() {}
 func init() {
 	guest.Register(guest.Policy{
 		Headers: []string{"X-Tenant", "X-Region", "X-Client-Id"},
+		Fields:  guest.NoFields, // headers only: repeats hit the host's verdict cache whatever the path
 		Decide:  decide,
 	})
 }

@@ -20,6 +20,7 @@ func main() {}
 func init() {
 	guest.Register(guest.Policy{
 		Headers: []string{"Authorization"},
+		Fields:  guest.RemoteIP, // for requests without a token
 		Decide:  decide,
 	})
 }

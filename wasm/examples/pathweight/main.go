@@ -27,6 +27,7 @@ func main() {}
 
 func init() {
 	guest.Register(guest.Policy{
+		Fields: guest.Path | guest.RemoteIP,
 		Init:   configure,
 		Decide: decide,
 	})
