@@ -24,6 +24,7 @@ type embeddedCaddy struct {
 	path      string        // request path the zone limits
 	every     time.Duration // probe interval while waiting for a change
 	zonePol   string        // RateLimit-Policy of keys without an explicit bucket
+	globals   string        // its global options, for a reload with another site
 	cf        string        // the Caddyfile it runs
 }
 
@@ -49,6 +50,19 @@ func (e *embeddedCaddy) bucketKey(id string) string { return e.prefix + "buckets
 // keyed by X-API-Key with a default of 100/s, burst 50.
 func startEmbedded(t *testing.T, name string) *embeddedCaddy {
 	t.Helper()
+	return startEmbeddedSite(t, name, `edge_limit tenants {
+	key {http.request.header.X-API-Key}
+	rate 100/1s
+	burst 50
+}
+respond "ok" 200`, `"tenants";q=50;w=1`)
+}
+
+// startEmbeddedSite starts Caddy with the embedded etcd on free ports and
+// the given site, whose zone's RateLimit-Policy for keys without an
+// explicit bucket is zonePol; probes send X-API-Key.
+func startEmbeddedSite(t *testing.T, name, site, zonePol string) *embeddedCaddy {
+	t.Helper()
 	e2e.RequireEtcdctl(t)
 	c := e2e.NewCaddy(t, name)
 	clientPort, peerPort := e2e.FreePort(t), e2e.FreePort(t)
@@ -60,12 +74,6 @@ func startEmbedded(t *testing.T, name string) *embeddedCaddy {
 	}
 	instance_id %s
 }`, filepath.Join(c.Dir, "etcd"), e2e.HostPort(clientPort), e2e.HostPort(peerPort), name)
-	site := `edge_limit tenants {
-	key {http.request.header.X-API-Key}
-	rate 100/1s
-	burst 50
-}
-respond "ok" 200`
 	e := &embeddedCaddy{
 		Caddy:     c,
 		endpoints: []string{"http://" + e2e.HostPort(clientPort)},
@@ -73,7 +81,8 @@ respond "ok" 200`
 		header:    apiKeyHeader,
 		path:      "/",
 		every:     20 * time.Millisecond,
-		zonePol:   `"tenants";q=50;w=1`,
+		zonePol:   zonePol,
+		globals:   globals,
 		cf:        c.Caddyfile(globals, site),
 	}
 	c.Start(e.cf)
