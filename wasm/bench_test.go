@@ -358,3 +358,57 @@ func buildGoSource(b *testing.B, src string) []byte {
 	}
 	return wasmtest.Go(b, file)
 }
+
+// BenchmarkDecideCold times one uncached call with the CPU caches warm (the
+// call repeated back to back, as the other benchmarks do) and cold (16 MiB
+// written between calls, outside the timing, which evicts the caches and
+// TLBs as a busy Caddy's own work partly does). It shows why a call costs
+// several times more in Caddy than in these loops: the host's path
+// (pool, guest memory, wazero's call, the deadline timer) and the guest's
+// code and memory are many cache lines apart. For the WAT guest, each
+// deadline mechanism; for the Go composite example, the shipped one.
+func BenchmarkDecideCold(b *testing.B) {
+	wat := func(b *testing.B) []byte { return wasmtest.WAT(b, "good") }
+	composite := func(b *testing.B) []byte { return wasmtest.Example(b, "composite") }
+	junk := make([]byte, 16<<20)
+	for _, c := range []struct {
+		name string
+		bin  func(b *testing.B) []byte
+		dl   deadline
+	}{
+		{"guest=wat-constant/deadline=" + deadlineInterrupt.String(), wat, deadlineInterrupt},
+		{"guest=wat-constant/deadline=" + deadlineNone.String(), wat, deadlineNone},
+		{"guest=go-composite/deadline=" + deadlineInterrupt.String(), composite, deadlineInterrupt},
+	} {
+		for _, cold := range []bool{false, true} {
+			name := c.name + "/caches=warm"
+			if cold {
+				name = c.name + "/caches=cold"
+			}
+			b.Run(name, func(b *testing.B) {
+				m, err := load(context.Background(), c.bin(b), Config{Timeout: time.Second, NoCache: true}, c.dl)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer m.Close(context.Background())
+				lat := make([]time.Duration, 0, 1<<16)
+				for b.Loop() {
+					if cold {
+						for i := 0; i < len(junk); i += 64 {
+							junk[i]++
+						}
+					}
+					start := time.Now()
+					if _, err := m.Decide(&benchReq); err != nil {
+						b.Fatal(err)
+					}
+					if d := time.Since(start); len(lat) < cap(lat) {
+						lat = append(lat, d)
+					}
+				}
+				slices.Sort(lat)
+				b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), "p50-ns")
+			})
+		}
+	}
+}
