@@ -14,8 +14,8 @@ import (
 // it was given, so that a request identical to a recent one is answered
 // without calling the guest. The ABI makes this sound: edgelimit_decide
 // must be a function of its request buffer (wasm/ABI.md), and the host
-// gives guests no clock and no state that survives an instance's
-// replacement, so a verdict cannot depend on anything else.
+// gives guests no real clock and no state that survives an instance's
+// replacement, so a well-behaved verdict depends on nothing else.
 //
 // Why it exists: a Go guest's call costs ~1 us in process and several
 // times that in a busy Caddy, where its compiled code and linear memory
