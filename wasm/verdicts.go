@@ -69,7 +69,9 @@ func (c *verdictCache) lookup(h uint64, req []byte) (Result, bool) {
 // store caches the guest's verdict r for req, whose hash is h, and
 // returns it copied out of guest memory. The request and the key share one
 // allocation, so a miss costs two (that and the entry) where an uncached
-// call costs one.
+// call costs one; a caller that keeps the key keeps those request bytes
+// (at most maxCachedRequest) alive too, which the handler does not (the
+// limiter holds key hashes).
 func (c *verdictCache) store(h uint64, req []byte, r abi.Result) Result {
 	b := make([]byte, len(req)+len(r.Key))
 	copy(b, req)
