@@ -366,10 +366,10 @@ func buildGoSource(b *testing.B, src string) []byte {
 // several times more in Caddy than in these loops: the host's path
 // (pool, guest memory, wazero's call, the deadline timer) and the guest's
 // code and memory are many cache lines apart. For the WAT guest, each
-// deadline mechanism; for the Go composite example, the shipped one.
+// deadline mechanism; for the Go apikey example, the shipped one.
 func BenchmarkDecideCold(b *testing.B) {
 	wat := func(b *testing.B) []byte { return wasmtest.WAT(b, "good") }
-	composite := func(b *testing.B) []byte { return wasmtest.Example(b, "composite") }
+	apikey := func(b *testing.B) []byte { return wasmtest.Example(b, "apikey") }
 	junk := make([]byte, 16<<20)
 	for _, c := range []struct {
 		name string
@@ -378,7 +378,7 @@ func BenchmarkDecideCold(b *testing.B) {
 	}{
 		{"guest=wat-constant/deadline=" + deadlineInterrupt.String(), wat, deadlineInterrupt},
 		{"guest=wat-constant/deadline=" + deadlineNone.String(), wat, deadlineNone},
-		{"guest=go-composite/deadline=" + deadlineInterrupt.String(), composite, deadlineInterrupt},
+		{"guest=go-apikey/deadline=" + deadlineInterrupt.String(), apikey, deadlineInterrupt},
 	} {
 		for _, cold := range []bool{false, true} {
 			name := c.name + "/caches=warm"
@@ -386,7 +386,7 @@ func BenchmarkDecideCold(b *testing.B) {
 				name = c.name + "/caches=cold"
 			}
 			b.Run(name, func(b *testing.B) {
-				m, err := load(context.Background(), c.bin(b), Config{Timeout: time.Second, NoCache: true}, c.dl)
+				m, err := load(context.Background(), c.bin(b), Config{Config: benchConfig, Timeout: time.Second, NoCache: true}, c.dl)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -399,8 +399,8 @@ func BenchmarkDecideCold(b *testing.B) {
 						}
 					}
 					start := time.Now()
-					if _, err := m.Decide(&benchReq); err != nil {
-						b.Fatal(err)
+					if res, err := m.Decide(&benchReq); err != nil || (res.Key != "gold:acme" && res.Key != "wat") {
+						b.Fatal(res, err)
 					}
 					if d := time.Since(start); len(lat) < cap(lat) {
 						lat = append(lat, d)
