@@ -104,7 +104,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.MaxRequestLen = DefaultMaxRequestLen
 	}
 	if c.CacheEntries < 0 || c.CacheEntries > maxCacheEntries {
-		return c, fmt.Errorf("%w: cache_entries %d not in [0, %d]", ErrConfig, c.CacheEntries, maxCacheEntries)
+		return c, fmt.Errorf("%w: cache of %d entries not in [1, %d]", ErrConfig, c.CacheEntries, maxCacheEntries)
 	}
 	if c.CacheEntries == 0 {
 		c.CacheEntries = DefaultCacheEntries

@@ -120,6 +120,8 @@ func TestConfigValidation(t *testing.T) {
 		{MaxKeyLen: -1},
 		{MaxRequestLen: -1},
 		{MaxMemoryPages: 65537},
+		{CacheEntries: -1},
+		{CacheEntries: maxCacheEntries + 1},
 	} {
 		if _, err := Load(context.Background(), b, cfg); !errors.Is(err, ErrConfig) {
 			t.Errorf("%+v: err = %v, want %v", cfg, err, ErrConfig)
