@@ -21,8 +21,8 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "edge-limit",
-		Usage: "buckets list|get|put|delete [flags]",
-		Short: "Manages edgelimit's explicit buckets in etcd",
+		Usage: "buckets list|get|put|delete [flags] | policy test <module.wasm> [flags]",
+		Short: "Manages edgelimit's explicit buckets in etcd and checks WASM policies",
 		Long: `Manages the explicit buckets that every edge_limit instance enforces.
 
 The buckets live in etcd under <prefix>buckets/<id> as JSON, e.g.
@@ -36,11 +36,17 @@ write is a value every instance accepts.
   caddy edge-limit buckets put acme '{"rate":10,"per":"1m","burst":20,"shadow":true}'
   caddy edge-limit buckets delete acme
 
+"policy test" loads a WASM key policy as the policy wasm directive does and
+prints its verdict for one request (no etcd needed):
+
+  caddy edge-limit policy test apikey.wasm --config "acme=gold default=free" \
+      --header "X-API-Key: acme_123"
+
 Connection flags default from EDGELIMIT_ETCD_ENDPOINTS, EDGELIMIT_ETCD_PREFIX,
 EDGELIMIT_ETCD_USERNAME and EDGELIMIT_ETCD_PASSWORD (prefer the variable to
 --password, which other users can see in the process list).`,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(newBucketsCommand())
+			cmd.AddCommand(newBucketsCommand(), newPolicyCommand())
 		},
 	})
 }

@@ -211,6 +211,9 @@ func (p *WASM) onErrorVerdict(r *http.Request) Verdict {
 // Headers returns the canonical names of the headers the module declared.
 func (p *WASM) Headers() []string { return p.headers }
 
+// Fields returns the request fields the module declared it reads.
+func (p *WASM) Fields() abi.Fields { return p.mod.Fields() }
+
 // Stats returns the module's error and instance counters, for metrics.
 func (p *WASM) Stats() wasm.Stats { return p.mod.Stats() }
 

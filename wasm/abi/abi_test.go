@@ -174,6 +174,19 @@ func TestInit(t *testing.T) {
 	}
 }
 
+func TestFieldsString(t *testing.T) {
+	for f, want := range map[Fields]string{
+		0:                          "none",
+		AllFields:                  "method, host, path, query, remote_ip",
+		FieldPath | FieldRemoteIP:  "path, remote_ip",
+		FieldMethod | Fields(1<<6): "method, unknown(0x40)",
+	} {
+		if got := f.String(); got != want {
+			t.Errorf("Fields(%#02x).String() = %q, want %q", uint8(f), got, want)
+		}
+	}
+}
+
 func TestMasked(t *testing.T) {
 	r := Request{Method: "GET", Host: "h", Path: "/p", Query: "q", RemoteIP: "ip", Headers: []Header{{"X-A", "1"}}}
 	if got := r.Masked(AllFields); !reflect.DeepEqual(got, r) {

@@ -3,6 +3,7 @@ package abi
 import (
 	"encoding/binary"
 	"fmt"
+	"strings"
 	"unsafe"
 )
 
@@ -43,6 +44,23 @@ const (
 
 	AllFields = FieldMethod | FieldHost | FieldPath | FieldQuery | FieldRemoteIP
 )
+
+// String lists the fields by their ABI.md names, or says "none".
+func (f Fields) String() string {
+	var names []string
+	for i, name := range []string{"method", "host", "path", "query", "remote_ip"} {
+		if f&(1<<i) != 0 {
+			names = append(names, name)
+		}
+	}
+	if f&^AllFields != 0 {
+		names = append(names, fmt.Sprintf("unknown(%#02x)", uint8(f&^AllFields)))
+	}
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, ", ")
+}
 
 // Masked returns r with the fields outside f emptied.
 func (r Request) Masked(f Fields) Request {
