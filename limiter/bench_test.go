@@ -2,8 +2,8 @@ package limiter
 
 // Benchmarks: this engine against golang.org/x/time/rate behind a sync.Map
 // (the usual way to build per-key limiting with it), on one hot key, 1M keys
-// and 10M keys, with b.RunParallel. See BENCHMARKS.md for the figures
-// and the command.
+// and 10M keys, on every core (see parallel). See BENCHMARKS.md for the
+// figures and the command.
 
 import (
 	"fmt"
@@ -126,15 +126,38 @@ func reportCPU(b *testing.B, start time.Duration) {
 	b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
 }
 
+// parallel runs body on GOMAXPROCS goroutines that share b.N iterations,
+// each told its count. It replaces b.RunParallel, whose per-goroutine state
+// (testing.PB, 32 bytes, written by every pb.Next) can land in one cache
+// line with another goroutine's: every operation then pays a cache-line
+// transfer between cores, which made the hot-key figures bimodal (10 ns or
+// 29 ns for the same denial, by allocation luck; BENCHMARKS.md).
+func parallel(b *testing.B, body func(iters int)) {
+	procs := runtime.GOMAXPROCS(0)
+	var wg sync.WaitGroup
+	for g := range procs {
+		n := b.N / procs
+		if g < b.N%procs {
+			n++
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body(n)
+		}()
+	}
+	wg.Wait()
+}
+
 func benchHot(b *testing.B, allow func(time.Time) bool) {
 	b.ReportAllocs()
 	defer reportCPU(b, cpuTime())
 	var admitted atomic.Int64
-	b.RunParallel(func(pb *testing.PB) {
+	parallel(b, func(iters int) {
 		now := time.Now()
-		n, i := int64(0), 0
-		for pb.Next() {
-			if i++; i&255 == 0 {
+		n := int64(0)
+		for i := 1; i <= iters; i++ {
+			if i&255 == 0 {
 				now = time.Now()
 			}
 			if allow(now) {
@@ -250,12 +273,12 @@ func benchMany(b *testing.B, keys []string, allow func(string, time.Time) bool) 
 	b.ResetTimer()
 	defer reportCPU(b, cpuTime())
 	var denied atomic.Int64
-	b.RunParallel(func(pb *testing.PB) {
+	parallel(b, func(iters int) {
 		i := int(offsets.Add(7919*104729) % uint64(len(keys)))
 		now := time.Now()
-		d, c := int64(0), 0
-		for pb.Next() {
-			if c++; c&255 == 0 {
+		d := int64(0)
+		for c := 1; c <= iters; c++ {
+			if c&255 == 0 {
 				now = time.Now()
 			}
 			if !allow(keys[i], now) {
@@ -304,8 +327,8 @@ func BenchmarkAllowClock(b *testing.B) {
 		defer l.Close()
 		must(b, l.CreateBucketConfig("hot", cfg))
 		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
+		parallel(b, func(iters int) {
+			for range iters {
 				l.Allow("hot")
 			}
 		})
@@ -315,8 +338,8 @@ func BenchmarkAllowClock(b *testing.B) {
 		defer l.Close()
 		must(b, l.CreateBucketConfig("hot", cfg))
 		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
+		parallel(b, func(iters int) {
+			for range iters {
 				l.AllowN("hot", time.Now(), 1)
 			}
 		})
