@@ -16,7 +16,7 @@ import (
 // an add that loses a compare-and-swap on its stripe changes the salt,
 // which moves every goroutine to another stripe, so two goroutines that
 // collide are soon apart. (With the address alone, two goroutines shared a
-// stripe one time in eight, and a hot bucket's denials then cost ~4x:
+// stripe one time in eight, and a hot bucket's denials then cost ~2.6x:
 // BENCHMARKS.md.) A read sums all.
 type demandCounter struct {
 	n       atomic.Uint64
