@@ -201,19 +201,21 @@ func (s *Syncer) Start(ctx context.Context) error {
 	if !started {
 		return ErrStarted
 	}
+	var refused error
 	select {
-	case err := <-s.refused:
-		return fmt.Errorf("etcdsync: connecting to etcd: %w", err)
+	case refused = <-s.refused:
 	case <-s.ready:
 		select { // a refusal also applies the snapshot: report it all the same
-		case err := <-s.refused:
-			return fmt.Errorf("etcdsync: connecting to etcd: %w", err)
+		case refused = <-s.refused:
 		default:
-			return nil
 		}
 	case <-ctx.Done():
 		return fmt.Errorf("etcdsync: waiting for the initial bucket set under %q: %w", s.prefix, ctx.Err())
 	}
+	if refused != nil {
+		return fmt.Errorf("etcdsync: connecting to etcd: %w", refused)
+	}
+	return nil
 }
 
 // Stop cancels every watch and request, waits for the syncer's goroutines
