@@ -15,11 +15,7 @@ for tool in etcd etcdctl wrk wat2wasm; do
 done
 if [ -n "$missing" ]; then
 	echo "== installing test tools (missing:$missing)"
-	sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-	$sudo apt-get update
-	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends etcd-server etcd-client wrk wabt
-	# Debian may start an etcd service on install; the tests run their own.
-	$sudo pkill -x etcd 2>/dev/null || true
+	tests/install-tools.sh
 fi
 
 echo "== gofmt"

@@ -18,6 +18,9 @@ var (
 	ErrInvalidCost     = errors.New("limiter: invalid cost")
 	ErrBucketExists    = errors.New("limiter: bucket already exists")
 	ErrBucketNotFound  = errors.New("limiter: bucket not found")
+	ErrInvalidPlanName = errors.New("limiter: invalid plan name")
+	ErrPlanNotFound    = errors.New("limiter: plan not found")
+	ErrPlanInUse       = errors.New("limiter: plan in use")
 )
 
 // Bounds on configs. They keep every product in the token arithmetic inside
@@ -162,22 +165,37 @@ func (c Config) Window() time.Duration {
 	return time.Duration(q)
 }
 
+// ValidatePlanName checks a plan name by the rules of ValidateBucketID.
+func ValidatePlanName(name string) error {
+	if err := validateName(name); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidPlanName, err)
+	}
+	return nil
+}
+
 // ValidateBucketID checks an explicit bucket ID: non-empty, at most
 // MaxBucketIDLen bytes, valid UTF-8 and free of control characters (they
 // would corrupt logs and etcd key listings).
 func ValidateBucketID(id string) error {
+	if err := validateName(id); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidBucketID, err)
+	}
+	return nil
+}
+
+func validateName(id string) error {
 	if id == "" {
-		return fmt.Errorf("%w: empty", ErrInvalidBucketID)
+		return errors.New("empty")
 	}
 	if len(id) > MaxBucketIDLen {
-		return fmt.Errorf("%w: %d bytes, longer than %d", ErrInvalidBucketID, len(id), MaxBucketIDLen)
+		return fmt.Errorf("%d bytes, longer than %d", len(id), MaxBucketIDLen)
 	}
 	if !utf8.ValidString(id) {
-		return fmt.Errorf("%w: %q is not valid UTF-8", ErrInvalidBucketID, id)
+		return fmt.Errorf("%q is not valid UTF-8", id)
 	}
 	for _, r := range id {
 		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			return fmt.Errorf("%w: %q contains control character %U", ErrInvalidBucketID, id, r)
+			return fmt.Errorf("%q contains control character %U", id, r)
 		}
 	}
 	return nil

@@ -82,6 +82,7 @@ type engine struct {
 	clockFn  func() time.Time
 	clk      *coarseClock
 	explicit explicitSet
+	plans    plans
 	dyn      *dynamicSet // nil without WithDefault
 
 	closeOnce sync.Once
@@ -202,6 +203,7 @@ func (l *Limiter) DeleteBucket(bucketID string) error {
 	if !l.e.explicit.delete(l.e.hash(bucketID), bucketID) {
 		return fmt.Errorf("%w: %q", ErrBucketNotFound, bucketID)
 	}
+	l.leavePlan(bucketID)
 	return nil
 }
 
@@ -246,7 +248,16 @@ func (l *Limiter) UpdateBucketConfig(bucketID string, c Config) error {
 
 // PutBucketConfig creates the explicit bucket (full) or updates its config
 // keeping its tokens, as UpdateBucketConfig does. created reports which.
+// A bucket on a plan leaves it.
 func (l *Limiter) PutBucketConfig(bucketID string, c Config) (created bool, err error) {
+	created, err = l.putBucketConfig(bucketID, c)
+	if err == nil {
+		l.leavePlan(bucketID)
+	}
+	return created, err
+}
+
+func (l *Limiter) putBucketConfig(bucketID string, c Config) (created bool, err error) {
 	if err := ValidateBucketID(bucketID); err != nil {
 		return false, err
 	}
