@@ -182,6 +182,7 @@ type manyFixture struct {
 	// bytes per bucket, measured when the buckets were created: Go heap plus
 	// the engine's mapped tables, and the growth of the resident set
 	bytes, rssBytes float64
+	createNs        float64 // explicit: CreateBucketConfig, ns per bucket
 }
 
 var (
@@ -211,6 +212,17 @@ func manyKeys(b *testing.B, n int, impl string) *manyFixture {
 		if s := f.engine.Stats(); s.DynamicBuckets != int64(n) {
 			b.Fatalf("%d buckets, want %d", s.DynamicBuckets, n)
 		}
+	case "explicit":
+		f.engine = New()
+		start := time.Now()
+		for _, k := range f.keys {
+			must(b, f.engine.CreateBucketConfig(k, manyCfg))
+		}
+		f.createNs = float64(time.Since(start).Nanoseconds()) / float64(n)
+		f.bytes = float64(memInUse()-before+uint64(f.engine.e.explicit.slabs.stats())) / float64(n)
+		if s := f.engine.Stats(); s.ExplicitBuckets != int64(n) {
+			b.Fatalf("%d buckets, want %d", s.ExplicitBuckets, n)
+		}
 	case "xrate":
 		f.xrate = &xrateSet{limit: rate.Limit(manyCfg.Rate.PerSecondFloat()), burst: int(manyCfg.Burst)}
 		for _, k := range f.keys {
@@ -239,6 +251,14 @@ func BenchmarkManyKeys(b *testing.B) {
 			b.ReportMetric(f.bytes, "B/bucket")
 			b.ReportMetric(f.rssBytes, "rss-B/bucket")
 		})
+		b.Run(name+"/explicit", func(b *testing.B) {
+			f := manyKeys(b, n, "explicit")
+			l := f.engine
+			benchMany(b, f.keys, func(k string, now time.Time) bool { d, _ := l.AllowN(k, now, 1); return d.Allowed })
+			b.ReportMetric(f.bytes, "B/bucket")
+			b.ReportMetric(f.rssBytes, "rss-B/bucket")
+			b.ReportMetric(f.createNs, "create-ns/bucket")
+		})
 		b.Run(name+"/xrate", func(b *testing.B) {
 			f := manyKeys(b, n, "xrate")
 			x := f.xrate
@@ -259,7 +279,11 @@ func dropFixturesLocked() {
 	for k, f := range fixtures {
 		if f.engine != nil {
 			f.engine.Close()
-			f.engine.e.dyn.ar.unmapAll() // nothing uses it any more
+			// Nothing uses them any more.
+			f.engine.e.explicit.slabs.unmapAll()
+			if f.engine.e.dyn != nil {
+				f.engine.e.dyn.ar.unmapAll()
+			}
 		}
 		delete(fixtures, k)
 	}

@@ -237,8 +237,8 @@ func TestShardPadding(t *testing.T) {
 	if s := unsafe.Sizeof(dshard{}); s%128 != 0 {
 		t.Errorf("dshard is %d bytes, want a multiple of 128", s)
 	}
-	if s := unsafe.Sizeof(eshard{}); s%64 != 0 {
-		t.Errorf("eshard is %d bytes, want a multiple of 64", s)
+	if s := unsafe.Sizeof(eshard{}); s%128 != 0 {
+		t.Errorf("eshard is %d bytes, want a multiple of 128", s)
 	}
 	var d dynamicSet
 	if off := uintptr(unsafe.Pointer(&d.shards[1])) - uintptr(unsafe.Pointer(&d.shards[0])); off != unsafe.Sizeof(dshard{}) {

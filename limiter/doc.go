@@ -21,9 +21,11 @@
 //
 // Explicit buckets (CreateBucket, UpdateBucket, PutBucketConfig, ...) are
 // named, configured one by one (from etcd, an admin API), and take
-// precedence. With WithDefault, any other key gets a dynamic bucket from the
-// template on first use: this is how a per-client-IP limit works. Updates
-// keep a bucket's tokens, clamped to the new burst: an update never refills;
+// precedence. A plan (PutPlan) is a named config that many explicit
+// buckets share (PutBucketPlan); changing it re-configures all of them.
+// With WithDefault, any other key gets a dynamic bucket from the template
+// on first use: this is how a per-client-IP limit works. Updates keep a
+// bucket's tokens, clamped to the new burst: an update never refills;
 // delete then create starts full. Every decision is made under one whole
 // config (Decision.Config), never a half-applied one.
 //
@@ -44,18 +46,27 @@
 // decision against a reference written with math/big rationals, by fuzzing
 // (go test -fuzz FuzzModel) and by thousands of random sequences.
 //
-// # Dynamic buckets: hashing, collisions, memory
+// # Memory, hashing and collisions
 //
-// Dynamic buckets are stored without their keys: a slot is a 64-bit hash of
-// the key and the TAT relative to the shard's time floor, 16 bytes, in 256
-// open-addressing tables kept 3/16 to 3/4 full; with the shards' fixed cost
-// that is about 27 bytes per live bucket at 10M buckets (bench_test.go
-// reports B/bucket). Keys are hashed with hash/maphash and a per-process
-// random seed, so a client cannot pick keys that land in one shard or
-// collide. The trade-off: two keys with the same 64-bit hash share a
-// bucket. Among k live keys the chance that any pair collides is about
-// k²/2⁶⁵ (3·10⁻⁶ at 10M live keys), and a collision only makes two clients
-// share a limit; it never lets one exceed its own.
+// Both kinds of bucket live in open-addressing tables without their keys.
+// A dynamic bucket is a 16-byte slot: a 64-bit hash of the key and the TAT
+// relative to its shard's time floor, in 256 tables kept 3/16 to 3/4 full.
+// An explicit bucket is a 24-byte slot: the hash, a 40-bit fingerprint of
+// the ID (a second hash under an independent seed) with the index of its
+// config in a table of shared configs, and the TAT; 64 tables kept 60% to
+// 75% full, sized to the page and packed into huge-page mappings outside
+// the Go heap (see explicit.go and slabs.go). bench_test.go reports bytes
+// per bucket for both; BENCHMARKS.md has the figures.
+//
+// Hashes are hash/maphash with per-process random seeds, so a client
+// cannot pick keys that land in one shard or collide. Two dynamic keys with
+// the same 64-bit hash share a bucket: among k live keys the chance that
+// any pair does is about k²/2⁶⁵, and it only makes two clients share a
+// limit. Explicit buckets are told apart by 104 bits (hash and
+// fingerprint): among k buckets the chance that any two collide is about
+// k²/2¹⁰⁵ (3·10⁻¹⁸ at 10M), so one tenant never gets another's limit at
+// any size this engine holds. The engine does not keep explicit IDs:
+// callers that list or snapshot buckets keep them (etcdsync does).
 //
 // # Eviction
 //
@@ -69,21 +80,25 @@
 // guarantee above for the times the engine evaluated. A background
 // goroutine (stopped by Close) sweeps a few shards every 250ms, and a
 // table that is about to grow is swept first, so memory follows the live
-// keys, not every key ever seen. Explicit buckets are never evicted.
+// keys, not every key ever seen. Explicit buckets are never evicted: their
+// shards' floors trail requests by as much as the arithmetic allows
+// (decades for usual rates; see explicit.go), so the skew tolerance does
+// not apply to them.
 //
 // # Concurrency
 //
-// No global lock. Explicit buckets: a copy-on-write index (lock-free
-// reads) and a per-bucket state word updated by compare-and-swap; a config
-// change publishes a new immutable state. Dynamic buckets: per-shard
-// mutexes for writers and a seqlock for readers, so a request that is
-// denied (the common case on a hot key) only reads shared memory. Shards are
-// padded to 128 bytes.
+// No global lock on the request path. Each shard has a mutex for writers
+// and a sequence number (seqlock) that is odd while a writer restructures
+// its table, moves its floor or changes a bucket's config. A decision
+// first reads optimistically, without the mutex: a denial or a query whose
+// sequence number did not change meanwhile is answered from shared memory
+// only read, so a hot key that is being denied scales across cores. A
+// request that takes tokens redoes its lookup under the mutex. Changes to
+// explicit buckets, plans and the config table are serialized by one admin
+// mutex, taken before any shard mutex and never on the request path.
+// Shards are padded to 128 bytes.
 //
-// A decision does not allocate. The one exception is off the fast path: an
-// explicit bucket keeps its TAT relative to a base time, and a request
-// more than 2⁶¹/t ns away from that base (73 years at t = 1, 2.3 s at t near
-// 10⁹) moves the base, publishing a new 48-byte state.
+// A decision never allocates, except to build an ErrInvalidCost error.
 //
 // # Clock
 //

@@ -119,8 +119,6 @@ func (d *dynamicSet) decide(h uint64, now, n int64) result {
 		h = 1
 	}
 	p := d.p
-	need := uint64(n) * uint64(p.p)
-	w := uint64(p.w)
 	// Optimistic, read-only attempt.
 	var hint *dentry
 	seq := sh.seq.Load()
@@ -136,17 +134,9 @@ func (d *dynamicSet) decide(h uint64, now, n int64) result {
 				e := &t.e[i]
 				eh := atomic.LoadUint64(&e.h)
 				if eh == h {
-					var diff uint64
-					if s := atomic.LoadUint64(&e.s); s > nowU {
-						diff = s - nowU
-					}
-					if diff > w-need {
+					if r, _ := p.take(atomic.LoadUint64(&e.s), nowU, n); !r.allowed || n == 0 {
 						if sh.seq.Load() == seq {
-							return result{after: int64(diff), retry: int64(diff - (w - need))}
-						}
-					} else if n == 0 {
-						if sh.seq.Load() == seq {
-							return result{allowed: true, after: int64(diff)}
+							return r
 						}
 					} else {
 						hint = e // the locked path can skip the probe
@@ -170,7 +160,6 @@ func (d *dynamicSet) decide(h uint64, now, n int64) result {
 func (d *dynamicSet) decideLocked(sh *dshard, h uint64, now, n int64, hint *dentry, seq uint64) result {
 	p := d.p
 	need := uint64(n) * uint64(p.p)
-	w := uint64(p.w)
 	sh.mu.Lock()
 	if !sh.init {
 		sh.init = true
@@ -209,17 +198,9 @@ func (d *dynamicSet) decideLocked(sh *dshard, h uint64, now, n int64, hint *dent
 	}
 	var r result
 	if e != nil {
-		var diff uint64
-		if e.s > nowU {
-			diff = e.s - nowU
-		}
-		if diff <= w-need {
-			if n > 0 {
-				atomic.StoreUint64(&e.s, nowU+diff+need)
-			}
-			r = result{allowed: true, after: int64(diff + need)}
-		} else {
-			r = result{after: int64(diff), retry: int64(diff - (w - need))}
+		var next uint64
+		if r, next = p.take(e.s, nowU, n); next != e.s {
+			atomic.StoreUint64(&e.s, next)
 		}
 	} else {
 		// A new key: the bucket is full.

@@ -2,272 +2,424 @@ package limiter
 
 import (
 	"math"
-	"strings"
+	"math/bits"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 )
 
-// Explicit buckets: thousands of named buckets (API keys, tenants) whose
-// configs come from etcd or an admin API. Reads are lock-free:
+// Explicit buckets: up to tens of millions of named buckets (API keys,
+// tenants) whose configs come from etcd or the Go API. They cost about
+// what dynamic buckets do: one 24-byte slot in an open-addressing table,
 //
-//   - the ID -> bucket index is sharded; each shard is an open-addressing
-//     table written under the shard's mutex and read without it (see
-//     etable);
-//   - a bucket's config and TAT live together in an immutable-config state
-//     (estate); the TAT word is updated by compare-and-swap, so a decision is
-//     always made under exactly one config: never a half-applied one.
+//	eslot{h: 64-bit seeded hash of the ID,
+//	      meta: 40-bit fingerprint of the ID | demand flag | 23-bit config index,
+//	      s: TAT in units of 1/t ns past the shard's floor (0: full)}
 //
-// A config change or a rebase (see stepSlow) freezes the old state's TAT
-// word (sFrozen, which is never a valid TAT) and publishes a new state;
-// a decision whose CAS fails on the frozen word retries on the new state.
+// in 64 shards whose tables are kept 60-75% full. The ID itself is not
+// kept: a bucket is found by h and confirmed by the fingerprint, a second
+// hash of the ID under an independent seed. Two IDs share a bucket only if
+// both 64-bit h and 40-bit fingerprint agree: among k buckets the chance
+// that any two do is about k²/2¹⁰⁵ (3·10⁻¹⁸ at 10M, 3·10⁻¹⁶ at 100M), and a
+// request with an ID that is not a bucket finds one by accident with
+// probability k/2¹⁰⁴ (10⁻²⁴ at 10M). Both seeds are random per process,
+// so nobody can aim for a collision. Callers that need the IDs (to list
+// or snapshot them) keep them: etcdsync does.
+//
+// Configs are shared by index (configs.go). The demand counter, which only
+// global buckets need, lives out of line (see Demand).
+//
+// Time. As in the dynamic tables (see dynamic.go), a TAT is kept relative
+// to its shard's floor, in the units of its own config. Explicit buckets
+// are never evicted, so the floor trails requests by as much as the
+// arithmetic allows and moves only when it must: (now - floor)·t must fit
+// in 2⁶¹, which is 73 years for t = 1 (t is the rate's token count in
+// lowest terms over its period in ns: 1 for 100/s, 1/min, 2.5/s) and about
+// 2 s for the rare rates whose t is near 10⁹. The floor starts half that
+// range before the shard's first decision and, when a request is dated
+// past the range, moves to half the range before it. A request dated
+// before the floor is decided as if dated at the floor, which never admits
+// more.
+//
+// Concurrency, as in the dynamic tables: a shard's mutex serializes
+// writers (admitted requests, config changes, inserts and deletes) and a
+// sequence number, odd while a writer restructures the table or changes a
+// slot's config, lets a denial or a query decide without writing shared
+// memory. An insert fills a slot's state before its h, so a reader that
+// sees the h sees the rest. Structural changes (admin operations) are
+// serialized by engine.admin, taken before any shard mutex.
 
 const (
 	eShardBits = 6
 	eShards    = 1 << eShardBits
-	// sFrozen marks a state that has been replaced.
-	sFrozen = math.MaxInt64
+	eMinTable  = 16
+	fpShift    = cfgBits + 1
+	demandFlag = 1 << cfgBits
+	cfgMask    = demandFlag - 1
 )
 
-type estate struct {
-	p    *params
-	base int64
-	s    atomic.Int64 // TAT = base + s/p.t ns, or sFull, or sFrozen
+type eslot struct {
+	h    uint64 // 0: empty; atomic access
+	meta uint64 // fingerprint<<fpShift | demandFlag | config index; atomic access
+	s    uint64 // TAT = floor + s/t ns; atomic access
 }
 
-type ebucket struct {
-	id     string
-	mu     sync.Mutex // serializes state replacement
-	cur    atomic.Pointer[estate]
-	demand demandCounter
-}
-
-func newEBucket(id string, p *params) *ebucket {
-	b := &ebucket{id: id}
-	st := &estate{p: p}
-	st.s.Store(sFull)
-	b.cur.Store(st)
-	return b
-}
-
-// decide makes a decision on the bucket; over reports n > burst (the
-// decision is then a query). It counts n as demand.
-func (b *ebucket) decide(now, n int64) (r result, p *params, over bool) {
-	if n > 0 {
-		b.demand.add(n)
-	}
-	for {
-		st := b.cur.Load()
-		if n > st.p.burst {
-			r, p, _ = b.decide(now, 0)
-			return r, p, true
-		}
-		v := st.s.Load()
-		if v == sFrozen {
-			b.mu.Lock() // wait for the replacement to be published
-			b.mu.Unlock()
-			continue
-		}
-		r, next, ok := st.p.stepFast(tat{base: st.base, s: v}, now, n)
-		if !ok {
-			if r, p, ok := b.decideSlow(st, now, n); ok {
-				return r, p, false
-			}
-			continue
-		}
-		if next.s == v || st.s.CompareAndSwap(v, next.s) {
-			return r, st.p, false
-		}
-	}
-}
-
-// decideSlow rebases the bucket on now under its mutex. ok is false if the
-// state was replaced meanwhile (the caller retries).
-func (b *ebucket) decideSlow(st *estate, now, n int64) (result, *params, bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.cur.Load() != st {
-		return result{}, nil, false
-	}
-	v := st.freeze()
-	r, next := st.p.step(tat{base: st.base, s: v}, now, n)
-	ns := &estate{p: st.p, base: next.base}
-	ns.s.Store(next.s)
-	b.cur.Store(ns)
-	return r, st.p, true
-}
-
-// freeze marks st replaced and returns its last TAT word. The caller holds
-// the bucket's mutex.
-func (st *estate) freeze() int64 {
-	for {
-		v := st.s.Load()
-		if st.s.CompareAndSwap(v, sFrozen) {
-			return v
-		}
-	}
-}
-
-// update replaces the bucket's config at time now, keeping its tokens.
-func (b *ebucket) update(p *params, now int64) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	st := b.cur.Load()
-	if st.p.cfg == p.cfg {
-		return
-	}
-	v := st.freeze()
-	next := convert(st.p, p, tat{base: st.base, s: v}, now)
-	ns := &estate{p: p, base: next.base}
-	ns.s.Store(next.s)
-	b.cur.Store(ns)
-}
-
-// etable is one shard's index: open addressing on the key hash. Slots are
-// filled in place under the shard's mutex and read without it: a slot's
-// hash is stored before its bucket pointer, so a reader that sees the
-// pointer sees the hash. A deleted slot keeps a tombstone (probes continue
-// past it). When live entries plus tombstones would pass 3/4, the shard
-// publishes a fresh table (amortized O(1) per create; readers holding the
-// old table still find every bucket that existed when they loaded it).
 type etable struct {
-	mask    uint64
-	entries []eentry
-	used    int // live + tombstones; guarded by the shard mutex
-	live    int
+	slots []eslot
+	win   []byte // the slab window, nil on the Go heap
 }
 
-type eentry struct {
-	h atomic.Uint64
-	b atomic.Pointer[ebucket]
+// home is the slot where a probe for h starts: h's bits below the shard
+// bits, scaled to the table's length (no power-of-two length needed).
+func (t *etable) home(h uint64) int {
+	hi, _ := bits.Mul64(h<<eShardBits, uint64(len(t.slots)))
+	return int(hi)
 }
 
-// tombstone marks a deleted slot.
-var tombstone = &ebucket{}
+type eshardData struct {
+	mu    sync.Mutex
+	seq   atomic.Uint64 // odd while the table, the floor or a slot's config changes
+	tab   atomic.Pointer[etable]
+	floor atomic.Int64
+	ready atomic.Bool // floor is set (at the shard's first decision)
+	n     int         // live slots; guarded by mu
+}
 
+// eshard pads a shard to two cache lines, as dshard does.
 type eshard struct {
-	mu  sync.Mutex
-	tab atomic.Pointer[etable]
-	_   [64 - 16]byte
+	eshardData
+	_ [128 - unsafe.Sizeof(eshardData{})%128]byte
 }
 
 type explicitSet struct {
 	shards [eShards]eshard
 	count  atomic.Int64
+	slabs  slabs
+	// demand holds the counters of the buckets Demand was asked about,
+	// copied on write under engine.admin.
+	demand atomic.Pointer[map[slotKey]*demandCounter]
 }
+
+// slotKey names a bucket without its ID.
+type slotKey struct{ h, fp uint64 }
 
 func (s *explicitSet) shard(h uint64) *eshard { return &s.shards[h>>(64-eShardBits)] }
 
-// get returns the bucket named id, or nil. It takes no lock.
-func (s *explicitSet) get(h uint64, id string) *ebucket {
-	t := s.shard(h).tab.Load()
-	if t == nil {
-		return nil
+func nonzero(h uint64) uint64 {
+	if h == 0 {
+		return 1
 	}
-	for i := h & t.mask; ; i = (i + 1) & t.mask {
-		e := &t.entries[i]
-		b := e.b.Load()
-		if b == nil {
+	return h
+}
+
+// ekey is a bucket's ID with its hashes; the fingerprint is computed on
+// the first slot whose h matches, so a miss (a request for a key with no
+// explicit bucket) costs one hash.
+type ekey struct {
+	h    uint64
+	id   string
+	fp   uint64
+	fpOK bool
+}
+
+func (k *ekey) fingerprint(e *engine) uint64 {
+	if !k.fpOK {
+		k.fp, k.fpOK = e.fingerprint(k.id), true
+	}
+	return k.fp
+}
+
+// find returns the slot of k in t, or nil. Callers on the optimistic path
+// validate the shard's sequence number afterwards.
+func (t *etable) find(e *engine, k *ekey) *eslot {
+	n := len(t.slots)
+	for i, c := t.home(k.h), 0; c < n; c++ {
+		sl := &t.slots[i]
+		eh := atomic.LoadUint64(&sl.h)
+		if eh == 0 {
 			return nil
 		}
-		if e.h.Load() == h && b != tombstone && b.id == id {
-			return b
+		if eh == k.h && atomic.LoadUint64(&sl.meta)>>fpShift == k.fingerprint(e) {
+			return sl
+		}
+		if i++; i == n {
+			i = 0
+		}
+	}
+	return nil
+}
+
+// decide decides n tokens on the bucket named id (hash h), if there is
+// one. p is nil if not; over reports n > burst (the decision is then a
+// query).
+func (s *explicitSet) decide(e *engine, h uint64, id string, now, n int64) (r result, p *params, over bool) {
+	sh := s.shard(h)
+	k := ekey{h: nonzero(h), id: id}
+	seq := sh.seq.Load()
+	var hint *eslot
+	if seq&1 == 0 {
+		var sl *eslot
+		if t := sh.tab.Load(); t != nil {
+			sl = t.find(e, &k)
+		}
+		switch {
+		case sl == nil:
+			if sh.seq.Load() == seq {
+				return r, nil, false
+			}
+		case !sh.ready.Load(): // the shard's first decision sets its floor
+		default:
+			if r, p, over, ok := s.decideRead(e, sh, sl, &k, now, n, seq); ok {
+				return r, p, over
+			}
+			hint = sl
+		}
+	}
+	return s.decideLocked(e, sh, &k, now, n, hint, seq)
+}
+
+// decideRead is the optimistic attempt: it answers a denial or a query
+// from a read of the slot, valid if the sequence number is still seq. ok
+// is false if the decision needs the mutex.
+func (s *explicitSet) decideRead(e *engine, sh *eshard, sl *eslot, k *ekey, now, n int64, seq uint64) (r result, p *params, over, ok bool) {
+	meta := atomic.LoadUint64(&sl.meta)
+	p = e.cfgs.get(meta & cfgMask)
+	floor := sh.floor.Load()
+	now = max(now, floor)
+	if p == nil || uint64(now-floor) > uint64(p.lim) {
+		return r, nil, false, false
+	}
+	m := n
+	if m > p.burst {
+		m, over = 0, true
+	}
+	r, _ = p.take(atomic.LoadUint64(&sl.s), uint64(now-floor)*uint64(p.t), m)
+	if (r.allowed && m > 0) || sh.seq.Load() != seq {
+		return r, nil, false, false
+	}
+	s.countDemand(meta, k, n)
+	return r, p, over, true
+}
+
+// decideLocked decides under the shard's mutex. hint, if not nil, is the
+// bucket's slot as found by an optimistic read at sequence number seq.
+func (s *explicitSet) decideLocked(e *engine, sh *eshard, k *ekey, now, n int64, hint *eslot, seq uint64) (r result, p *params, over bool) {
+	sh.mu.Lock()
+	sl := hint
+	if sl == nil || sh.seq.Load() != seq {
+		sl = nil
+		if t := sh.tab.Load(); t != nil {
+			sl = t.find(e, k)
+		}
+	}
+	if sl == nil {
+		sh.mu.Unlock()
+		return r, nil, false
+	}
+	meta := sl.meta
+	p = e.cfgs.get(meta & cfgMask)
+	if !sh.ready.Load() {
+		// As far back as this config allows: requests dated before the
+		// first one are decided exactly, not raised to the floor.
+		sh.floor.Store(satSub(now, p.lim/2))
+		sh.ready.Store(true)
+	}
+	floor := sh.floor.Load()
+	now = max(now, floor)
+	if uint64(now-floor) > uint64(p.lim) {
+		sh.rebase(e, now-p.lim/2)
+		floor = sh.floor.Load()
+	}
+	m := n
+	if m > p.burst {
+		m, over = 0, true
+	}
+	var next uint64
+	r, next = p.take(sl.s, uint64(now-floor)*uint64(p.t), m)
+	if next != sl.s {
+		atomic.StoreUint64(&sl.s, next)
+	}
+	sh.mu.Unlock()
+	s.countDemand(meta, k, n)
+	return r, p, over
+}
+
+func (s *explicitSet) countDemand(meta uint64, k *ekey, n int64) {
+	if meta&demandFlag == 0 || n <= 0 {
+		return
+	}
+	if m := s.demand.Load(); m != nil {
+		if c := (*m)[slotKey{k.h, k.fp}]; c != nil {
+			c.add(n)
 		}
 	}
 }
 
-// add inserts b (whose id is not present). The caller holds the shard mutex.
-func (sh *eshard) add(h uint64, b *ebucket) {
+// rebase raises the shard's floor to floor, re-expressing every TAT
+// relative to it (a TAT at or before it becomes 0: full). The caller holds
+// the mutex.
+func (sh *eshard) rebase(e *engine, floor int64) {
+	sh.seq.Add(1)
+	sh.raiseFloor(e, floor)
+	sh.seq.Add(1)
+}
+
+// raiseFloor is rebase for a caller that made the sequence number odd.
+func (sh *eshard) raiseFloor(e *engine, floor int64) {
+	old := sh.floor.Load()
+	if floor <= old {
+		return
+	}
+	dt := uint64(floor) - uint64(old)
+	sh.floor.Store(floor)
 	t := sh.tab.Load()
-	if t == nil || (t.used+1)*4 > len(t.entries)*3 {
-		size := 8
-		live := 0
-		if t != nil {
-			live = t.live
+	if t == nil {
+		return
+	}
+	for i := range t.slots {
+		sl := &t.slots[i]
+		if sl.h == 0 || sl.s == 0 {
+			continue
 		}
-		for (live+1)*2 > size {
-			size *= 2
+		p := e.cfgs.get(sl.meta & cfgMask)
+		hi, delta := bits.Mul64(dt, uint64(p.t))
+		if hi != 0 {
+			delta = math.MaxUint64
 		}
-		nt := &etable{mask: uint64(size - 1), entries: make([]eentry, size)}
-		if t != nil {
-			for i := range t.entries {
-				if ob := t.entries[i].b.Load(); ob != nil && ob != tombstone {
-					nt.insert(t.entries[i].h.Load(), ob)
+		v := uint64(0)
+		if sl.s > delta {
+			v = sl.s - delta
+		}
+		atomic.StoreUint64(&sl.s, v)
+	}
+}
+
+// The rest runs under engine.admin.
+
+// lookup returns the slot of k under the shard's mutex, which the caller
+// holds.
+func (sh *eshard) lookup(e *engine, k *ekey) *eslot {
+	if t := sh.tab.Load(); t != nil {
+		return t.find(e, k)
+	}
+	return nil
+}
+
+// insert adds a full bucket on config index ci. The caller holds the
+// shard's mutex and knows k is absent.
+func (s *explicitSet) insert(e *engine, sh *eshard, k *ekey, ci uint32) {
+	h, fp := k.h, k.fingerprint(e)
+	t := sh.tab.Load()
+	if t == nil || (sh.n+1)*4 > len(t.slots)*3 {
+		s.resize(sh, sh.n+1)
+		t = sh.tab.Load()
+	}
+	i := t.home(h)
+	for t.slots[i].h != 0 {
+		if i++; i == len(t.slots) {
+			i = 0
+		}
+	}
+	// State before h: a reader that sees h sees the rest.
+	atomic.StoreUint64(&t.slots[i].s, 0)
+	atomic.StoreUint64(&t.slots[i].meta, fp<<fpShift|uint64(ci))
+	atomic.StoreUint64(&t.slots[i].h, h)
+	sh.n++
+	s.count.Add(1)
+}
+
+// resize rehashes the shard into a table sized for n buckets at 60% and
+// publishes it. The caller holds the mutex.
+func (s *explicitSet) resize(sh *eshard, n int) {
+	old := sh.tab.Load()
+	size := max(eMinTable, n*5/3+1)
+	slots, win := s.slabs.alloc(size)
+	t := &etable{slots: slots, win: win}
+	if old != nil {
+		for _, sl := range old.slots {
+			if sl.h != 0 {
+				i := t.home(sl.h)
+				for t.slots[i].h != 0 {
+					if i++; i == len(t.slots) {
+						i = 0
+					}
 				}
+				t.slots[i] = sl // t is not published yet
 			}
 		}
-		sh.tab.Store(nt) // readers of t still see every live bucket in it
-		t = nt
 	}
-	t.insert(h, b)
+	sh.seq.Add(1)
+	sh.tab.Store(t)
+	sh.seq.Add(1)
+	if old != nil {
+		s.slabs.release(old.win)
+	}
 }
 
-func (t *etable) insert(h uint64, b *ebucket) {
-	i := h & t.mask
-	for {
-		ob := t.entries[i].b.Load()
-		if ob == nil {
-			t.used++
-			break
-		}
-		if ob == tombstone {
-			break // reuse it
-		}
-		i = (i + 1) & t.mask
-	}
-	t.entries[i].h.Store(h)
-	t.entries[i].b.Store(b)
-	t.live++
-}
-
-// remove deletes b. The caller holds the shard mutex.
-func (sh *eshard) remove(h uint64, b *ebucket) {
+// remove deletes the slot sl (backward-shift deletion) and returns its
+// meta. The caller holds the mutex.
+func (s *explicitSet) remove(sh *eshard, sl *eslot) uint64 {
 	t := sh.tab.Load()
-	for i := h & t.mask; ; i = (i + 1) & t.mask {
-		if t.entries[i].b.Load() == b {
-			t.entries[i].b.Store(tombstone)
-			t.live--
-			return
+	n := len(t.slots)
+	hole := int((uintptr(unsafe.Pointer(sl)) - uintptr(unsafe.Pointer(&t.slots[0]))) / unsafe.Sizeof(eslot{}))
+	meta := sl.meta
+	sh.seq.Add(1)
+	for j := (hole + 1) % n; t.slots[j].h != 0; j = (j + 1) % n {
+		home := t.home(t.slots[j].h)
+		if (j-home+n)%n >= (j-hole+n)%n {
+			moveSlot(&t.slots[hole], &t.slots[j])
+			hole = j
 		}
 	}
-}
-
-// create adds a new full bucket. It reports false if id exists.
-func (s *explicitSet) create(h uint64, id string, p *params) bool {
-	sh := s.shard(h)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if s.get(h, id) != nil {
-		return false
-	}
-	sh.add(h, newEBucket(strings.Clone(id), p))
-	s.count.Add(1)
-	return true
-}
-
-// upsert creates the bucket or updates its config at now, keeping tokens.
-func (s *explicitSet) upsert(h uint64, id string, p *params, now int64) (created bool) {
-	sh := s.shard(h)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if b := s.get(h, id); b != nil {
-		b.update(p, now)
-		return false
-	}
-	sh.add(h, newEBucket(strings.Clone(id), p))
-	s.count.Add(1)
-	return true
-}
-
-// delete removes the bucket. It reports false if id does not exist.
-func (s *explicitSet) delete(h uint64, id string) bool {
-	sh := s.shard(h)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	b := s.get(h, id)
-	if b == nil {
-		return false
-	}
-	sh.remove(h, b)
+	atomic.StoreUint64(&t.slots[hole].h, 0)
+	atomic.StoreUint64(&t.slots[hole].meta, 0)
+	atomic.StoreUint64(&t.slots[hole].s, 0)
+	sh.seq.Add(1)
+	sh.n--
 	s.count.Add(-1)
-	return true
+	if sh.n == 0 {
+		sh.seq.Add(1)
+		sh.tab.Store(nil)
+		sh.seq.Add(1)
+		s.slabs.release(t.win)
+	} else if n > eMinTable && sh.n*10 < n*3 {
+		s.resize(sh, sh.n) // under 30% full: shrink back to 60%
+	}
+	return meta
+}
+
+func moveSlot(dst, src *eslot) {
+	atomic.StoreUint64(&dst.h, src.h)
+	atomic.StoreUint64(&dst.meta, src.meta)
+	atomic.StoreUint64(&dst.s, src.s)
+}
+
+// setConfig moves the slot to config index ci (params q) at time now,
+// keeping its tokens. The caller holds the shard's mutex.
+func (sh *eshard) setConfig(e *engine, sl *eslot, ci uint32, q *params, now int64) {
+	meta := sl.meta
+	p := e.cfgs.get(meta & cfgMask)
+	sh.seq.Add(1)
+	defer sh.seq.Add(1)
+	if p.cfg == q.cfg { // the same config under another index: same units
+		atomic.StoreUint64(&sl.meta, meta&^cfgMask|uint64(ci))
+		return
+	}
+	v := uint64(0)
+	if sh.ready.Load() && sl.s != 0 {
+		floor := sh.floor.Load()
+		now = max(now, floor)
+		if lim := min(p.lim, q.lim) / 2; uint64(now-floor) > uint64(lim) {
+			sh.raiseFloor(e, now-lim)
+			floor = sh.floor.Load()
+		}
+		if sl.s > uint64(now-floor)*uint64(p.t) { // not full: carry the tokens over
+			next := convert(p, q, tat{base: floor, s: int64(sl.s)}, now)
+			if next.s != sFull {
+				v = uint64(now-floor)*uint64(q.t) + uint64(next.s)
+			}
+		}
+	}
+	atomic.StoreUint64(&sl.s, v)
+	atomic.StoreUint64(&sl.meta, meta&^cfgMask|uint64(ci))
 }

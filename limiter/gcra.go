@@ -2,7 +2,6 @@ package limiter
 
 import (
 	"math"
-	"math/big"
 	"math/bits"
 	"time"
 )
@@ -25,7 +24,8 @@ const (
 	// state offsets also bounded by 2^61, every sum in the fast path fits in
 	// int64 with a bit to spare.
 	maxWindowUnits = 1 << 61
-	// rangeUnits bounds |now-base|*t on the fast path.
+	// rangeUnits bounds (now-floor)*t: a shard's floor stays within
+	// params.lim ns of the requests it decides.
 	rangeUnits = 1 << 61
 	// sFull is the TAT of a bucket that is full at any time (-infinity).
 	sFull = math.MinInt64
@@ -38,7 +38,7 @@ type params struct {
 	p     int64 // reduced Per in ns: one token costs p units of 1/t ns
 	burst int64
 	w     int64 // burst*p: the window in units
-	lim   int64 // fast path while |now-base| <= lim ns (lim*t <= rangeUnits)
+	lim   int64 // now-floor may be up to lim ns (lim*t <= rangeUnits)
 	divP  divider
 	divT  divider
 }
@@ -86,7 +86,8 @@ func newParams(c Config) (*params, error) {
 }
 
 // tat is a bucket's theoretical arrival time: base + s/t ns since the
-// limiter's epoch, or "full forever" when s == sFull.
+// limiter's epoch, or "full forever" when s == sFull. Tables keep s
+// relative to their shard's floor; convert works on the absolute form.
 type tat struct {
 	base int64
 	s    int64
@@ -130,93 +131,20 @@ func (p *params) duration(u int64) time.Duration {
 	return time.Duration(p.divT.ceil(uint64(u)))
 }
 
-// stepFast decides a request for n tokens (0 <= n <= burst) at now on the
-// fast path. ok is false when now is too far from st.base for int64 math;
-// the caller then uses stepSlow. On an admitted request (n > 0), next is the
-// new state; otherwise the state is unchanged.
-func (p *params) stepFast(st tat, now, n int64) (r result, next tat, ok bool) {
-	d := now - st.base
-	if d > p.lim || d < -p.lim || (now >= st.base) != (d >= 0) {
-		return r, st, false
+// take decides n tokens (0 <= n <= burst) on a TAT of s units past a floor
+// at nowU units past it, and returns the state after.
+func (p *params) take(s, nowU uint64, n int64) (result, uint64) {
+	var diff uint64
+	if s > nowU {
+		diff = s - nowU
 	}
-	nowU := d * p.t // |nowU| <= 2^61
-	diff := int64(0)
-	if st.s > nowU { // sFull is below every nowU
-		diff = st.s - nowU // < 2^62 + 2^61
+	need := uint64(n) * uint64(p.p)
+	w := uint64(p.w)
+	if diff > w-need {
+		return result{after: int64(diff), retry: int64(diff - (w - need))}, s
 	}
-	need := n * p.p // <= w <= 2^61
-	if diff <= p.w-need {
-		r.allowed = true
-		r.after = diff + need
-		if n > 0 {
-			return r, tat{base: st.base, s: nowU + r.after}, true
-		}
-		return r, st, true
+	if n == 0 {
+		return result{allowed: true, after: int64(diff)}, s
 	}
-	r.after = diff
-	r.retry = diff - (p.w - need)
-	return r, st, true
-}
-
-var bigRange = big.NewInt(rangeUnits)
-
-// stepSlow is the exact fallback for a now far from st.base: it rebases the
-// state on now with arbitrary-precision arithmetic. Rebasing only ever moves
-// the TAT later (never creates tokens): a TAT more than rangeUnits before
-// now is raised to now - rangeUnits, where the bucket is still full.
-func (p *params) stepSlow(st tat, now, n int64) (r result, next tat) {
-	// x = TAT - now in units = s - (now-base)*t.
-	var x big.Int
-	full := st.s == sFull
-	if !full {
-		var d big.Int
-		d.Sub(big.NewInt(now), big.NewInt(st.base))
-		d.Mul(&d, big.NewInt(p.t))
-		x.Sub(big.NewInt(st.s), &d)
-	}
-	need := n * p.p
-	if full || x.Sign() <= 0 {
-		// Full at now (TAT <= now).
-		r.allowed = true
-		r.after = need
-		if n > 0 {
-			return r, tat{base: now, s: need}
-		}
-		if now > st.base && !full {
-			// Moving forward: rebase, raising a very old TAT to -rangeUnits.
-			if x.Cmp(new(big.Int).Neg(bigRange)) < 0 {
-				return r, tat{base: now, s: -rangeUnits}
-			}
-			return r, tat{base: now, s: x.Int64()}
-		}
-		return r, st
-	}
-	// TAT is after now by x units.
-	if x.IsInt64() && x.Int64() <= p.w-need {
-		diff := x.Int64()
-		r.allowed = true
-		r.after = diff + need
-		if n > 0 {
-			return r, tat{base: now, s: r.after}
-		}
-		return r, tat{base: now, s: diff}
-	}
-	// Denied. x > w - need > 0; only possible when time went backwards, so the
-	// state is left as it is.
-	if x.IsInt64() && x.Int64() < math.MaxInt64-p.w {
-		r.after = x.Int64()
-		r.retry = x.Int64() - (p.w - need)
-	} else {
-		r.after = math.MaxInt64
-		r.retry = math.MaxInt64
-	}
-	return r, st
-}
-
-// step decides a request on either path.
-func (p *params) step(st tat, now, n int64) (result, tat) {
-	if r, next, ok := p.stepFast(st, now, n); ok {
-		return r, next
-	}
-	return p.stepSlow(st, now, n)
+	return result{allowed: true, after: int64(diff + need)}, nowU + diff + need
 }

@@ -78,12 +78,17 @@ type Limiter struct {
 
 type engine struct {
 	epoch    time.Time
-	seed     maphash.Seed
+	seed     maphash.Seed // bucket hashes
+	fpSeed   maphash.Seed // explicit buckets' fingerprints
 	clockFn  func() time.Time
 	clk      *coarseClock
 	explicit explicitSet
-	plans    plans
 	dyn      *dynamicSet // nil without WithDefault
+
+	// admin serializes changes to explicit buckets, plans and the config
+	// table; it is taken before any shard mutex, never on the request path.
+	admin sync.Mutex
+	cfgs  configTable
 
 	closeOnce sync.Once
 	stop      chan struct{}
@@ -96,7 +101,7 @@ func New(opts ...Option) *Limiter {
 	for _, f := range opts {
 		f(&o)
 	}
-	e := &engine{epoch: time.Now(), seed: maphash.MakeSeed(), clockFn: o.clock}
+	e := &engine{epoch: time.Now(), seed: maphash.MakeSeed(), fpSeed: maphash.MakeSeed(), clockFn: o.clock}
 	if e.clockFn == nil {
 		e.clk = newCoarseClock(e.epoch)
 	}
@@ -118,6 +123,7 @@ func New(opts ...Option) *Limiter {
 	// return (runtime.KeepAlive), so this never runs under a decision.
 	runtime.AddCleanup(l, func(e *engine) {
 		e.close()
+		e.explicit.slabs.unmapAll()
 		if e.dyn != nil {
 			e.dyn.ar.unmapAll()
 		}
@@ -175,116 +181,9 @@ func (e *engine) now() int64 {
 
 func (e *engine) hash(id string) uint64 { return maphash.String(e.seed, id) }
 
-// CreateBucket creates an explicit bucket that refills at rateLimit tokens
-// per second and holds burstSize tokens. It starts full.
-func (l *Limiter) CreateBucket(bucketID string, rateLimit int, burstSize int) error {
-	c, err := NewConfig(rateLimit, burstSize)
-	if err != nil {
-		return err
-	}
-	return l.CreateBucketConfig(bucketID, c)
-}
-
-// UpdateBucket changes an explicit bucket's rate and burst. The bucket
-// keeps its tokens, clamped to the new burst: an update never refills.
-func (l *Limiter) UpdateBucket(bucketID string, rateLimit int, burstSize int) error {
-	c, err := NewConfig(rateLimit, burstSize)
-	if err != nil {
-		return err
-	}
-	return l.UpdateBucketConfig(bucketID, c)
-}
-
-// DeleteBucket removes an explicit bucket. Creating it again starts it full.
-func (l *Limiter) DeleteBucket(bucketID string) error {
-	if err := ValidateBucketID(bucketID); err != nil {
-		return err
-	}
-	if !l.e.explicit.delete(l.e.hash(bucketID), bucketID) {
-		return fmt.Errorf("%w: %q", ErrBucketNotFound, bucketID)
-	}
-	l.leavePlan(bucketID)
-	return nil
-}
-
-// CreateBucketConfig creates an explicit bucket with config c. It starts
-// full.
-func (l *Limiter) CreateBucketConfig(bucketID string, c Config) error {
-	if err := ValidateBucketID(bucketID); err != nil {
-		return err
-	}
-	p, err := newParams(c)
-	if err != nil {
-		return err
-	}
-	if !l.e.explicit.create(l.e.hash(bucketID), bucketID, p) {
-		return fmt.Errorf("%w: %q", ErrBucketExists, bucketID)
-	}
-	return nil
-}
-
-// UpdateBucketConfig replaces an explicit bucket's config. The bucket keeps
-// its tokens (as of the engine's clock), clamped to the new burst, rounded
-// down to the new config's resolution: an update never refills.
-func (l *Limiter) UpdateBucketConfig(bucketID string, c Config) error {
-	if err := ValidateBucketID(bucketID); err != nil {
-		return err
-	}
-	p, err := newParams(c)
-	if err != nil {
-		return err
-	}
-	h := l.e.hash(bucketID)
-	sh := l.e.explicit.shard(h)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	b := l.e.explicit.get(h, bucketID)
-	if b == nil {
-		return fmt.Errorf("%w: %q", ErrBucketNotFound, bucketID)
-	}
-	b.update(p, l.e.now())
-	return nil
-}
-
-// PutBucketConfig creates the explicit bucket (full) or updates its config
-// keeping its tokens, as UpdateBucketConfig does. created reports which.
-// A bucket on a plan leaves it.
-func (l *Limiter) PutBucketConfig(bucketID string, c Config) (created bool, err error) {
-	created, err = l.putBucketConfig(bucketID, c)
-	if err == nil {
-		l.leavePlan(bucketID)
-	}
-	return created, err
-}
-
-func (l *Limiter) putBucketConfig(bucketID string, c Config) (created bool, err error) {
-	if err := ValidateBucketID(bucketID); err != nil {
-		return false, err
-	}
-	p, err := newParams(c)
-	if err != nil {
-		return false, err
-	}
-	return l.e.explicit.upsert(l.e.hash(bucketID), bucketID, p, l.e.now()), nil
-}
-
-// BucketConfig returns an explicit bucket's config. Dynamic buckets are not
-// reported.
-func (l *Limiter) BucketConfig(bucketID string) (Config, bool) {
-	if b := l.e.explicit.get(l.e.hash(bucketID), bucketID); b != nil {
-		return b.cur.Load().p.cfg, true
-	}
-	return Config{}, false
-}
-
-// Demand returns the cumulative number of tokens requested from an explicit
-// bucket by AllowN and Allow, admitted or not (n = 0 queries excluded).
-func (l *Limiter) Demand(bucketID string) (requested uint64, ok bool) {
-	if b := l.e.explicit.get(l.e.hash(bucketID), bucketID); b != nil {
-		return b.demand.load(), true
-	}
-	return 0, false
-}
+// fingerprint is the second hash that confirms an explicit bucket's ID
+// (see explicit.go): its top 40 bits.
+func (e *engine) fingerprint(id string) uint64 { return maphash.String(e.fpSeed, id) >> fpShift }
 
 // Stats returns bucket counts for metrics. It locks each dynamic shard
 // briefly; call it from a metrics scrape, not per request.
@@ -351,8 +250,8 @@ func (e *engine) decide(id string, now, n int64) (r result, p *params, over bool
 	}
 	h := e.hash(id)
 	if explicit {
-		if b := e.explicit.get(h, id); b != nil {
-			return b.decide(now, n)
+		if r, p, over := e.explicit.decide(e, h, id, now, n); p != nil {
+			return r, p, over
 		}
 	}
 	if !dyn {

@@ -217,6 +217,9 @@ func TestExplicitTakesPrecedence(t *testing.T) {
 	l := New(WithDefault(Config{Rate: PerSecond(1), Burst: 1}))
 	defer l.Close()
 	must(t, l.CreateBucket("vip", 100, 100))
+	if q, ok := l.Demand("vip"); !ok || q != 0 { // counted from here
+		t.Fatal(q, ok)
+	}
 	for i := 0; i < 100; i++ {
 		if d, err := l.AllowN("vip", t0, 1); err != nil || !d.Allowed {
 			t.Fatal(i, d, err)
@@ -321,7 +324,7 @@ func TestExplicitChurn(t *testing.T) {
 	var slots int
 	for i := range l.e.explicit.shards {
 		if tb := l.e.explicit.shards[i].tab.Load(); tb != nil {
-			slots += len(tb.entries)
+			slots += len(tb.slots)
 		}
 	}
 	if slots > 8*n {

@@ -1,23 +1,16 @@
 package limiter
 
-import (
-	"fmt"
-	"strings"
-	"sync"
-)
+import "fmt"
 
-// Plans: a named config that many explicit buckets refer to. A million API
+// Plans: a named config that many explicit buckets share. A million API
 // keys usually sit on a handful of plans; changing a plan re-configures
-// every bucket on it, keeping each bucket's tokens, in one call.
-//
-// (Interim implementation over the per-bucket store: the compact store
-// replaces it.)
-type plans struct {
-	mu      sync.Mutex
-	cfg     map[string]Config
-	members map[string]map[string]struct{} // plan -> bucket IDs
-	of      map[string]string              // bucket ID -> plan
-}
+// every bucket on it in one call, each keeping its tokens. A bucket on a
+// plan refers to the plan's entry in the config table (configs.go), so a
+// plan change publishes a new entry and moves each of the plan's slots to
+// it under its shard's mutex: a decision sees a bucket wholly on the old
+// config or wholly on the new one. The change walks every slot of every
+// shard, so it costs time proportional to all explicit buckets (see
+// BENCHMARKS.md), off the request path.
 
 // PutPlan defines plan name with config c, or changes it: every explicit
 // bucket on the plan takes the new config, keeping its tokens (clamped to
@@ -26,48 +19,75 @@ func (l *Limiter) PutPlan(name string, c Config) (created bool, err error) {
 	if err := ValidatePlanName(name); err != nil {
 		return false, err
 	}
-	if _, err := newParams(c); err != nil {
+	q, err := newParams(c)
+	if err != nil {
 		return false, err
 	}
-	ps := &l.e.plans
-	ps.mu.Lock()
-	defer ps.mu.Unlock()
-	ps.init()
-	_, ok := ps.cfg[name]
-	ps.cfg[name] = c
-	for id := range ps.members[name] {
-		if err := l.UpdateBucketConfig(id, c); err != nil {
-			return false, err
-		}
+	e := l.e
+	e.admin.Lock()
+	defer e.admin.Unlock()
+	ct := &e.cfgs
+	old, ok := ct.plans[name]
+	if ok && ct.entries[old].p.cfg == c {
+		return false, nil
 	}
-	return !ok, nil
+	ci, err := ct.add(q, name)
+	if err != nil {
+		return false, err
+	}
+	if ct.plans == nil {
+		ct.plans = make(map[string]uint32)
+	}
+	ct.plans[name] = ci
+	if !ok {
+		return true, nil
+	}
+	moved := e.explicit.repoint(e, old, ci, q, e.now())
+	ct.entries[ci].refs = moved
+	ct.drop(old)
+	return false, nil
 }
 
 // DeletePlan removes a plan. It fails with ErrPlanInUse while buckets are
-// on it: deleting their config must not leave them unlimited.
+// on it: removing their config must not leave them unlimited.
 func (l *Limiter) DeletePlan(name string) error {
-	ps := &l.e.plans
-	ps.mu.Lock()
-	defer ps.mu.Unlock()
-	ps.init()
-	if _, ok := ps.cfg[name]; !ok {
+	e := l.e
+	e.admin.Lock()
+	defer e.admin.Unlock()
+	ci, ok := e.cfgs.plans[name]
+	if !ok {
 		return fmt.Errorf("%w: %q", ErrPlanNotFound, name)
 	}
-	if n := len(ps.members[name]); n > 0 {
+	if n := e.cfgs.entries[ci].refs; n > 0 {
 		return fmt.Errorf("%w: %q has %d buckets", ErrPlanInUse, name, n)
 	}
-	delete(ps.cfg, name)
-	delete(ps.members, name)
+	delete(e.cfgs.plans, name)
+	e.cfgs.drop(ci)
 	return nil
 }
 
 // Plan returns a plan's config.
 func (l *Limiter) Plan(name string) (Config, bool) {
-	ps := &l.e.plans
-	ps.mu.Lock()
-	defer ps.mu.Unlock()
-	c, ok := ps.cfg[name]
-	return c, ok
+	e := l.e
+	e.admin.Lock()
+	defer e.admin.Unlock()
+	ci, ok := e.cfgs.plans[name]
+	if !ok {
+		return Config{}, false
+	}
+	return e.cfgs.entries[ci].p.cfg, true
+}
+
+// PlanBuckets returns the number of explicit buckets on a plan.
+func (l *Limiter) PlanBuckets(name string) (n int64, ok bool) {
+	e := l.e
+	e.admin.Lock()
+	defer e.admin.Unlock()
+	ci, ok := e.cfgs.plans[name]
+	if !ok {
+		return 0, false
+	}
+	return e.cfgs.entries[ci].refs, true
 }
 
 // PutBucketPlan creates the explicit bucket on plan (full), or moves it to
@@ -76,58 +96,27 @@ func (l *Limiter) PutBucketPlan(bucketID, plan string) (created bool, err error)
 	if err := ValidateBucketID(bucketID); err != nil {
 		return false, err
 	}
-	ps := &l.e.plans
-	ps.mu.Lock()
-	defer ps.mu.Unlock()
-	ps.init()
-	c, ok := ps.cfg[plan]
+	e := l.e
+	e.admin.Lock()
+	defer e.admin.Unlock()
+	ci, ok := e.cfgs.plans[plan]
 	if !ok {
 		return false, fmt.Errorf("%w: %q (bucket %q)", ErrPlanNotFound, plan, bucketID)
 	}
-	created, err = l.putBucketConfig(bucketID, c)
-	if err != nil {
-		return false, err
-	}
-	ps.leave(bucketID)
-	if ps.members[plan] == nil {
-		ps.members[plan] = map[string]struct{}{}
-	}
-	id := strings.Clone(bucketID)
-	ps.members[plan][id] = struct{}{}
-	ps.of[id] = plan
-	return created, nil
+	e.cfgs.entries[ci].refs++
+	return e.attach(bucketID, ci, putAny)
 }
 
 // BucketPlan returns the plan an explicit bucket is on; ok is false for a
-// bucket with a config of its own or no such bucket.
+// bucket with a config of its own, or no such bucket.
 func (l *Limiter) BucketPlan(bucketID string) (plan string, ok bool) {
-	ps := &l.e.plans
-	ps.mu.Lock()
-	defer ps.mu.Unlock()
-	plan, ok = ps.of[bucketID]
-	return plan, ok
-}
-
-func (ps *plans) init() {
-	if ps.cfg == nil {
-		ps.cfg = map[string]Config{}
-		ps.members = map[string]map[string]struct{}{}
-		ps.of = map[string]string{}
+	e := l.e
+	e.admin.Lock()
+	defer e.admin.Unlock()
+	ci, p := e.explicit.configOf(e, bucketID)
+	if p == nil {
+		return "", false
 	}
-}
-
-// leave takes a bucket off its plan. The caller holds ps.mu.
-func (ps *plans) leave(id string) {
-	if p, ok := ps.of[id]; ok {
-		delete(ps.members[p], id)
-		delete(ps.of, id)
-	}
-}
-
-func (l *Limiter) leavePlan(id string) {
-	ps := &l.e.plans
-	ps.mu.Lock()
-	ps.init()
-	ps.leave(id)
-	ps.mu.Unlock()
+	plan = e.cfgs.entries[ci].plan
+	return plan, plan != ""
 }
