@@ -460,3 +460,34 @@ func BenchmarkExplicitMemory(b *testing.B) {
 		b.ReportMetric(per, "heap-B/bucket")
 	})
 }
+
+// A plan change at scale: 1M explicit buckets on one plan, a tenth of them
+// part-spent (their tokens are carried over exactly, the rest are full),
+// and the plan toggled between two configs. Reported per change, with the
+// time per bucket moved.
+func BenchmarkPlanChange(b *testing.B) {
+	const n = 1_000_000
+	keys := benchKeys(n)
+	now := time.Now()
+	l := New(WithClock(func() time.Time { return now }))
+	defer l.Close()
+	cfgs := []Config{{Rate: PerSecond(100), Burst: 200}, {Rate: PerSecond(50), Burst: 100}}
+	if _, err := l.PutPlan("gold", cfgs[0]); err != nil {
+		b.Fatal(err)
+	}
+	for i, k := range keys {
+		if _, err := l.PutBucketPlan(k, "gold"); err != nil {
+			b.Fatal(err)
+		}
+		if i%10 == 0 {
+			l.AllowN(k, now, 3)
+		}
+	}
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		if _, err := l.PutPlan("gold", cfgs[(i+1)%2]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/n, "ns/bucket")
+}

@@ -214,7 +214,7 @@ func TestMemoryBoundedUnderChurn(t *testing.T) {
 			t.Fatalf("key %d: %+v %v", i, d, err)
 		}
 		if i%100_000 == 0 {
-			n, _, slots := l.e.dyn.stats()
+			n, _, _, slots := l.e.dyn.stats()
 			maxLive, maxSlots = max(maxLive, n), max(maxSlots, slots)
 		}
 	}
@@ -286,7 +286,7 @@ func TestBackgroundSweep(t *testing.T) {
 func TestInsertAfterEvictingEverything(t *testing.T) {
 	p, err := newParams(Config{Rate: PerSecond(1), Burst: 1})
 	must(t, err)
-	d := newDynamicSet(p, 0)
+	d := newDynamicSet(p, 0, 0)
 	defer d.ar.unmapAll()
 	const shard = uint64(5) << (64 - dShardBits)
 	sec := int64(time.Second)
@@ -298,7 +298,7 @@ func TestInsertAfterEvictingEverything(t *testing.T) {
 		}
 		// Ten seconds later all are full: the next inserts evict them.
 	}
-	n, ev, _ := d.stats()
+	n, ev, _, _ := d.stats()
 	if ev != 48 || n != 12 {
 		t.Fatalf("live %d, evictions %d", n, ev)
 	}

@@ -80,7 +80,9 @@
 // guarantee above for the times the engine evaluated. A background
 // goroutine (stopped by Close) sweeps a few shards every 250ms, and a
 // table that is about to grow is swept first, so memory follows the live
-// keys, not every key ever seen. Explicit buckets are never evicted: their
+// keys, not every key ever seen. WithMaxBuckets caps the dynamic buckets:
+// at the cap, a new key displaces the bucket closest to full among a few
+// near it. Explicit buckets are never evicted: their
 // shards' floors trail requests by as much as the arithmetic allows
 // (decades for usual rates; see explicit.go), so the skew tolerance does
 // not apply to them.

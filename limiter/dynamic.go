@@ -77,6 +77,7 @@ type dshardData struct {
 	init      bool
 	n         int
 	evictions uint64
+	displaced uint64 // buckets evicted at the cap (see displace)
 }
 
 // dshard pads a shard to two cache lines, so that neighbouring shards
@@ -87,18 +88,23 @@ type dshard struct {
 }
 
 type dynamicSet struct {
-	p      *params
-	shards [dShards]dshard
-	skew   int64
-	ar     arena
+	p        *params
+	shards   [dShards]dshard
+	skew     int64
+	shardCap int // most buckets per shard; 0: no cap
+	ar       arena
 
 	swMu  sync.Mutex
 	ghwm  int64 // newest time seen by the sweeper; guarded by swMu
 	sweep int   // next shard to sweep; guarded by swMu
 }
 
-func newDynamicSet(p *params, skew int64) *dynamicSet {
-	return &dynamicSet{p: p, skew: skew, ghwm: math.MinInt64}
+func newDynamicSet(p *params, skew int64, maxBuckets int) *dynamicSet {
+	d := &dynamicSet{p: p, skew: skew, ghwm: math.MinInt64}
+	if maxBuckets > 0 {
+		d.shardCap = max(1, (maxBuckets+dShards-1)/dShards)
+	}
+	return d
 }
 
 func satSub(a, b int64) int64 {
@@ -218,6 +224,13 @@ func (d *dynamicSet) decideLocked(sh *dshard, h uint64, now, n int64, hint *dent
 // in units. The caller holds the mutex.
 func (sh *dshard) insert(d *dynamicSet, h uint64, now int64, need uint64) {
 	t := sh.tab.Load()
+	if d.shardCap > 0 && sh.n >= d.shardCap {
+		sh.rebase(d, satSub(sh.hwm, d.skew)) // full buckets go first
+		if sh.n >= d.shardCap {
+			sh.displace(d, h)
+		}
+		t = sh.tab.Load()
+	}
 	if t != nil && (sh.n+1)*4 > len(t.e)*3 {
 		// About to pass 3/4: first drop the full buckets; grow unless that
 		// freed at least a quarter of the table (so sweeps stay amortized).
@@ -315,22 +328,63 @@ func (sh *dshard) rebase(d *dynamicSet, floor int64) {
 			k++
 			continue
 		}
-		// Evict: backward-shift deletion, then look at pos again.
+		// Evict, then look at pos again.
 		evicted++
-		hole := pos
-		for j := (hole + 1) & mask; tab[j].h != 0; j = (j + 1) & mask {
-			home := tab[j].h & mask
-			if (j-home)&mask >= (j-hole)&mask {
-				atomic.StoreUint64(&tab[hole].h, tab[j].h)
-				atomic.StoreUint64(&tab[hole].s, tab[j].s)
-				hole = j
-			}
-		}
-		atomic.StoreUint64(&tab[hole].h, 0)
-		atomic.StoreUint64(&tab[hole].s, 0)
+		t.deleteAt(pos)
 	}
 	sh.n -= evicted
 	sh.evictions += uint64(evicted)
+}
+
+// deleteAt empties slot pos by backward-shift deletion: later entries of
+// its cluster move back, so probes need no tombstones. The caller holds
+// the mutex and has made the sequence number odd.
+func (t *dtable) deleteAt(pos uint64) {
+	tab, mask := t.e, t.mask
+	hole := pos
+	for j := (hole + 1) & mask; tab[j].h != 0; j = (j + 1) & mask {
+		home := tab[j].h & mask
+		if (j-home)&mask >= (j-hole)&mask {
+			atomic.StoreUint64(&tab[hole].h, tab[j].h)
+			atomic.StoreUint64(&tab[hole].s, tab[j].s)
+			hole = j
+		}
+	}
+	atomic.StoreUint64(&tab[hole].h, 0)
+	atomic.StoreUint64(&tab[hole].s, 0)
+}
+
+// displaceSample is how many live buckets displace compares: enough that
+// the one it drops is nearly always a bucket that is close to full, few
+// enough that a flood of new keys at the cap costs a few cache lines each.
+const displaceSample = 8
+
+// displace makes room at the cap for a new key with hash h: of the first
+// displaceSample live buckets from h's home slot on, it drops the one
+// closest to full (the lowest TAT). A new key is never let through
+// unlimited: it gets a bucket like any other. What the cap costs is that
+// the dropped bucket's client starts full again on its next request,
+// gaining at most the tokens it was missing. Choosing the closest to full
+// keeps that small: a bucket is dropped before a more spent one, so a flood
+// of new keys refills a spent client only if the flood's own buckets are
+// as spent, that is, only after the flood was charged a burst per key.
+// The caller holds the mutex and knows the shard has a table.
+func (sh *dshard) displace(d *dynamicSet, h uint64) {
+	t := sh.tab.Load()
+	victim, best := uint64(0), uint64(math.MaxUint64)
+	for i, k := h&t.mask, 0; k < displaceSample && k <= int(t.mask); i = (i + 1) & t.mask {
+		if e := &t.e[i]; e.h != 0 {
+			if e.s < best {
+				victim, best = i, e.s
+			}
+			k++
+		}
+	}
+	sh.seq.Add(1)
+	t.deleteAt(victim)
+	sh.seq.Add(1)
+	sh.n--
+	sh.displaced++
 }
 
 // sweepSome sweeps the next k shards: raises their floors to the newest
@@ -365,13 +419,15 @@ func (d *dynamicSet) sweepSome(k int) {
 	}
 }
 
-// stats returns the live buckets, evictions and table slots.
-func (d *dynamicSet) stats() (n int64, evictions uint64, slots int64) {
+// stats returns the live buckets, evictions, buckets displaced at the cap
+// and table slots.
+func (d *dynamicSet) stats() (n int64, evictions, displaced uint64, slots int64) {
 	for i := range d.shards {
 		sh := &d.shards[i]
 		sh.mu.Lock()
 		n += int64(sh.n)
 		evictions += sh.evictions
+		displaced += sh.displaced
 		if t := sh.tab.Load(); t != nil {
 			slots += int64(len(t.e))
 		}

@@ -35,15 +35,19 @@ type Stats struct {
 	DynamicBuckets int64
 	// Evictions counts dynamic buckets dropped because they were full.
 	Evictions uint64
+	// Displaced counts dynamic buckets dropped at the WithMaxBuckets cap to
+	// make room for a new key.
+	Displaced uint64
 }
 
 // Option configures a Limiter.
 type Option func(*options)
 
 type options struct {
-	def   *Config
-	clock func() time.Time
-	skew  time.Duration
+	def        *Config
+	clock      func() time.Time
+	skew       time.Duration
+	maxBuckets int
 }
 
 // WithDefault gives unknown keys a dynamic bucket with config c on first
@@ -52,6 +56,16 @@ type options struct {
 // check it with c.Validate first.
 func WithDefault(c Config) Option {
 	return func(o *options) { cc := c; o.def = &cc }
+}
+
+// WithMaxBuckets caps the dynamic buckets held in memory at about n (the
+// cap applies per shard, n/256 each), so that clients inventing keys
+// cannot grow memory without bound. At the cap, buckets that are full go
+// first (they carry no information); if none is, a new key displaces the
+// bucket closest to full among a few near it (see Stats.Displaced). A new
+// key is never let through unlimited. n <= 0 means no cap.
+func WithMaxBuckets(n int) Option {
+	return func(o *options) { o.maxBuckets = n }
 }
 
 // WithClock replaces the engine's clock, used by Allow and by config
@@ -113,7 +127,7 @@ func New(opts ...Option) *Limiter {
 		if o.skew < 0 {
 			o.skew = 0
 		}
-		e.dyn = newDynamicSet(p, int64(o.skew))
+		e.dyn = newDynamicSet(p, int64(o.skew), o.maxBuckets)
 		e.stop, e.done = make(chan struct{}), make(chan struct{})
 		go e.sweeper()
 	}
@@ -190,7 +204,7 @@ func (e *engine) fingerprint(id string) uint64 { return maphash.String(e.fpSeed,
 func (l *Limiter) Stats() Stats {
 	s := Stats{ExplicitBuckets: l.e.explicit.count.Load()}
 	if l.e.dyn != nil {
-		s.DynamicBuckets, s.Evictions, _ = l.e.dyn.stats()
+		s.DynamicBuckets, s.Evictions, s.Displaced, _ = l.e.dyn.stats()
 	}
 	runtime.KeepAlive(l)
 	return s
