@@ -66,14 +66,15 @@ type App struct {
 	server   EtcdServer
 	logger   *zap.Logger
 
-	// zones records this config's zone templates (handlers provision
-	// concurrently only in theory, but the lock costs nothing here).
+	// zones records this config's zone templates and key policies
+	// (handlers provision concurrently only in theory, but the lock costs
+	// nothing here).
 	zones *zoneClaims
 }
 
 type zoneClaims struct {
 	mu sync.Mutex
-	m  map[string]limiter.Config
+	m  map[string]zoneClaim
 }
 
 // CaddyModule returns the Caddy module information.
@@ -116,7 +117,7 @@ func (s *appState) metricsSnapshot() stateMetrics {
 // its long-lived state.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
-	a.zones = &zoneClaims{m: map[string]limiter.Config{}}
+	a.zones = &zoneClaims{m: map[string]zoneClaim{}}
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("edge_limit: registering metrics: %w", err)
 	}
@@ -232,17 +233,25 @@ func (a *App) Explicit() *limiter.Limiter { return a.state.explicit }
 // InstanceIDValue returns the instance ID in use, configured or generated.
 func (a *App) InstanceIDValue() string { return a.state.instanceID }
 
-// claimZone records a zone's template for this config and rejects a second
-// handler that gives the same zone a different template: the zone's table
-// can hold only one.
-func (a *App) claimZone(zone string, c limiter.Config) error {
+// claimZone records a zone's template and key policy for this config and
+// rejects a second handler that gives the zone another template, or another
+// key policy: a zone is one table, and keys of one policy would count
+// against buckets of the other (a header-keyed handler would let a client
+// name another client's address and drain its per-IP bucket).
+func (a *App) claimZone(zone string, c zoneClaim) error {
 	a.zones.mu.Lock()
 	defer a.zones.mu.Unlock()
-	if prev, ok := a.zones.m[zone]; ok && prev != c {
+	prev, ok := a.zones.m[zone]
+	switch {
+	case !ok:
+		a.zones.m[zone] = c
+	case prev.config != c.config:
 		return fmt.Errorf("%w: zone %q is defined twice, with %v burst %d and %v burst %d; give each limit its own zone",
-			ErrInvalidConfig, zone, prev.Rate, prev.Burst, c.Rate, c.Burst)
+			ErrInvalidConfig, zone, prev.config.Rate, prev.config.Burst, c.config.Rate, c.config.Burst)
+	case prev.policy != c.policy:
+		return fmt.Errorf("%w: zone %q is keyed by two policies, %s and %s; a zone is one table of buckets, so a client could aim a key of one policy at another client's bucket of the other; give each policy its own zone",
+			ErrInvalidConfig, zone, prev.policy, c.policy)
 	}
-	a.zones.m[zone] = c
 	return nil
 }
 

@@ -50,8 +50,9 @@ var zoneName = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,64}$`)
 // Caddy's request matchers select which requests are limited.
 type Handler struct {
 	// Zone names the handler's bucket table, and appears in the
-	// RateLimit fields and metrics. Handlers with the same zone and
-	// template share one table. "default" if empty.
+	// RateLimit fields and metrics. Handlers with the same zone share one
+	// table, so they must have the same template and the same key policy.
+	// "default" if empty.
 	Zone string `json:"zone,omitempty"`
 
 	// PolicyRaw makes the key of each request: a module in
@@ -176,7 +177,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return fmt.Errorf("edge_limit zone %q: %w", h.Zone, err)
 		}
-		if err := app.claimZone(h.Zone, tmpl); err != nil {
+		if err := app.claimZone(h.Zone, zoneClaim{config: tmpl, policy: keySpace(pm)}); err != nil {
 			return err
 		}
 		if h.Cost > tmpl.Burst {
@@ -268,10 +269,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return caddyhttp.Error(h.status, ErrPolicyDenied)
 	}
 
+	// The bucket key, not the policy's raw key: a key a client chose must
+	// not land in a namespace reserved to the fallbacks.
+	key := v.BucketKey()
 	now := time.Now()
 	// Explicit buckets (from etcd) first; a miss, the common case, is the
 	// bare sentinel and costs no allocation.
-	d, err := h.explicit.AllowN(v.Key, now, int(v.Cost))
+	d, err := h.explicit.AllowN(key, now, int(v.Cost))
 	if err == limiter.ErrBucketNotFound {
 		switch {
 		case h.unknown == UnknownAllow:
@@ -279,17 +283,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return next.ServeHTTP(w, r)
 		case h.unknown == UnknownDeny:
 			h.counters.byResult[resultUnknownDenied].Inc()
-			h.logDenied(zap.DebugLevel, "unknown key denied", v.Key)
+			h.logDenied(zap.DebugLevel, "unknown key denied", key)
 			return caddyhttp.Error(h.status, ErrUnknownKey)
 		}
-		d, err = h.zone.lim.AllowN(v.Key, now, int(v.Cost))
+		d, err = h.zone.lim.AllowN(key, now, int(v.Cost))
 	}
 	if errors.Is(err, limiter.ErrInvalidCost) {
 		// A cost above the bucket's burst can never be paid: deny, without
 		// Retry-After, since waiting will not help. Passing it would let a
 		// policy's (or a tenant's) large cost bypass the limit.
 		h.counters.byResult[resultDenied].Inc()
-		h.logDenied(zap.DebugLevel, "cost exceeds the bucket's burst", v.Key)
+		h.logDenied(zap.DebugLevel, "cost exceeds the bucket's burst", key)
 		return caddyhttp.Error(h.status, fmt.Errorf("%w: %w", ErrRateLimited, err))
 	}
 	if err != nil {
@@ -302,7 +306,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	if !d.Allowed && (h.Shadow || d.Config.Shadow) {
 		h.counters.byResult[resultShadowDenied].Inc()
-		h.logDenied(zap.InfoLevel, "shadow: request would be denied", v.Key)
+		h.logDenied(zap.InfoLevel, "shadow: request would be denied", key)
 		return next.ServeHTTP(w, r)
 	}
 	if !h.Shadow && !d.Config.Shadow {
@@ -311,7 +315,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !d.Allowed {
 		h.counters.byResult[resultDenied].Inc()
 		w.Header()[hdrRetryAfter] = []string{strconv.FormatInt(max(1, ceilSeconds(d.RetryAfter)), 10)}
-		h.logDenied(zap.DebugLevel, "rate limit exceeded", v.Key)
+		h.logDenied(zap.DebugLevel, "rate limit exceeded", key)
 		return caddyhttp.Error(h.status, ErrRateLimited)
 	}
 	h.counters.byResult[resultAllowed].Inc()

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -36,6 +37,9 @@ type PolicyModule interface {
 	NewPolicy(PolicyEnv) (policy.Policy, error)
 }
 
+// headerPlaceholder starts the name of a request header's placeholder.
+const headerPlaceholder = "http.request.header."
+
 // PolicyEnv is what the handler gives a PolicyModule.
 type PolicyEnv struct {
 	// Cost is the handler's tokens per request (>= 1).
@@ -49,16 +53,19 @@ type PolicyEnv struct {
 	Logger     *zap.Logger
 }
 
-// caddyLookup resolves placeholders as Caddy's replacer does. Request
-// headers, the usual key, are read straight from the request with the
-// replacer's own rule (all values joined by commas), which skips its search
-// through the providers and the name canonicalization on every request;
-// every other name goes through the request's replacer.
+// caddyLookup resolves placeholders as Caddy's replacer does, except for
+// request headers, the usual key. Caddy's replacer joins a repeated header's
+// values with commas, so a client that sent a second value would get a key,
+// and a bucket, of its choice; a header placeholder in a key takes the first
+// value instead (policy.HeaderValue), the one backends read, as `policy
+// header` does. Reading it straight from the request also skips the
+// replacer's search through its providers and the name canonicalization on
+// every request. Every other name goes through the request's replacer.
 func caddyLookup(name string) policy.Resolver {
-	if field, ok := strings.CutPrefix(name, "http.request.header."); ok {
+	if field, ok := strings.CutPrefix(name, headerPlaceholder); ok {
 		key := textproto.CanonicalMIMEHeaderKey(field)
 		return func(r *http.Request) (string, bool) {
-			return strings.Join(r.Header[key], ","), true
+			return policy.HeaderValue(r.Header, key), true
 		}
 	}
 	return func(r *http.Request) (string, bool) {
@@ -68,6 +75,43 @@ func caddyLookup(name string) policy.Resolver {
 		}
 		return repl.GetString(name)
 	}
+}
+
+// keySpace describes the keys a policy module makes, so that handlers
+// sharing a zone can be checked to key it alike: equal descriptions make
+// equal keys of equal requests. The built-ins are described with their
+// defaults applied (no policy, `policy client_ip` and `policy client_ip 32
+// 64` agree), and a key of one header placeholder as the header policy,
+// which makes the same keys; any other module by its name and JSON config.
+// The description appears in config errors.
+func keySpace(pm PolicyModule) string {
+	switch p := pm.(type) {
+	case *ClientIPPolicy:
+		v4, v6 := p.IPv4Prefix, p.IPv6Prefix
+		if v4 == 0 {
+			v4 = policy.DefaultIPv4Prefix
+		}
+		if v6 == 0 {
+			v6 = policy.DefaultIPv6Prefix
+		}
+		return fmt.Sprintf("client_ip /%d /%d", v4, v6)
+	case *HeaderPolicy:
+		return "header " + http.CanonicalHeaderKey(p.Name)
+	case *PlaceholderPolicy:
+		if t, err := policy.ParseTemplate(p.Key); err == nil {
+			if names := t.Names(); len(names) == 1 && p.Key == "{"+names[0]+"}" {
+				if field, ok := strings.CutPrefix(names[0], headerPlaceholder); ok {
+					return "header " + http.CanonicalHeaderKey(field)
+				}
+			}
+		}
+		return "placeholder " + p.Key
+	}
+	b, err := json.Marshal(pm)
+	if err != nil {
+		return fmt.Sprintf("%s %+v", pm.CaddyModule().ID.Name(), pm)
+	}
+	return fmt.Sprintf("%s %s", pm.CaddyModule().ID.Name(), b)
 }
 
 // caddyClientAddr returns the client IP Caddy worked out for the request

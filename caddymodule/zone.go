@@ -12,6 +12,13 @@ import (
 // keyed by zone name and template, so that `caddy reload` keeps every
 // client's tokens. A reload that changes a zone's template starts that
 // zone afresh: its buckets were sized for the old limit.
+//
+// # Notes
+//
+// A reload that changes only a zone's key policy keeps the table, as
+// reloads promise to keep tokens (a WASM policy's config changes far more
+// often than what its keys mean). Buckets of the old policy's keys fade as
+// they refill; one config never mixes two policies (App.claimZone).
 var zonePool = caddy.NewUsagePool()
 
 // zoneKey identifies a zone table in zonePool.
@@ -22,6 +29,14 @@ type zoneKey struct {
 
 func (k zoneKey) String() string {
 	return fmt.Sprintf("zone %q %v burst %d", k.name, k.config.Rate, k.config.Burst)
+}
+
+// zoneClaim is what the handlers of one zone in one config must agree on:
+// the template of the table's buckets and the policy that makes its keys
+// (see App.claimZone).
+type zoneClaim struct {
+	config limiter.Config
+	policy string // keySpace of the policy
 }
 
 // zoneState is one zone's table of dynamic buckets.

@@ -59,7 +59,7 @@ func TestClientIP(t *testing.T) {
 		{p, "[2001:db8:1:2:3:4:5:6]:443", Verdict{Key: "2001:db8:1:2::/64", Cost: 2}, nil},
 		{p, "[::ffff:192.0.2.9]:80", Verdict{Key: "192.0.2.0/24", Cost: 2}, nil},
 		{p, "[fe80::1%eth0]:80", Verdict{Key: "fe80::/64", Cost: 2}, nil},
-		{p, "@", Verdict{Key: sharedFallbackKey, Cost: 2}, ErrNoClientAddr},
+		{p, "@", Verdict{Key: sharedFallbackKey, Cost: 2, reserved: true}, ErrNoClientAddr},
 		{full, "192.0.2.77:1", Verdict{Key: "192.0.2.77", Cost: 1}, nil},
 		{full, "[2001:db8::1]:1", Verdict{Key: "2001:db8::1", Cost: 1}, nil},
 	}
@@ -85,10 +85,10 @@ func TestHeader(t *testing.T) {
 		return p
 	}
 	check(t, mk(FallbackClientIP), req("192.0.2.1:5", "X-Api-Key", "k1"), Verdict{Key: "k1", Cost: 1}, nil)
-	check(t, mk(FallbackClientIP), req("192.0.2.1:5"), Verdict{Key: FallbackKeyPrefix + "192.0.2.1", Cost: 1}, nil)
-	check(t, mk(FallbackClientIP), req("[2001:db8::7]:5"), Verdict{Key: FallbackKeyPrefix + "2001:db8::/64", Cost: 1}, nil)
-	check(t, mk(FallbackClientIP), req("bogus"), Verdict{Key: sharedFallbackKey, Cost: 1}, ErrNoClientAddr)
-	check(t, mk(FallbackShared), req("192.0.2.1:5"), Verdict{Key: sharedFallbackKey, Cost: 1}, nil)
+	check(t, mk(FallbackClientIP), req("192.0.2.1:5"), Verdict{Key: FallbackKeyPrefix + "192.0.2.1", Cost: 1, reserved: true}, nil)
+	check(t, mk(FallbackClientIP), req("[2001:db8::7]:5"), Verdict{Key: FallbackKeyPrefix + "2001:db8::/64", Cost: 1, reserved: true}, nil)
+	check(t, mk(FallbackClientIP), req("bogus"), Verdict{Key: sharedFallbackKey, Cost: 1, reserved: true}, ErrNoClientAddr)
+	check(t, mk(FallbackShared), req("192.0.2.1:5"), Verdict{Key: sharedFallbackKey, Cost: 1, reserved: true}, nil)
 	check(t, mk(FallbackSkip), req("192.0.2.1:5"), Verdict{Action: Skip}, nil)
 	check(t, mk(FallbackDeny), req("192.0.2.1:5", "X-Api-Key", ""), Verdict{Action: Deny}, nil)
 	if _, err := NewHeader(HeaderConfig{Name: "bad name"}); !errors.Is(err, ErrInvalidHeader) {
@@ -115,7 +115,7 @@ func TestPlaceholder(t *testing.T) {
 		t.Fatal(err)
 	}
 	check(t, single, req("192.0.2.1:5", "X-Key", "abc"), Verdict{Key: "abc", Cost: 1}, nil)
-	check(t, single, req("192.0.2.1:5"), Verdict{Key: FallbackKeyPrefix + "192.0.2.1", Cost: 1}, nil)
+	check(t, single, req("192.0.2.1:5"), Verdict{Key: FallbackKeyPrefix + "192.0.2.1", Cost: 1, reserved: true}, nil)
 }
 
 func TestParseTemplate(t *testing.T) {

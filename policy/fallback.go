@@ -38,10 +38,12 @@ const (
 )
 
 // FallbackKeyPrefix starts every key a policy makes for a request it could
-// not key (FallbackClientIP and FallbackShared). NUL cannot occur in an HTTP
-// header value, so a client cannot name a fallback bucket through a header
-// and drain another client's budget. It also keeps fallback buckets apart
-// from explicit buckets, whose IDs may not contain control characters.
+// not key (FallbackClientIP and FallbackShared). It is a reserved first byte
+// (see Verdict.BucketKey): a key a client chose, even one that starts with
+// NUL (a decoded query value can), is escaped before it names a bucket, so
+// no client can aim at another client's fallback bucket and drain it. It
+// also keeps fallback buckets apart from explicit buckets, whose IDs may not
+// contain control characters.
 const FallbackKeyPrefix = "\x00"
 
 // sharedFallbackKey is the one bucket of FallbackShared.
@@ -133,10 +135,10 @@ func (f *fallbacker) verdict(r *http.Request) (Verdict, error) {
 		return Verdict{Action: Deny}, nil
 	case FallbackClientIP:
 		if a, ok := f.addr(r); ok {
-			return Verdict{Key: FallbackKeyPrefix + f.ip.key(a), Cost: f.cost}, nil
+			return Verdict{Key: FallbackKeyPrefix + f.ip.key(a), Cost: f.cost, reserved: true}, nil
 		}
-		return Verdict{Key: sharedFallbackKey, Cost: f.cost},
+		return Verdict{Key: sharedFallbackKey, Cost: f.cost, reserved: true},
 			fmt.Errorf("%w: remote address %q", ErrNoClientAddr, r.RemoteAddr)
 	}
-	return Verdict{Key: sharedFallbackKey, Cost: f.cost}, nil
+	return Verdict{Key: sharedFallbackKey, Cost: f.cost, reserved: true}, nil
 }

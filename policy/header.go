@@ -8,8 +8,9 @@ import (
 )
 
 // Header keys a request by the value of one request header, such as an API
-// key or a tenant ID. Requests without the header (or with an empty value)
-// get the configured Fallback.
+// key or a tenant ID: its first value, as HeaderValue explains. Requests
+// without the header (or whose first value is empty) get the configured
+// Fallback.
 //
 // Header is safe for concurrent use. Evaluate does not allocate: the key is
 // the header value itself.
@@ -49,8 +50,8 @@ func NewHeader(c HeaderConfig) (*Header, error) {
 
 // Evaluate implements Policy.
 func (p *Header) Evaluate(r *http.Request) (Verdict, error) {
-	if vs := r.Header[p.name]; len(vs) > 0 && vs[0] != "" {
-		return Verdict{Key: vs[0], Cost: p.cost}, nil
+	if v := HeaderValue(r.Header, p.name); v != "" {
+		return Verdict{Key: v, Cost: p.cost}, nil
 	}
 	return p.fallback.verdict(r)
 }

@@ -14,7 +14,9 @@ type Resolver func(r *http.Request) (value string, ok bool)
 // "http.request.header.X-API-Key"). It is called once per placeholder when
 // the policy is built, so a host can resolve common names directly instead
 // of searching for them on every request. Caddy supplies one backed by the
-// request's replacer, so every Caddy placeholder works in a key.
+// request's replacer, so every Caddy placeholder works in a key. A lookup
+// should resolve a request header's placeholder to HeaderValue, so that a
+// repeated header cannot change the key.
 type Lookup func(name string) Resolver
 
 // Template is a parsed key template such as "tenant:{http.request.header.X-Tenant}".

@@ -4,6 +4,18 @@
 // The Caddy handler has exactly one way to ask: Policy.Evaluate. Built-in
 // policies build keys from Caddy placeholders, headers and client-IP
 // prefixes; the WASM policy runs an operator's own module (see package wasm).
+//
+// # Keys a client cannot aim
+//
+// Most keys are made of what the client sent, so the rules that keep a
+// client in its own bucket hold for every policy:
+//   - A request counts against Verdict.BucketKey. Keys that start with a
+//     control byte are reserved for the fallback buckets of requests this
+//     package could not key; any other key that starts with one, from any
+//     policy, is escaped, one-to-one, so no bytes a client sends reach them.
+//   - A key taken from a header uses the header's first value
+//     (HeaderValue), the one http.Header.Get and so most backends read: a
+//     repeated header does not move a client to another bucket.
 package policy
 
 import (
@@ -38,9 +50,16 @@ func (a Action) String() string {
 
 // Verdict is a policy's answer for one request.
 type Verdict struct {
+	// Key names the request's bucket as the policy made it; the request
+	// counts against BucketKey, which keeps keys a client can choose out
+	// of the namespaces reserved to this package.
 	Key    string
 	Cost   int64
 	Action Action
+	// reserved marks a key this package made in a reserved namespace
+	// (see BucketKey). It is unexported so that no policy outside this
+	// package can claim one.
+	reserved bool
 }
 
 // Policy maps a request to a Verdict. Implementations are safe for

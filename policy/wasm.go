@@ -177,6 +177,8 @@ func (p *WASM) Evaluate(r *http.Request) (Verdict, error) {
 			req.RemoteIP = unsafe.String(unsafe.SliceData(ip), len(ip))
 		}
 	}
+	// Every value, as the ABI promises; the guest SDK's Header reads the
+	// first, as HeaderValue does for the built-ins.
 	for _, name := range p.headers {
 		for _, v := range r.Header[name] {
 			req.Headers = append(req.Headers, abi.Header{Name: name, Value: v})

@@ -152,7 +152,7 @@ func TestWASMExampleComposite(t *testing.T) {
 // TestWASMHostile shows each hostile module's effect through the policy:
 // the on_error verdict and the error, never a crash.
 func TestWASMHostile(t *testing.T) {
-	fallbackIP := policy.Verdict{Key: policy.FallbackKeyPrefix + "192.0.2.1", Cost: 1}
+	fallbackIP := policy.ReservedVerdict(policy.FallbackKeyPrefix+"192.0.2.1", 1)
 	tests := []struct {
 		module string
 		cfg    policy.WASMConfig
@@ -310,5 +310,35 @@ func TestParseOnError(t *testing.T) {
 	}
 	if _, err := policy.ParseOnError("explode"); !errors.Is(err, policy.ErrInvalidOnError) {
 		t.Errorf("ParseOnError(explode): %v", err)
+	}
+}
+
+// TestWASMKeyMissesFallbackBuckets: a guest's key is whatever it computed
+// from client input, NUL first included; it must not count against the
+// fallback bucket of the address it names, which the same policy's
+// on_error fallback uses.
+func TestWASMKeyMissesFallbackBuckets(t *testing.T) {
+	aimed := policy.FallbackKeyPrefix + "192.0.2.1"
+	// limit, cost 1, key "\x00192.0.2.1" (15 bytes at 64)
+	p := newWASM(t, wasmtest.WATSource(t, "nulkey", `(module
+  (memory (export "memory") 1)
+  (data (i32.const 16) "\00\00\00\00\00")
+  (data (i32.const 64) "\00\01\00\00\00\00192.0.2.1")
+  (func (export "edgelimit_abi_version") (result i32) (i32.const 1))
+  (func (export "edgelimit_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "edgelimit_init") (param i32 i32) (result i64) (i64.const 0x1000000005))
+  (func (export "edgelimit_decide") (param i32 i32) (result i64) (i64.const 0x400000000f)))`), policy.WASMConfig{})
+	r := get("/")
+	r.RemoteAddr = "192.0.2.66:1234"
+	v, err := p.Evaluate(r)
+	if err != nil || v.Key != aimed {
+		t.Fatalf("Evaluate = %+v, %v; want the guest's key %q", v, err, aimed)
+	}
+	fallback := policy.ReservedVerdict(aimed, 1)
+	if v.BucketKey() == fallback.BucketKey() {
+		t.Fatalf("the guest's key %q counts against the fallback bucket of 192.0.2.1", v.Key)
+	}
+	if k := v.BucketKey(); k[0] < policy.KeyEscape {
+		t.Fatalf("the guest's bucket key %q is in a reserved namespace", k)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -94,17 +95,25 @@ func Go(t testing.TB, pkg string) []byte {
 // package wabt).
 func WAT(t testing.TB, name string) []byte {
 	t.Helper()
+	src, err := hostile.ReadFile("hostile/" + name + ".wat")
+	if err != nil {
+		t.Fatalf("wasmtest: no hostile module %q: %v", name, err)
+	}
+	return WATSource(t, name, string(src))
+}
+
+// WATSource compiles WAT text with wat2wasm, cached under name for the
+// life of the test process (a name must always be given the same text).
+// It skips the test when wat2wasm is not installed.
+func WATSource(t testing.TB, name, src string) []byte {
+	t.Helper()
 	wat2wasm, err := exec.LookPath("wat2wasm")
 	if err != nil {
 		t.Skip("wasmtest: wat2wasm not installed (apt-get install wabt); skipping WAT module " + name)
 	}
 	b, err := build("wat:"+name, func() ([]byte, error) {
-		src, err := hostile.ReadFile("hostile/" + name + ".wat")
-		if err != nil {
-			return nil, fmt.Errorf("wasmtest: no hostile module %q: %w", name, err)
-		}
 		cmd := exec.Command(wat2wasm, "-", "--output=-")
-		cmd.Stdin = bytes.NewReader(src)
+		cmd.Stdin = strings.NewReader(src)
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		if err := cmd.Run(); err != nil {
