@@ -22,9 +22,12 @@ import (
 //
 // A replaced table may still be read by a decision on the optimistic path
 // (it then fails its sequence check), so memory is never unmapped while
-// the limiter lives: a released extent is given back to the kernel
-// (MADV_DONTNEED: it stays mapped and reads as zeros) and reused. Everything
-// is unmapped when the Limiter is garbage collected.
+// the limiter lives: a released extent is reused, and the whole 2 MiB
+// pages inside free space are given back to the kernel (MADV_DONTNEED: they
+// stay mapped and read as zeros). Only whole ones: releasing part of a
+// huge page splits it, and the live table beside it would lose its huge
+// page. So a carved extent may hold an old table's bytes, and alloc
+// clears it. Everything is unmapped when the Limiter is garbage collected.
 type slabs struct {
 	mu      sync.Mutex
 	chunks  []*slabChunk
@@ -61,6 +64,7 @@ func (a *slabs) alloc(n int) ([]eslot, []byte) {
 	if w == nil {
 		return make([]eslot, n), nil
 	}
+	clear(w)
 	a.inUse += int64(len(w))
 	return unsafe.Slice((*eslot)(unsafe.Pointer(unsafe.SliceData(w))), n), w
 }
@@ -116,7 +120,6 @@ func (a *slabs) release(w []byte) {
 	if w == nil {
 		return // on the Go heap
 	}
-	dontNeed(w)
 	p := uintptr(unsafe.Pointer(unsafe.SliceData(w)))
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -124,15 +127,20 @@ func (a *slabs) release(w []byte) {
 	for _, c := range a.chunks {
 		base := uintptr(unsafe.Pointer(unsafe.SliceData(c.mem)))
 		if p >= base && p < base+uintptr(len(c.mem)) {
-			c.put(extent{int(p - base), len(w)})
+			free := c.put(extent{int(p - base), len(w)})
+			if lo, hi := roundUp(free.off, slabAlign), (free.off+free.len)&^(slabAlign-1); hi > lo {
+				dontNeed(c.mem[lo:hi])
+			}
 			return
 		}
 	}
+	dontNeed(w) // a mapping of its own: all of it
 	a.ownFree = append(a.ownFree, w)
 }
 
-// put returns an extent to the free list, merged with its neighbours.
-func (c *slabChunk) put(e extent) {
+// put returns an extent to the free list, merged with its neighbours, and
+// returns the free extent it is now part of.
+func (c *slabChunk) put(e extent) extent {
 	i, _ := slices.BinarySearchFunc(c.free, e.off, func(x extent, off int) int { return x.off - off })
 	c.free = slices.Insert(c.free, i, e)
 	if i+1 < len(c.free) && c.free[i].off+c.free[i].len == c.free[i+1].off {
@@ -142,7 +150,9 @@ func (c *slabChunk) put(e extent) {
 	if i > 0 && c.free[i-1].off+c.free[i-1].len == c.free[i].off {
 		c.free[i-1].len += c.free[i].len
 		c.free = slices.Delete(c.free, i, i+1)
+		i--
 	}
+	return c.free[i]
 }
 
 // stats returns the bytes of the extents in use by tables.
