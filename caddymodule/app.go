@@ -248,6 +248,9 @@ func (a *App) claimZone(zone string, c zoneClaim) error {
 	case prev.config != c.config:
 		return fmt.Errorf("%w: zone %q is defined twice, with %v burst %d and %v burst %d; give each limit its own zone",
 			ErrInvalidConfig, zone, prev.config.Rate, prev.config.Burst, c.config.Rate, c.config.Burst)
+	case prev.maxBuckets != c.maxBuckets:
+		return fmt.Errorf("%w: zone %q is given two bucket caps, max_buckets %d and %d; a zone is one table",
+			ErrInvalidConfig, zone, prev.maxBuckets, c.maxBuckets)
 	case prev.policy != c.policy:
 		return fmt.Errorf("%w: zone %q is keyed by two policies, %s and %s; a zone is one table of buckets, so a client could aim a key of one policy at another client's bucket of the other; give each policy its own zone",
 			ErrInvalidConfig, zone, prev.policy, c.policy)

@@ -36,6 +36,7 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		policy    <module> ...               # any edge_limit policy module, e.g. wasm
 //		rate      <tokens>/<period>          # 100/1s, 10/1m, 0.5/s
 //		burst     <tokens>
+//		max_buckets <n>                      # cap on the zone's dynamic buckets
 //		unknown   default|allow|deny
 //		empty_key client_ip|shared|skip|deny
 //		cost      <tokens>
@@ -108,6 +109,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.Burst = n
+		case "max_buckets":
+			n, err := intArg(d, "max_buckets")
+			if err != nil {
+				return err
+			}
+			h.MaxBuckets = int(n)
 		case "cost":
 			n, err := intArg(d, "cost")
 			if err != nil {

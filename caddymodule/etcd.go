@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -92,8 +93,10 @@ func (c *EtcdConfig) clientConfig() etcdsync.ClientConfig {
 }
 
 // startTimeout bounds how long Caddy's start waits for the first bucket set
-// (from etcd, or from the snapshot when etcd does not answer). Past it, Caddy
-// serves with the templates while the syncer keeps trying.
+// when there is no snapshot to serve meanwhile. With a snapshot, start
+// applies it and returns at once; the first list then brings it up to
+// date. Past the timeout without one, Caddy serves with the templates
+// alone (explicit buckets unknown) while the syncer keeps trying.
 const startTimeout = 10 * time.Second
 
 // joinTimeout bounds how long Caddy's start waits to join the global-limit
@@ -160,14 +163,42 @@ func (e *etcdState) start(logger *zap.Logger) error {
 			logger.Warn("global limits: not joined yet; using safe shares", zap.Error(err))
 		}
 	}
-	if err := e.syncer.Start(ctx); err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
-			logger.Warn("etcd: first bucket sync still pending; serving with templates, retrying in the background", zap.Error(err))
-			return nil
-		}
+	go e.afterFirstList()
+	err := e.syncer.Start(ctx)
+	switch {
+	case err == nil && e.syncer.Health().FirstSync.IsZero():
+		// The syncer logs, and the first_sync_pending metric shows, when
+		// the list completes.
+		logger.Warn("etcd: first bucket sync pending; serving the snapshot until it completes",
+			zap.Int("buckets", e.syncer.Stats().Buckets))
+	case err == nil:
+	case errors.Is(err, context.DeadlineExceeded):
+		logger.Warn("etcd: first bucket sync pending and no snapshot; explicit buckets are not enforced until it completes (requests get the zone templates)",
+			zap.Duration("waited", startTimeout), zap.Error(err))
+	default:
 		return fmt.Errorf("edge_limit: starting the etcd syncer: %w", err)
 	}
 	return nil
+}
+
+// bigListBuckets is the bucket count past which the first list's garbage
+// is worth handing back to the OS at once: a list decodes every key and
+// value, several times the memory the buckets then hold, and the runtime's
+// background scavenger returns it only slowly, so the RSS would long stay
+// at the list's peak.
+const bigListBuckets = 100_000
+
+// afterFirstList returns the first list's transient memory to the OS once
+// it is done, for a large bucket set.
+func (e *etcdState) afterFirstList() {
+	select {
+	case <-e.syncer.Listed():
+	case <-e.ctx.Done():
+		return
+	}
+	if e.syncer.Stats().Buckets >= bigListBuckets {
+		debug.FreeOSMemory()
+	}
 }
 
 // close stops the syncer (writing its last snapshot), leaves the fleet and
@@ -196,4 +227,7 @@ func (e *etcdState) fillMetrics(m *stateMetrics) {
 		m.syncAge = time.Since(h.LastSync).Seconds()
 	}
 	m.rejected = float64(e.syncer.Stats().Rejected)
+	if h.FirstSync.IsZero() {
+		m.firstSyncPending = 1
+	}
 }

@@ -63,6 +63,14 @@ type Handler struct {
 	// Template is the limit of keys without an explicit bucket.
 	Template
 
+	// MaxBuckets caps the zone's dynamic buckets, so that clients
+	// inventing keys cannot grow memory without bound. At the cap, full
+	// buckets go first, then a new key displaces the bucket closest to
+	// full among a few near it: a new key is never let through unlimited.
+	// 0 means the default: a sixty-fourth of the memory (GOMEMLIMIT, else
+	// the machine's) at 32 bytes per bucket. Handlers of one zone must agree.
+	MaxBuckets int `json:"max_buckets,omitempty"`
+
 	// Unknown is what keys without an explicit bucket get: "default"
 	// (the template; the default), "allow" or "deny".
 	Unknown string `json:"unknown,omitempty"`
@@ -177,15 +185,19 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return fmt.Errorf("edge_limit zone %q: %w", h.Zone, err)
 		}
-		if err := app.claimZone(h.Zone, zoneClaim{config: tmpl, policy: keySpace(pm)}); err != nil {
+		maxBuckets := h.MaxBuckets
+		if maxBuckets == 0 {
+			maxBuckets = defaultMaxBuckets()
+		}
+		if err := app.claimZone(h.Zone, zoneClaim{config: tmpl, policy: keySpace(pm), maxBuckets: maxBuckets}); err != nil {
 			return err
 		}
 		if h.Cost > tmpl.Burst {
 			h.logger.Warn("cost exceeds the template's burst: keys without an explicit bucket are always denied",
 				zap.String("zone", h.Zone), zap.Int64("cost", h.Cost), zap.Int64("burst", tmpl.Burst))
 		}
-		key := zoneKey{name: h.Zone, config: tmpl}
-		if h.zone, err = loadZone(key); err != nil {
+		key := zoneKey{name: h.Zone, config: tmpl, maxBuckets: maxBuckets}
+		if h.zone, err = loadZone(key, h.logger); err != nil {
 			return err
 		}
 		h.zoneKey = &key
@@ -216,6 +228,9 @@ func (h *Handler) check() error {
 	}
 	if h.Cost < 0 || h.Cost > limiter.MaxBurst {
 		return fmt.Errorf("%w: cost %d; want 1..%d", ErrInvalidConfig, h.Cost, limiter.MaxBurst)
+	}
+	if h.MaxBuckets < 0 {
+		return fmt.Errorf("%w: zone %q: max_buckets %d must not be negative", ErrInvalidConfig, h.Zone, h.MaxBuckets)
 	}
 	if h.Status != 0 && (h.Status < 400 || h.Status > 599) {
 		return fmt.Errorf("%w: status %d; want an error status, 400..599", ErrInvalidConfig, h.Status)

@@ -94,6 +94,10 @@ var (
 		"Dynamic buckets (made from a zone's template) held in memory, by zone.", []string{"zone"}, nil)
 	descEvictions = prometheus.NewDesc("edgelimit_evictions_total",
 		"Dynamic buckets evicted after refilling to full, by zone.", []string{"zone"}, nil)
+	descDisplaced = prometheus.NewDesc("edgelimit_displaced_total",
+		"Dynamic buckets dropped at the zone's max_buckets cap to make room for a new key (the one closest to full of a few), by zone.", []string{"zone"}, nil)
+	descMaxBuckets = prometheus.NewDesc("edgelimit_max_buckets",
+		"The zone's cap on dynamic buckets (max_buckets), by zone.", []string{"zone"}, nil)
 	descConnected = prometheus.NewDesc("edgelimit_etcd_connected",
 		"1 when the bucket watch on etcd is live, 0 while it retries (serving the last known configs).", nil, nil)
 	descRevision = prometheus.NewDesc("edgelimit_etcd_revision",
@@ -102,14 +106,20 @@ var (
 		"Seconds since the syncer last heard from etcd (event, list or progress notification).", nil, nil)
 	descRejected = prometheus.NewDesc("edgelimit_etcd_rejected_configs_total",
 		"Bucket configs in etcd that failed validation and were not applied.", nil, nil)
+	descFirstSync = prometheus.NewDesc("edgelimit_etcd_first_sync_pending",
+		"1 until the first list of the buckets in etcd is applied (serving the snapshot, if any, meanwhile), then 0.", nil, nil)
 	descGuestCalls = prometheus.NewDesc("edgelimit_wasm_guest_calls_total",
 		"Requests a WASM policy module was called for: those its verdict cache did not answer, by module file.", []string{"module"}, nil)
 	descWASMErrors = prometheus.NewDesc("edgelimit_wasm_errors_total",
-		"Failed WASM policy calls by module file and kind (trap, timeout, bad_result, key_too_long, guest_error, request_too_large, pool_busy).", []string{"module", "kind"}, nil)
+		"Failed WASM policy calls by module file and kind (trap, timeout, bad_result, key_too_long, guest_error, request_too_large, pool_busy, replacing).", []string{"module", "kind"}, nil)
 	descInstances = prometheus.NewDesc("edgelimit_wasm_instances",
 		"Live instances of a WASM policy module, by module file.", []string{"module"}, nil)
 	descReplaced = prometheus.NewDesc("edgelimit_wasm_instances_replaced_total",
 		"WASM policy instances thrown away after a trap, timeout or malformed result, by module file.", []string{"module"}, nil)
+	descPending = prometheus.NewDesc("edgelimit_wasm_replacements_pending",
+		"WASM policy instances thrown away and not yet replaced, by module file: while any are, a call that finds no idle instance gets on_error at once (kind replacing).", []string{"module"}, nil)
+	descRebuilt = prometheus.NewDesc("edgelimit_wasm_instances_rebuilt_total",
+		"WASM policy instances made off the request path, as replacements or the spare, by module file.", []string{"module"}, nil)
 )
 
 // stateCollector reports the state that outlives reloads (the pools of
@@ -118,8 +128,8 @@ var (
 type stateCollector struct{}
 
 func (*stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descExplicit, descDynamic, descEvictions, descConnected, descRevision, descSyncAge, descRejected,
-		descGuestCalls, descWASMErrors, descInstances, descReplaced} {
+	for _, d := range []*prometheus.Desc{descExplicit, descDynamic, descEvictions, descDisplaced, descMaxBuckets, descConnected, descRevision, descSyncAge, descRejected,
+		descFirstSync, descGuestCalls, descWASMErrors, descInstances, descReplaced, descPending, descRebuilt} {
 		ch <- d
 	}
 }
@@ -127,7 +137,7 @@ func (*stateCollector) Describe(ch chan<- *prometheus.Desc) {
 func (*stateCollector) Collect(ch chan<- prometheus.Metric) {
 	// While a reload swaps configs, two tables may exist for one zone; their
 	// figures are summed so that every series stays unique.
-	type zsum struct{ dynamic, evictions float64 }
+	type zsum struct{ dynamic, evictions, displaced, max float64 }
 	zones := map[string]*zsum{}
 	zonePool.Range(func(_, v any) bool {
 		z := v.(*zoneState)
@@ -139,11 +149,15 @@ func (*stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		s.dynamic += float64(st.DynamicBuckets)
 		s.evictions += float64(st.Evictions)
+		s.displaced += float64(st.Displaced)
+		s.max = max(s.max, float64(z.maxBuckets))
 		return true
 	})
 	for name, s := range zones {
 		ch <- prometheus.MustNewConstMetric(descDynamic, prometheus.GaugeValue, s.dynamic, name)
 		ch <- prometheus.MustNewConstMetric(descEvictions, prometheus.CounterValue, s.evictions, name)
+		ch <- prometheus.MustNewConstMetric(descDisplaced, prometheus.CounterValue, s.displaced, name)
+		ch <- prometheus.MustNewConstMetric(descMaxBuckets, prometheus.GaugeValue, s.max, name)
 	}
 	collectWASM(ch)
 	// One app state per process in practice; during a reload that changes
@@ -166,6 +180,7 @@ func (*stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descRevision, prometheus.GaugeValue, m.revision)
 		ch <- prometheus.MustNewConstMetric(descSyncAge, prometheus.GaugeValue, m.syncAge)
 		ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, m.rejected)
+		ch <- prometheus.MustNewConstMetric(descFirstSync, prometheus.GaugeValue, m.firstSyncPending)
 	}
 }
 
@@ -177,6 +192,8 @@ type stateMetrics struct {
 	revision  float64
 	syncAge   float64
 	rejected  float64
+	// firstSyncPending is 1 until the syncer's first list completes.
+	firstSyncPending float64
 }
 
 // collectWASM reports the loaded WASM policy modules. A module file loaded
@@ -205,5 +222,7 @@ func collectWASM(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(descInstances, prometheus.GaugeValue, float64(st.Live), path)
 		ch <- prometheus.MustNewConstMetric(descReplaced, prometheus.CounterValue, float64(st.Replaced), path)
+		ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(st.Pending), path)
+		ch <- prometheus.MustNewConstMetric(descRebuilt, prometheus.CounterValue, float64(st.Rebuilt), path)
 	}
 }

@@ -32,6 +32,7 @@ func TestWASMHostileThroughCaddy(t *testing.T) {
 	}
 
 	loopPath := wat("loop")
+	goPath := wasmtest.File(t, goHostile)
 
 	tc := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{LoadRequestTimeout: 3 * time.Minute})
 	tc.InitServer(site("", fmt.Sprintf(`
@@ -109,7 +110,7 @@ func TestWASMHostileThroughCaddy(t *testing.T) {
 		}
 		respond "go"
 	}`, loopPath, wat("unreachable"), wat("garbage"), wat("huge"), wat("longkey"), wat("membomb"),
-		wasmtest.File(t, goHostile))), "caddyfile")
+		goPath)), "caddyfile")
 
 	// wantErrors runs f and checks that it counted n policy errors in zone.
 	wantErrors := func(t *testing.T, zone string, n float64, f func()) {
@@ -129,6 +130,10 @@ func TestWASMHostileThroughCaddy(t *testing.T) {
 		t0, r0 := counter(t, timeouts), counter(t, replaced)
 		wantErrors(t, "h-loop", 3, func() {
 			for range 3 {
+				// A call that finds no instance while a broken one is
+				// being replaced gets on_error at once, without reaching
+				// the guest: wait, so that each one times out.
+				waitReplaced(t, loopPath)
 				wantPolicyDenied(t, tc, "/loop/")
 			}
 		})
@@ -187,6 +192,7 @@ func TestWASMHostileThroughCaddy(t *testing.T) {
 			wantRemaining(t, tc, "h-go", []int{2, 1}, "/go/oom")
 			wantRemaining(t, tc, "h-go", []int{0}, "/go/loop")
 		})
+		waitReplaced(t, goPath)
 		wantRemaining(t, tc, "h-go", []int{2}, "/go/fine")
 	})
 	// Caddy still serves every route after all that.
@@ -472,6 +478,14 @@ func TestWASMReloadSwapsModule(t *testing.T) {
 		wasmPool.Range(func(_, _ any) bool { n++; return true })
 		return n == 2 // the new config's /slow and swap modules
 	})
+}
+
+// waitReplaced waits until the module file path has no broken instance
+// waiting for its replacement, which is made off the request path.
+func waitReplaced(t *testing.T, path string) {
+	t.Helper()
+	pending := fmt.Sprintf(`edgelimit_wasm_replacements_pending{module=%q}`, path)
+	waitUntil(t, "the broken instances' replacements", func() bool { return counter(t, pending) == 0 })
 }
 
 // callsInFlight counts the guest calls running in the loaded policies of

@@ -146,3 +146,84 @@ func TestAdminListPaginates(t *testing.T) {
 	}
 	t.Logf("listed 2500 in %v", time.Since(start))
 }
+
+func TestAdminPlans(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	a := NewAdmin(cli, testPrefix)
+	ctx := ctxT(t)
+
+	if err := a.CreateBucket(ctx, "acme", Spec{Plan: "gold"}); !errors.Is(err, ErrPlanNotFound) || !strings.Contains(err.Error(), `"gold"`) {
+		t.Fatalf("bucket on a missing plan: %v", err)
+	}
+	if err := a.PutPlan(ctx, "gold", spec(100, 200)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cli.Get(ctx, pkey("gold"))
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != `{"rate":100,"per":"1s","burst":200,"shadow":false}` {
+		t.Fatalf("stored plan: %v %v", resp, err)
+	}
+	if err := a.CreateBucket(ctx, "acme", Spec{Plan: "gold"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.CreateBucket(ctx, "acme", Spec{Plan: "gold"}); !errors.Is(err, ErrBucketExists) {
+		t.Fatalf("create existing on a plan: %v", err)
+	}
+	if got, _, err := a.GetBucket(ctx, "acme"); err != nil || got != (Spec{Plan: "gold"}) {
+		t.Fatalf("GetBucket = %+v, %v", got, err)
+	}
+	if err := a.UpdateBucket(ctx, "acme", Spec{Plan: "silver"}); !errors.Is(err, ErrPlanNotFound) {
+		t.Fatalf("update to a missing plan: %v", err)
+	}
+	if err := a.UpdateBucket(ctx, "nobody", Spec{Plan: "gold"}); !errors.Is(err, ErrBucketNotFound) {
+		t.Fatalf("update of a missing bucket on a plan: %v", err)
+	}
+	tests := []struct {
+		name string
+		err  error
+		want error
+		msg  string
+	}{
+		{"global plan", a.PutPlan(ctx, "g", Spec{Rate: 1, Burst: 1, Scope: ScopeGlobal}), ErrInvalidSpec, "local-only"},
+		{"bad plan name", a.PutPlan(ctx, "a\x00", spec(1, 1)), limiter.ErrInvalidPlanName, "control character"},
+		{"invalid plan", a.PutPlan(ctx, "z", spec(1, 0)), limiter.ErrInvalidBurst, "burst 0"},
+		{"mixed bucket", a.CreateBucket(ctx, "mix", Spec{Plan: "gold", Rate: 1}), ErrInvalidSpec, "config of its own"},
+		{"get missing plan", errOf3(a.GetPlan(ctx, "nope")), ErrPlanNotFound, `"nope"`},
+		{"delete missing plan", a.DeletePlan(ctx, "nope", false), ErrPlanNotFound, `"nope"`},
+		{"force-delete missing plan", a.DeletePlan(ctx, "nope", true), ErrPlanNotFound, `"nope"`},
+		{"delete plan in use", a.DeletePlan(ctx, "gold", false), ErrPlanInUse, `"gold" is named by 1 buckets (["acme"]`},
+	}
+	for _, tt := range tests {
+		if !errors.Is(tt.err, tt.want) || !strings.Contains(tt.err.Error(), tt.msg) {
+			t.Errorf("%s: %v, want %v mentioning %s", tt.name, tt.err, tt.want, tt.msg)
+		}
+	}
+	if got, rev, err := a.GetPlan(ctx, "gold"); err != nil || got != spec(100, 200) || rev == 0 {
+		t.Fatalf("GetPlan = %+v, %d, %v", got, rev, err)
+	}
+	mustPut(t, cli, pkey("broken"), `{"rate":1,"burst":1,"scope":"local"}`)
+	if err := a.PutPlan(ctx, "silver", spec(1, 1)); err != nil {
+		t.Fatal(err)
+	}
+	plans, err := a.ListPlans(ctx)
+	if err != nil || len(plans) != 3 || plans[0].Name != "broken" || plans[0].Err == nil ||
+		plans[1].Name != "gold" || plans[1].Spec != spec(100, 200) || plans[2].Name != "silver" || plans[2].Err != nil {
+		t.Fatalf("ListPlans = %+v, %v", plans, err)
+	}
+	// Once no bucket names it, the plan can go.
+	if err := a.UpdateBucket(ctx, "acme", Spec{Plan: "silver"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.DeletePlan(ctx, "gold", false); err != nil {
+		t.Fatalf("delete of an unused plan: %v", err)
+	}
+	// Forced, a plan in use goes.
+	if err := a.DeletePlan(ctx, "silver", true); err != nil {
+		t.Fatalf("forced delete: %v", err)
+	}
+	if _, _, err := a.GetPlan(ctx, "silver"); !errors.Is(err, ErrPlanNotFound) {
+		t.Fatalf("after the forced delete: %v", err)
+	}
+}
+
+func errOf3[T, U any](_ T, _ U, err error) error { return err }

@@ -1,13 +1,17 @@
 package etcdsync
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -125,24 +129,32 @@ func BenchmarkPropagationEtcdctl(b *testing.B) {
 	})
 }
 
-// mapTarget keeps specs in a map: the cheapest real Target, to tell the
-// syncer's own cost from the limiter's.
-type mapTarget map[string]Spec
+// nopTarget applies nothing: with it, the heap held after a load is the
+// syncer's own bookkeeping.
+type nopTarget struct{}
 
-func (m mapTarget) Put(id string, s Spec) error { m[id] = s; return nil }
-func (m mapTarget) Delete(id string) error      { delete(m, id); return nil }
+func (nopTarget) Put(string, Spec) error     { return nil }
+func (nopTarget) Delete(string) error        { return nil }
+func (nopTarget) PutPlan(string, Spec) error { return nil }
+func (nopTarget) DeletePlan(string) error    { return nil }
 
 // BenchmarkInitialLoad measures Start (paginated list + apply) for n
-// buckets, against a plain paginated list of the same keys (reference), and
-// the Go heap held per bucket once loaded. target=limiter applies to a real
-// limiter (whose explicit buckets live partly off the Go heap, in its
-// arena, so heap-B/bucket undercounts it); target=map isolates the syncer,
-// and its heap-B/bucket counts the syncer's map and the target's map. The 1M limiter case runs only with
-// EDGELIMIT_BENCH_1M_LIMITER=1: it takes as long as the limiter needs to
-// create a million explicit buckets one by one.
+// buckets against, in the same run, the reference: a bare paginated list
+// of the same keys with the same client, 100k-key pages, each value
+// json.Unmarshal'ed. It reports both times, their ratio and the Go heap
+// held per bucket once loaded. target=nop isolates the syncer: its
+// heap-B/bucket is the syncer's bookkeeping alone. target=limiter applies
+// to a real limiter (whose explicit buckets live partly off the Go heap, in
+// its arena, so heap-B/bucket undercounts it). The 1M limiter case runs
+// only with EDGELIMIT_BENCH_1M_LIMITER=1.
+//
+// EDGELIMIT_BENCH_ETCD=<endpoint> runs against that etcd (e.g. Debian's
+// 3.4, started by hand) instead of an in-process one: the in-process
+// server shares the benchmark's two cores. EDGELIMIT_BENCH_PAGE_BYTES sets
+// SyncerOptions.PageBytes, to compare page sizes.
 func BenchmarkInitialLoad(b *testing.B) {
 	for _, n := range []int{100_000, 1_000_000} {
-		for _, target := range []string{"limiter", "map"} {
+		for _, target := range []string{"nop", "limiter"} {
 			b.Run(fmt.Sprintf("buckets=%d/target=%s", n, target), func(b *testing.B) {
 				if n > 100_000 && target == "limiter" && os.Getenv("EDGELIMIT_BENCH_1M_LIMITER") == "" {
 					b.Skip("set EDGELIMIT_BENCH_1M_LIMITER=1 to load 1M buckets into the limiter")
@@ -153,42 +165,84 @@ func BenchmarkInitialLoad(b *testing.B) {
 	}
 }
 
-func initialLoad(b *testing.B, n int, target string) {
-	e := etcdtest.Start(b, etcdtest.WithConfig(func(c *embedded.Config) { c.QuotaBackendBytes = 8 << 30 }))
-	cli := e.Client(b)
+func benchClient(b *testing.B) *clientv3.Client {
+	ep := os.Getenv("EDGELIMIT_BENCH_ETCD")
+	if ep == "" {
+		e := etcdtest.Start(b, etcdtest.WithConfig(func(c *embedded.Config) { c.QuotaBackendBytes = 8 << 30 }))
+		return e.Client(b)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// loadBuckets makes the bucket prefix hold exactly n buckets.
+func loadBuckets(b *testing.B, cli *clientv3.Client, n int) {
+	resp, err := cli.Get(context.Background(), BucketsPrefix(testPrefix), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		b.Fatal(err)
+	}
+	if resp.Count == int64(n) {
+		return
+	}
+	if _, err := cli.Delete(context.Background(), BucketsPrefix(testPrefix), clientv3.WithPrefix()); err != nil {
+		b.Fatal(err)
+	}
 	putBuckets(b, cli, n, 10_000)
+}
+
+// bareList is the reference: a paginated list with 100k-key pages and a
+// json.Unmarshal of each value, nothing kept.
+func bareList(b *testing.B, cli *clientv3.Client) {
+	start, end := bucketRange(BucketsPrefix(testPrefix))
+	var rev int64
+	for key := start; ; {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(100_000)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := cli.Get(context.Background(), key, opts...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		rev = resp.Header.Revision
+		for _, kv := range resp.Kvs {
+			var w canonicalSpec
+			if err := json.Unmarshal(kv.Value, &w); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if !resp.More {
+			break
+		}
+		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+func initialLoad(b *testing.B, n int, target string) {
+	cli := benchClient(b)
+	loadBuckets(b, cli, n)
+	pageBytes, _ := strconv.Atoi(os.Getenv("EDGELIMIT_BENCH_PAGE_BYTES"))
+	bareList(b, cli) // warm etcd's caches for both
 	b.ResetTimer()
 	var load, list time.Duration
 	var heap uint64
+	var table int
 	for i := 0; i < b.N; i++ {
-		// Reference: the same pages, read and dropped.
 		t0 := time.Now()
-		start, end := bucketRange(BucketsPrefix(testPrefix))
-		var rev int64
-		for key := start; ; {
-			opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(10_000)}
-			if rev != 0 {
-				opts = append(opts, clientv3.WithRev(rev))
-			}
-			resp, err := cli.Get(context.Background(), key, opts...)
-			if err != nil {
-				b.Fatal(err)
-			}
-			rev = resp.Header.Revision
-			if !resp.More {
-				break
-			}
-			key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
-		}
+		bareList(b, cli)
 		list += time.Since(t0)
 
 		before := heapInUse()
-		var tgt Target = mapTarget{}
+		var tgt Target = nopTarget{}
 		lim := limiter.New()
 		if target == "limiter" {
 			tgt = LimiterTarget(lim)
 		}
-		s := NewSyncer(cli, SyncerOptions{Prefix: testPrefix, Target: tgt, RequestTimeout: time.Minute})
+		s := NewSyncer(cli, SyncerOptions{Prefix: testPrefix, Target: tgt, RequestTimeout: time.Minute, PageBytes: pageBytes})
 		t0 = time.Now()
 		if err := s.Start(context.Background()); err != nil {
 			b.Fatal(err)
@@ -198,12 +252,17 @@ func initialLoad(b *testing.B, n int, target string) {
 			b.Fatalf("loaded %d buckets, want %d", st.Buckets, n)
 		}
 		heap += heapInUse() - before
+		s.mu.Lock()
+		table += s.applied.footprint()
+		s.mu.Unlock()
 		s.Stop()
-		runtime.KeepAlive(tgt)
+		runtime.KeepAlive(s)
+		runtime.KeepAlive(lim)
 	}
+	b.ReportMetric(float64(table)/float64(b.N)/float64(n), "table-B/bucket")
 	b.ReportMetric(load.Seconds()/float64(b.N), "load-s")
-	b.ReportMetric(list.Seconds()/float64(b.N), "listonly-s")
-	b.ReportMetric(float64(load)/float64(list), "load-ratio-vs-listonly")
+	b.ReportMetric(list.Seconds()/float64(b.N), "barelist-s")
+	b.ReportMetric(float64(load)/float64(list), "load-ratio-vs-barelist")
 	b.ReportMetric(float64(heap)/float64(b.N)/float64(n), "heap-B/bucket")
 }
 
@@ -235,4 +294,99 @@ func BenchmarkDecodeSpec(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkSnapshotColdStart measures a cold start from the snapshot file
+// with etcd down: Start, from reading the file to the buckets in force,
+// for n buckets over a few plans and specs. target=nop is the file and the
+// syncer's bookkeeping alone.
+func BenchmarkSnapshotColdStart(b *testing.B) {
+	for _, n := range []int{1_000_000} {
+		for _, target := range []string{"nop", "limiter"} {
+			b.Run(fmt.Sprintf("buckets=%d/target=%s", n, target), func(b *testing.B) {
+				snapshotColdStart(b, n, target)
+			})
+		}
+	}
+}
+
+func snapshotColdStart(b *testing.B, n int, target string) {
+	path := filepath.Join(b.TempDir(), "snapshot")
+	tab, specs := newBucketTable(), newSpecTable()
+	plans := map[string]Spec{"gold": spec(100, 200), "silver": spec(10, 20)}
+	kinds := []Spec{{Plan: "gold"}, {Plan: "silver"}, spec(5, 10)}
+	for i := range n {
+		si, err := specs.acquire(kinds[i%len(kinds)])
+		if err != nil {
+			b.Fatal(err)
+		}
+		tab.put(fmt.Appendf(nil, "tenant-%08d", i), si, 0)
+	}
+	if err := writeFileAtomic(path, func(w *bufio.Writer) error {
+		return encodeSnapshot(w, 1, plans, specs.specs, specs.refs, tab.view())
+	}); err != nil {
+		b.Fatal(err)
+	}
+	st, _ := os.Stat(path)
+	tab, specs = nil, nil
+	down := errors.New("etcd is down")
+	b.ResetTimer()
+	var took time.Duration
+	var heap uint64
+	var table int
+	for i := 0; i < b.N; i++ {
+		before := heapInUse()
+		var tgt Target = nopTarget{}
+		lim := limiter.New()
+		if target == "limiter" {
+			tgt = LimiterTarget(lim)
+		}
+		s := NewSyncer(nil, SyncerOptions{Prefix: testPrefix, Target: tgt, SnapshotPath: path,
+			Connect: func(context.Context) (*clientv3.Client, error) { return nil, down }, MinBackoff: time.Hour})
+		t0 := time.Now()
+		if err := s.Start(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		took += time.Since(t0)
+		if got := s.Stats().Buckets; got != n {
+			b.Fatalf("cold start applied %d buckets, want %d", got, n)
+		}
+		heap += heapInUse() - before
+		s.mu.Lock()
+		table += s.applied.footprint()
+		s.mu.Unlock()
+		s.Stop()
+		runtime.KeepAlive(lim)
+	}
+	b.ReportMetric(float64(table)/float64(b.N)/float64(n), "table-B/bucket")
+	b.ReportMetric(took.Seconds()/float64(b.N), "coldstart-s")
+	b.ReportMetric(float64(heap)/float64(b.N)/float64(n), "heap-B/bucket")
+	b.ReportMetric(float64(st.Size())/float64(n), "file-B/bucket")
+}
+
+// BenchmarkSnapshotWrite measures writeSnapshot for 1M buckets: the copy
+// under the syncer's lock (lock-ms) and the whole atomic write.
+func BenchmarkSnapshotWrite(b *testing.B) {
+	const n = 1_000_000
+	s := NewSyncer(nil, SyncerOptions{Target: nopTarget{}, SnapshotPath: filepath.Join(b.TempDir(), "snapshot"),
+		Connect: func(context.Context) (*clientv3.Client, error) { return nil, errors.New("unused") }})
+	kinds := []Spec{{Plan: "gold"}, spec(5, 10)}
+	s.plans["gold"] = planState{spec: spec(100, 200)}
+	for i := range n {
+		si, _ := s.specs.acquire(kinds[i%len(kinds)])
+		s.applied.put(fmt.Appendf(nil, "tenant-%08d", i), si, 0)
+	}
+	var locked time.Duration
+	b.ResetTimer()
+	for b.Loop() {
+		t0 := time.Now()
+		s.mu.Lock()
+		_ = s.applied.view()
+		s.mu.Unlock()
+		locked += time.Since(t0)
+		if err := s.writeSnapshot(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(locked.Microseconds())/1e3/float64(b.N), "lock-ms")
 }

@@ -3,6 +3,7 @@ package etcdsync
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -116,5 +117,57 @@ func TestEtcdctlAsInTheREADME(t *testing.T) {
 		case <-timeout:
 			t.Fatalf("watch output stopped before line %d (%q)", i, w)
 		}
+	}
+}
+
+// TestEtcdctlPlans: plans as the README shows them, with the real etcdctl.
+func TestEtcdctlPlans(t *testing.T) {
+	if _, err := exec.LookPath("etcdctl"); err != nil {
+		t.Skip("etcdctl is not installed (apt-get install etcd-client); .ci/run installs it")
+	}
+	f := newFixture(t)
+	ep := f.etcd.Endpoints()[0]
+	s := f.startSyncer(t, func(o *SyncerOptions) { o.Prefix = "" })
+
+	// The bucket comes first, naming a plan that is not there yet.
+	etcdctl(t, ep, "put", "/edgelimit/buckets/acme", `{"plan":"gold"}`)
+	waitFor(t, 10*time.Second, "acme rejected", func() bool { return s.Stats().Rejected == 1 })
+	etcdctl(t, ep, "put", "/edgelimit/plans/gold", `{"rate":100,"per":"1h","burst":200}`)
+	f.onPlan(t, "acme", "gold", Spec{Rate: 100, Per: time.Hour, Burst: 200})
+	etcdctl(t, ep, "put", "/edgelimit/buckets/initech", `{"plan":"gold"}`)
+	f.onPlan(t, "initech", "gold", Spec{Rate: 100, Per: time.Hour, Burst: 200})
+	take(t, f.lim, "acme", 150)
+
+	// One put changes both, without refilling.
+	etcdctl(t, ep, "put", "/edgelimit/plans/gold", `{"rate":100,"per":"1h","burst":300}`)
+	f.bucketIs(t, "acme", Spec{Rate: 100, Per: time.Hour, Burst: 300})
+	f.bucketIs(t, "initech", Spec{Rate: 100, Per: time.Hour, Burst: 300})
+	if a := tokens(t, f.lim, "acme"); a != 50 {
+		t.Fatalf("acme after the plan change: %d tokens, want 50", a)
+	}
+	// A move to another plan keeps the tokens too.
+	etcdctl(t, ep, "put", "/edgelimit/plans/silver", `{"rate":10,"per":"1h","burst":1000}`)
+	etcdctl(t, ep, "put", "/edgelimit/buckets/acme", `{"plan":"silver"}`)
+	f.onPlan(t, "acme", "silver", Spec{Rate: 10, Per: time.Hour, Burst: 1000})
+	if a := tokens(t, f.lim, "acme"); a != 50 {
+		t.Fatalf("acme after moving to silver: %d tokens, want 50", a)
+	}
+
+	// Deleting a plan in use leaves its bucket limited.
+	if out := etcdctl(t, ep, "del", "/edgelimit/plans/gold"); out != "1" {
+		t.Fatalf("del: %q", out)
+	}
+	waitFor(t, 10*time.Second, "the refused delete counted", func() bool { return s.Stats().Rejected == 2 })
+	f.onPlan(t, "initech", "gold", Spec{Rate: 100, Per: time.Hour, Burst: 300})
+	etcdctl(t, ep, "del", "/edgelimit/buckets/initech")
+	waitFor(t, 10*time.Second, "plan gold gone with its last bucket", func() bool { _, ok := f.lim.Plan("gold"); return !ok })
+
+	// What etcdctl wrote, the Go admin API reads.
+	plans, err := NewAdmin(f.cli, "").ListPlans(ctxT(t))
+	if err != nil || len(plans) != 1 || plans[0].Name != "silver" || plans[0].Spec != (Spec{Rate: 10, Per: time.Hour, Burst: 1000, Scope: ScopeLocal}) {
+		t.Fatalf("ListPlans = %+v, %v", plans, err)
+	}
+	if err := NewAdmin(f.cli, "").DeletePlan(ctxT(t), "silver", false); !errors.Is(err, ErrPlanInUse) {
+		t.Fatalf("admin DeletePlan of silver in use: %v", err)
 	}
 }

@@ -18,7 +18,7 @@ func ExampleDecodeSpec() {
 	// Output:
 	// {"rate":10,"per":"1m","burst":20,"scope":"local","shadow":false} <nil>
 	// 1/6s 20
-	// true etcdsync: invalid bucket spec: unknown field "brust" (version 1 knows v, rate, per, burst, scope, shadow)
+	// true etcdsync: invalid bucket spec: unknown field "brust" (version 1 knows v, rate, per, burst, scope, shadow, plan)
 }
 
 func ExampleBucketKey() {

@@ -17,6 +17,10 @@ const DefaultPrefix = "/edgelimit/"
 // (etcdsync/global's members/) live beside it, so the syncer never sees them.
 const bucketsDir = "buckets/"
 
+// plansDir is the sub-prefix of plans, the configs that buckets name by
+// reference.
+const plansDir = "plans/"
+
 // normPrefix returns the prefix with a trailing slash, DefaultPrefix if empty.
 func normPrefix(prefix string) string {
 	if prefix == "" {
@@ -34,6 +38,25 @@ func BucketsPrefix(prefix string) string { return normPrefix(prefix) + bucketsDi
 
 // BucketKey returns the etcd key of bucket id: "<prefix>buckets/<id>".
 func BucketKey(prefix, id string) string { return BucketsPrefix(prefix) + id }
+
+// PlansPrefix returns the key prefix under which plans live:
+// "<prefix>plans/".
+func PlansPrefix(prefix string) string { return normPrefix(prefix) + plansDir }
+
+// PlanKey returns the etcd key of plan name: "<prefix>plans/<name>".
+func PlanKey(prefix, name string) string { return PlansPrefix(prefix) + name }
+
+// planName extracts and validates the plan name of a key under plansPrefix.
+func planName(plansPrefix string, key []byte) (string, error) {
+	if !bytes.HasPrefix(key, []byte(plansPrefix)) {
+		return "", fmt.Errorf("%w: key %q is outside %q", ErrInvalidSpec, key, plansPrefix)
+	}
+	name := string(key[len(plansPrefix):])
+	if err := limiter.ValidatePlanName(name); err != nil {
+		return "", fmt.Errorf("%w: key %q: %w", ErrInvalidSpec, key, err)
+	}
+	return name, nil
+}
 
 // bucketRange returns the [start, end) key range of every bucket.
 func bucketRange(bucketsPrefix string) (string, string) {

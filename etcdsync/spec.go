@@ -22,6 +22,24 @@ import (
 // default), scope ("local" by default, or "global") and shadow (false by
 // default) are optional.
 //
+// # Plans
+//
+// A bucket value may instead name a plan, a config shared by reference:
+//
+//	{"plan":"gold"}
+//
+// with the plan's own value at "<prefix>plans/gold" (see DecodePlan). Such
+// a value carries no rate, per, burst, scope or shadow of its own: a mix is
+// an error naming the field. Plans are local-only. Changing a plan
+// re-configures every bucket on it in one etcd write, keeping each
+// bucket's tokens. A bucket that names a plan missing from etcd is
+// rejected like any invalid value (its last valid config stays in force)
+// and applied as soon as the plan appears. Deleting a plan that buckets
+// still use does not unlimit them: the syncer logs an error, counts it in
+// Stats.Rejected and keeps the plan in force for those buckets until none
+// is left on it (or the plan comes back); new buckets naming it are
+// rejected meanwhile. Admin.DeletePlan refuses such a delete unless forced.
+//
 // # Versioning
 //
 // The schema evolves by adding optional fields only, under one rule that
@@ -47,6 +65,9 @@ type Spec struct {
 	Scope Scope
 	// Shadow buckets count and log but never deny.
 	Shadow bool
+	// Plan, if set, names the plan the bucket takes its config from; the
+	// other fields are then zero.
+	Plan string
 }
 
 // Scope says who enforces a bucket's rate.
@@ -77,6 +98,7 @@ type wireSpec struct {
 	Burst  *int64   `json:"burst"`
 	Scope  *string  `json:"scope"`
 	Shadow *bool    `json:"shadow"`
+	Plan   *string  `json:"plan"`
 }
 
 // canonicalSpec fixes the field order and spelling of EncodeSpec.
@@ -88,6 +110,27 @@ type canonicalSpec struct {
 	Shadow bool    `json:"shadow"`
 }
 
+// canonicalPlan fixes the field order and spelling of EncodePlan.
+type canonicalPlan struct {
+	Rate   float64 `json:"rate"`
+	Per    string  `json:"per"`
+	Burst  int64   `json:"burst"`
+	Shadow bool    `json:"shadow"`
+}
+
+// canonicalRef is the canonical form of a bucket on a plan.
+type canonicalRef struct {
+	Plan string `json:"plan"`
+}
+
+// valueKind tells the decoder which rules apply.
+type valueKind bool
+
+const (
+	bucketValue valueKind = false
+	planValue   valueKind = true
+)
+
 // DecodeSpec parses and validates a bucket value. Errors wrap ErrInvalidSpec
 // and name the field and value at fault.
 func DecodeSpec(data []byte) (Spec, error) {
@@ -95,9 +138,23 @@ func DecodeSpec(data []byte) (Spec, error) {
 	return s, err
 }
 
+// DecodePlan parses and validates a plan value: the fields of a bucket
+// value but scope (a plan is local-only) and plan, under the same
+// versioning rules. The Spec returned has Scope ScopeLocal. Errors wrap
+// ErrInvalidSpec and name the field and value at fault.
+func DecodePlan(data []byte) (Spec, error) {
+	s, _, err := decodeValue(data, planValue)
+	return s, err
+}
+
 // decodeSpec is DecodeSpec that also reports whether fields of a newer
 // schema version were ignored.
 func decodeSpec(data []byte) (s Spec, ignoredNewer bool, err error) {
+	return decodeValue(data, bucketValue)
+}
+
+// decodeValue decodes a bucket or plan value.
+func decodeValue(data []byte, kind valueKind) (s Spec, ignoredNewer bool, err error) {
 	if len(data) > MaxSpecBytes {
 		return Spec{}, false, fmt.Errorf("%w: %d bytes, more than %d", ErrInvalidSpec, len(data), MaxSpecBytes)
 	}
@@ -110,7 +167,11 @@ func decodeSpec(data []byte) (s Spec, ignoredNewer bool, err error) {
 		// don't know; anything else is a typo.
 		w = wireSpec{}
 		if lerr := json.Unmarshal(data, &w); lerr != nil || w.V == nil || *w.V <= SpecVersion {
-			return Spec{}, false, fmt.Errorf("%w: unknown field %s (version %d knows v, rate, per, burst, scope, shadow)", ErrInvalidSpec, field, SpecVersion)
+			known := "v, rate, per, burst, scope, shadow, plan"
+			if kind == planValue {
+				known = "v, rate, per, burst, shadow"
+			}
+			return Spec{}, false, fmt.Errorf("%w: unknown field %s (version %d knows %s)", ErrInvalidSpec, field, SpecVersion, known)
 		}
 		ignoredNewer = true
 		err = nil
@@ -123,9 +184,16 @@ func decodeSpec(data []byte) (s Spec, ignoredNewer bool, err error) {
 	if err != nil {
 		return Spec{}, false, jsonError(err)
 	}
-	s, err = w.spec()
+	if kind == planValue {
+		s, err = w.plan()
+	} else {
+		s, err = w.spec()
+	}
 	if err != nil {
 		return Spec{}, false, err
+	}
+	if s.Plan != "" {
+		return s, ignoredNewer, nil
 	}
 	if _, err := s.Config(); err != nil {
 		return Spec{}, false, err
@@ -174,9 +242,39 @@ func jsonKind(goKind string) string {
 	return goKind
 }
 
+// plan checks the fields of a plan value.
+func (w *wireSpec) plan() (Spec, error) {
+	if w.Plan != nil {
+		return Spec{}, fmt.Errorf("%w: field \"plan\": %q; a plan cannot name another plan", ErrInvalidSpec, *w.Plan)
+	}
+	if w.Scope != nil {
+		return Spec{}, fmt.Errorf("%w: field \"scope\": %q; plans are local-only (a global bucket carries its own numbers)", ErrInvalidSpec, *w.Scope)
+	}
+	return w.spec()
+}
+
+// planRef checks a bucket value that names a plan: it has nothing else.
+func (w *wireSpec) planRef() (Spec, error) {
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{{"rate", w.Rate != nil}, {"per", w.Per != nil}, {"burst", w.Burst != nil}, {"scope", w.Scope != nil}, {"shadow", w.Shadow != nil}} {
+		if f.set {
+			return Spec{}, fmt.Errorf("%w: field %q is not allowed with \"plan\" %q: a bucket on a plan takes its whole config from the plan", ErrInvalidSpec, f.name, *w.Plan)
+		}
+	}
+	if err := limiter.ValidatePlanName(*w.Plan); err != nil {
+		return Spec{}, fmt.Errorf("%w: field \"plan\": %w", ErrInvalidSpec, err)
+	}
+	return Spec{Plan: *w.Plan}, nil
+}
+
 func (w *wireSpec) spec() (Spec, error) {
 	if w.V != nil && *w.V < 1 {
 		return Spec{}, fmt.Errorf("%w: field \"v\": %d; versions start at 1", ErrInvalidSpec, *w.V)
+	}
+	if w.Plan != nil {
+		return w.planRef()
 	}
 	if w.Rate == nil {
 		return Spec{}, fmt.Errorf("%w: field \"rate\" is required", ErrInvalidSpec)
@@ -206,8 +304,12 @@ func (w *wireSpec) spec() (Spec, error) {
 }
 
 // Config validates the spec and returns the limiter config it stands for.
-// Errors wrap ErrInvalidSpec and the limiter's own sentinel.
+// Errors wrap ErrInvalidSpec and the limiter's own sentinel. A spec that
+// names a plan has no config of its own: Config returns an error for it.
 func (s Spec) Config() (limiter.Config, error) {
+	if s.Plan != "" {
+		return limiter.Config{}, fmt.Errorf("%w: bucket on plan %q has no config of its own", ErrInvalidSpec, s.Plan)
+	}
 	s = s.withDefaults()
 	if s.Scope != ScopeLocal && s.Scope != ScopeGlobal {
 		return limiter.Config{}, fmt.Errorf("%w: field \"scope\": %q; want %q or %q", ErrInvalidSpec, string(s.Scope), ScopeLocal, ScopeGlobal)
@@ -238,17 +340,53 @@ func (s Spec) withDefaults() Spec {
 }
 
 // EncodeSpec validates the spec and returns its canonical JSON: every
-// field, in a fixed order, without "v" (version 1 needs none).
+// field, in a fixed order, without "v" (version 1 needs none); for a
+// bucket on a plan, {"plan":"<name>"} alone.
 func EncodeSpec(s Spec) ([]byte, error) {
-	if _, err := s.Config(); err != nil {
+	if s.Plan != "" {
+		if err := s.checkRef(); err != nil {
+			return nil, err
+		}
+	} else if _, err := s.Config(); err != nil {
 		return nil, err
 	}
 	return s.MarshalJSON()
 }
 
+// checkRef validates a spec that names a plan.
+func (s Spec) checkRef() error {
+	if err := limiter.ValidatePlanName(s.Plan); err != nil {
+		return fmt.Errorf("%w: field \"plan\": %w", ErrInvalidSpec, err)
+	}
+	if s.Rate != 0 || s.Per != 0 || s.Burst != 0 || s.Shadow || (s.Scope != "" && s.Scope != ScopeLocal) {
+		return fmt.Errorf("%w: bucket on plan %q has a config of its own too (%+v); a bucket on a plan takes its whole config from the plan", ErrInvalidSpec, s.Plan, Spec{Rate: s.Rate, Per: s.Per, Burst: s.Burst, Scope: s.Scope, Shadow: s.Shadow})
+	}
+	return nil
+}
+
+// EncodePlan validates a plan's spec and returns its canonical JSON: rate,
+// per, burst and shadow, in a fixed order. A plan is local-only, so a
+// global scope is an error; so is a spec that names a plan.
+func EncodePlan(s Spec) ([]byte, error) {
+	if s.Plan != "" {
+		return nil, fmt.Errorf("%w: field \"plan\": %q; a plan cannot name another plan", ErrInvalidSpec, s.Plan)
+	}
+	if s.Scope == ScopeGlobal {
+		return nil, fmt.Errorf("%w: field \"scope\": %q; plans are local-only", ErrInvalidSpec, s.Scope)
+	}
+	if _, err := s.Config(); err != nil {
+		return nil, err
+	}
+	s = s.withDefaults()
+	return json.Marshal(canonicalPlan{Rate: s.Rate, Per: formatPer(s.Per), Burst: s.Burst, Shadow: s.Shadow})
+}
+
 // MarshalJSON returns the canonical JSON form without validating; use
 // EncodeSpec for values that go to etcd.
 func (s Spec) MarshalJSON() ([]byte, error) {
+	if s.Plan != "" {
+		return json.Marshal(canonicalRef{Plan: s.Plan})
+	}
 	s = s.withDefaults()
 	return json.Marshal(canonicalSpec{Rate: s.Rate, Per: formatPer(s.Per), Burst: s.Burst, Scope: s.Scope, Shadow: s.Shadow})
 }

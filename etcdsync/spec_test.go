@@ -3,6 +3,7 @@ package etcdsync
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -130,10 +131,13 @@ func FuzzDecodeSpec(f *testing.F) {
 		`{"v":2,"rate":1,"burst":1,"new":[1,{"a":null}]}`,
 		`{"rate":1e9,"per":"8760h","burst":1073741824}`,
 		`{"rate":-1,"burst":1}`, `null`, `{}`, `[]`, `"x"`, `{"rate":1,"burst":1}x`,
+		`{"plan":"gold"}`, `{"v":1,"plan":"gold"}`, `{"v":3,"plan":"g","later":true}`, `{"plan":"gold","burst":1}`,
+		`{"plan":""}`, `{"plan":"a\u0000b"}`, `{"rate":1,"per":"1m","burst":2,"shadow":true}`,
 	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		fuzzPlan(t, data)
 		s, err := DecodeSpec(data)
 		if err != nil {
 			if !errors.Is(err, ErrInvalidSpec) {
@@ -158,3 +162,116 @@ func FuzzDecodeSpec(f *testing.F) {
 		}
 	})
 }
+
+// fuzzPlan checks DecodePlan on the fuzzer's input: errors wrap
+// ErrInvalidSpec, and an accepted plan round-trips through EncodePlan.
+func fuzzPlan(t *testing.T, data []byte) {
+	p, err := DecodePlan(data)
+	if err != nil {
+		if !errors.Is(err, ErrInvalidSpec) {
+			t.Fatalf("DecodePlan error %v does not wrap ErrInvalidSpec", err)
+		}
+		return
+	}
+	if p.Plan != "" || p.Scope != ScopeLocal {
+		t.Fatalf("DecodePlan(%q) = %+v: a plan names no plan and is local", data, p)
+	}
+	enc, err := EncodePlan(p)
+	if err != nil {
+		t.Fatalf("accepted plan %q -> %+v, but EncodePlan fails: %v", data, p, err)
+	}
+	p2, err := DecodePlan(enc)
+	if err != nil || p2 != p {
+		t.Fatalf("plan round trip of %q: %+v -> %s -> %+v, %v", data, p, enc, p2, err)
+	}
+}
+
+func TestDecodePlanAndRefs(t *testing.T) {
+	refs := []struct {
+		in   string
+		want Spec
+	}{
+		{`{"plan":"gold"}`, Spec{Plan: "gold"}},
+		{`{"v":1,"plan":"free tier"}`, Spec{Plan: "free tier"}},
+		{`{"v":2,"plan":"gold","discount":0.5}`, Spec{Plan: "gold"}},
+	}
+	for _, tt := range refs {
+		got, err := DecodeSpec([]byte(tt.in))
+		if err != nil || got != tt.want {
+			t.Errorf("DecodeSpec(%s) = %+v, %v; want %+v", tt.in, got, err, tt.want)
+		}
+	}
+	plans := []struct {
+		in   string
+		want Spec
+	}{
+		{`{"rate":100,"burst":200}`, Spec{Rate: 100, Per: time.Second, Burst: 200, Scope: ScopeLocal}},
+		{`{"v":1,"rate":10,"per":"1m","burst":5,"shadow":true}`, Spec{Rate: 10, Per: time.Minute, Burst: 5, Scope: ScopeLocal, Shadow: true}},
+		{`{"v":2,"rate":1,"burst":1,"algorithm":"gcra"}`, Spec{Rate: 1, Per: time.Second, Burst: 1, Scope: ScopeLocal}},
+	}
+	for _, tt := range plans {
+		got, err := DecodePlan([]byte(tt.in))
+		if err != nil || got != tt.want {
+			t.Errorf("DecodePlan(%s) = %+v, %v; want %+v", tt.in, got, err, tt.want)
+		}
+	}
+	errs := []struct {
+		plan    bool // DecodePlan, else DecodeSpec
+		in      string
+		wantErr error
+		wantMsg string
+	}{
+		{false, `{"plan":"gold","rate":1}`, nil, `field "rate" is not allowed with "plan" "gold"`},
+		{false, `{"plan":"gold","per":"1s"}`, nil, `field "per" is not allowed`},
+		{false, `{"plan":"gold","burst":1}`, nil, `field "burst" is not allowed`},
+		{false, `{"plan":"gold","scope":"local"}`, nil, `field "scope" is not allowed`},
+		{false, `{"plan":"gold","shadow":false}`, nil, `field "shadow" is not allowed`},
+		{false, `{"plan":""}`, limiter.ErrInvalidPlanName, `field "plan"`},
+		{false, `{"plan":"a\nb"}`, limiter.ErrInvalidPlanName, `control character`},
+		{false, `{"plan":5}`, nil, `field "plan": a JSON number where a string is expected`},
+		{false, `{"plan":"gold","plna":1}`, nil, `unknown field "plna"`},
+		{true, `{"rate":1,"burst":1,"scope":"local"}`, nil, `field "scope": "local"; plans are local-only`},
+		{true, `{"plan":"gold"}`, nil, `field "plan": "gold"; a plan cannot name another plan`},
+		{true, `{"rate":1,"brust":1}`, nil, `unknown field "brust" (version 1 knows v, rate, per, burst, shadow)`},
+		{true, `{"rate":0,"burst":1}`, limiter.ErrInvalidRate, `"rate" 0`},
+		{true, `{"rate":1}`, nil, `"burst" is required`},
+	}
+	for _, tt := range errs {
+		var err error
+		if tt.plan {
+			_, err = DecodePlan([]byte(tt.in))
+		} else {
+			_, err = DecodeSpec([]byte(tt.in))
+		}
+		if !errors.Is(err, ErrInvalidSpec) || (tt.wantErr != nil && !errors.Is(err, tt.wantErr)) || !strings.Contains(fmt.Sprint(err), tt.wantMsg) {
+			t.Errorf("decode (plan %v) %s = %v; want ErrInvalidSpec %v mentioning %q", tt.plan, tt.in, err, tt.wantErr, tt.wantMsg)
+		}
+	}
+}
+
+func TestEncodePlanAndRefs(t *testing.T) {
+	if got, err := EncodeSpec(Spec{Plan: "gold"}); err != nil || string(got) != `{"plan":"gold"}` {
+		t.Errorf("EncodeSpec of a plan ref = %s, %v", got, err)
+	}
+	if got, err := EncodePlan(Spec{Rate: 10, Per: time.Minute, Burst: 5}); err != nil || string(got) != `{"rate":10,"per":"1m","burst":5,"shadow":false}` {
+		t.Errorf("EncodePlan = %s, %v", got, err)
+	}
+	for _, tt := range []struct {
+		err  error
+		want string
+	}{
+		{errOf(EncodeSpec(Spec{Plan: "gold", Burst: 1})), "has a config of its own"},
+		{errOf(EncodeSpec(Spec{Plan: "gold", Scope: ScopeGlobal})), "has a config of its own"},
+		{errOf(EncodeSpec(Spec{Plan: "a\x01"})), "control character"},
+		{errOf(EncodePlan(Spec{Rate: 1, Burst: 1, Scope: ScopeGlobal})), "local-only"},
+		{errOf(EncodePlan(Spec{Plan: "x"})), "cannot name another plan"},
+		{errOf(EncodePlan(Spec{Rate: 1})), "burst"},
+		{errOf(Spec{Plan: "gold"}.Config()), `bucket on plan "gold" has no config of its own`},
+	} {
+		if !errors.Is(tt.err, ErrInvalidSpec) || !strings.Contains(tt.err.Error(), tt.want) {
+			t.Errorf("error %v, want ErrInvalidSpec mentioning %q", tt.err, tt.want)
+		}
+	}
+}
+
+func errOf[T any](_ T, err error) error { return err }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,20 +25,24 @@ type SyncerOptions struct {
 	Target Target
 	// Logger; zap.NewNop() if nil.
 	Logger *zap.Logger
-	// SnapshotPath, if set, is a file that keeps the last synced bucket set
-	// for a cold start while etcd is down.
+	// SnapshotPath, if set, is a file that keeps the last synced plans and
+	// buckets. A start applies it before the first list, so that the last
+	// known configs are in force while the list runs or etcd is down.
 	SnapshotPath string
 	// SnapshotInterval is the least time between two snapshot writes
 	// (default 1s): a burst of changes costs one write, not one per change.
 	SnapshotInterval time.Duration
-	// PageSize is the number of keys per list request (default 10000,
-	// about 1 MB), so that a million buckets never come in one huge
-	// response. Not much smaller: etcd counts the rest of the range on
-	// every page, so a list costs O(n²/PageSize) on the server.
+	// PageBytes is the size a list page aims at, keys and values
+	// (default 8 MiB): pages are sized from the keys seen so far, so that
+	// a million buckets never come in one huge response, whatever their
+	// key length. Not much smaller: etcd counts the rest of the range on
+	// every page, so a list costs O(n²/page) on the server.
+	PageBytes int
+	// PageSize, if set, is a fixed number of keys per list request
+	// instead (tests use it to force many pages).
 	PageSize int
 	// RequestTimeout bounds each list page and each progress request
-	// (default 3s). It is also how long a cold start waits for etcd before
-	// it falls back to the snapshot.
+	// (default 3s).
 	RequestTimeout time.Duration
 	// ProgressInterval is how often a quiet watch asks etcd to confirm it
 	// is current (default 5s); Health.LastSync advances with each answer.
@@ -65,8 +70,8 @@ func (o *SyncerOptions) setDefaults() {
 	if o.SnapshotInterval <= 0 {
 		o.SnapshotInterval = time.Second
 	}
-	if o.PageSize <= 0 {
-		o.PageSize = 10_000
+	if o.PageBytes <= 0 {
+		o.PageBytes = defaultPageBytes
 	}
 	if o.RequestTimeout <= 0 {
 		o.RequestTimeout = 3 * time.Second
@@ -82,6 +87,10 @@ func (o *SyncerOptions) setDefaults() {
 	}
 }
 
+// defaultPageBytes is SyncerOptions.PageBytes's default; BENCHMARKS.md
+// has the measurement behind it (BenchmarkInitialLoad/page=...).
+const defaultPageBytes = 8 << 20
+
 // Health is the sync state, for health checks and metrics.
 type Health struct {
 	// Connected is true while etcd answers the syncer.
@@ -95,18 +104,26 @@ type Health struct {
 	LastSync time.Time
 	// LastError is the last sync error since the last success, or "".
 	LastError string
+	// FirstSync is when the first list from etcd completed; zero while it
+	// is pending. Until then the configs in force are the snapshot's, if
+	// there is one, or none.
+	FirstSync time.Time
 }
 
 // Stats are cumulative counters, for metrics.
 type Stats struct {
-	// Applied counts bucket puts and deletes applied to the target.
+	// Applied counts bucket and plan puts and deletes applied to the target.
 	Applied uint64
-	// Rejected counts invalid bucket values (each value once).
+	// Rejected counts invalid bucket and plan values, and buckets naming a
+	// missing plan (each value once), and plans deleted while in use.
 	Rejected uint64
 	// Relists counts full lists after the first one (compaction, errors).
 	Relists uint64
 	// Buckets is the number of buckets in force.
 	Buckets int
+	// Plans is the number of plans in force, including those deleted from
+	// etcd that buckets still use.
+	Plans int
 }
 
 // Syncer keeps a Target in step with the buckets in etcd: it lists them at
@@ -114,23 +131,27 @@ type Stats struct {
 // concurrent use; the Target is only ever called from the syncer's own
 // goroutine.
 type Syncer struct {
-	cli    *clientv3.Client // set once by the sync goroutine if opts.Connect makes it
-	opts   SyncerOptions
-	prefix string // "<prefix>buckets/"
-	log    *zap.Logger
+	cli         *clientv3.Client // set once by the sync goroutine if opts.Connect makes it
+	opts        SyncerOptions
+	prefix      string // "<prefix>buckets/"
+	plansPrefix string // "<prefix>plans/"
+	log         *zap.Logger
 
 	// mu guards the fields below it. The sync goroutine is the only writer.
 	mu       sync.Mutex
-	applied  map[string]appliedSpec // id -> spec in force
-	rejected map[string]rejectMark  // key -> invalid value already logged
-	gen      uint64                 // list generation, to find deleted buckets
-	listed   bool                   // a list has succeeded once
+	applied  *bucketTable          // buckets in force
+	specs    *specTable            // their specs, interned
+	plans    map[string]planState  // plans in force that etcd holds
+	orphans  map[string]Spec       // plans deleted from etcd that buckets still use
+	waiting  map[string]string     // bucket ID -> the missing plan it names
+	rejected map[string]rejectMark // key -> invalid value already logged
+	gen      uint64                // list generation, to find deleted keys
+	listed   bool                  // a list has succeeded once
 	health   Health
 
 	applies, rejects, relists atomic.Uint64
 	dirty                     atomic.Bool     // changes since the last snapshot
 	decoded                   map[string]Spec // valid values seen; sync goroutine only
-	interned                  map[Spec]*Spec  // shared specs; sync goroutine only
 	snapKick                  chan struct{}   // wakes the snapshot writer
 
 	startOnce, stopOnce sync.Once
@@ -138,17 +159,13 @@ type Syncer struct {
 	wg                  sync.WaitGroup
 	ready               chan struct{}
 	readyOnce           sync.Once
+	listedCh            chan struct{} // closed when the first list completes
+	tried               chan struct{} // closed when the first Connect returned
+	triedOnce           sync.Once
 	refused             chan error // the first Connect refused the credentials
 
 	// beforeWatch, if set (by tests), runs before each watch starts from rev+1.
 	beforeWatch func(rev int64)
-}
-
-// appliedSpec is one bucket in force. The spec is shared between buckets
-// (see intern) and never modified.
-type appliedSpec struct {
-	spec *Spec
-	gen  uint64
 }
 
 type rejectMark struct {
@@ -165,26 +182,40 @@ func NewSyncer(cli *clientv3.Client, opts SyncerOptions) *Syncer {
 		panic("etcdsync: NewSyncer needs a client (or Connect) and a Target")
 	}
 	opts.setDefaults()
-	return &Syncer{
-		cli:      cli,
-		opts:     opts,
-		prefix:   opts.Prefix + bucketsDir,
-		log:      opts.Logger,
-		applied:  make(map[string]appliedSpec),
-		rejected: make(map[string]rejectMark),
-		snapKick: make(chan struct{}, 1),
-		decoded:  make(map[string]Spec),
-		interned: make(map[Spec]*Spec),
-		ready:    make(chan struct{}),
-		refused:  make(chan error, 1),
+	s := &Syncer{
+		cli:         cli,
+		opts:        opts,
+		prefix:      opts.Prefix + bucketsDir,
+		plansPrefix: opts.Prefix + plansDir,
+		log:         opts.Logger,
+		applied:     newBucketTable(),
+		specs:       newSpecTable(),
+		plans:       make(map[string]planState),
+		orphans:     make(map[string]Spec),
+		waiting:     make(map[string]string),
+		rejected:    make(map[string]rejectMark),
+		snapKick:    make(chan struct{}, 1),
+		decoded:     make(map[string]Spec),
+		ready:       make(chan struct{}),
+		listedCh:    make(chan struct{}),
+		tried:       make(chan struct{}),
+		refused:     make(chan error, 1),
 	}
+	if cli != nil {
+		close(s.tried)
+	}
+	return s
 }
 
-// Start starts syncing and returns once the initial bucket set is applied,
-// from etcd or, if etcd does not answer within RequestTimeout, from the
-// snapshot file. If ctx ends first, or etcd refuses Connect's credentials
-// meanwhile, Start returns the error but the syncer keeps trying in the
-// background until Stop.
+// Start starts syncing and returns once the initial bucket set is applied:
+// the snapshot file's, if SnapshotPath names a usable one, or else the
+// first list's from etcd. With a snapshot, Start does not wait for the
+// list: the snapshot is in force while the first list runs, and the list
+// then brings it up to date (Listed and Health.FirstSync tell when). It
+// only waits for Connect's first attempt, if the client is Connect's to
+// make, so that refused credentials still fail Start. If ctx ends
+// first, or etcd refuses Connect's credentials meanwhile, Start returns the
+// error but the syncer keeps trying in the background until Stop.
 func (s *Syncer) Start(ctx context.Context) error {
 	started := false
 	s.startOnce.Do(func() {
@@ -205,9 +236,18 @@ func (s *Syncer) Start(ctx context.Context) error {
 	select {
 	case refused = <-s.refused:
 	case <-s.ready:
-		select { // a refusal also applies the snapshot: report it all the same
+		// Ready from the snapshot: still wait for the first connection
+		// attempt, so that refused credentials fail Start as they would
+		// without a snapshot.
+		select {
 		case refused = <-s.refused:
-		default:
+		case <-s.tried:
+			select {
+			case refused = <-s.refused:
+			default:
+			}
+		case <-ctx.Done():
+			return fmt.Errorf("etcdsync: waiting for the first connection to etcd under %q: %w", s.prefix, ctx.Err())
 		}
 	case <-ctx.Done():
 		return fmt.Errorf("etcdsync: waiting for the initial bucket set under %q: %w", s.prefix, ctx.Err())
@@ -247,13 +287,17 @@ func (s *Syncer) Health() Health {
 // Stats returns the counters.
 func (s *Syncer) Stats() Stats {
 	s.mu.Lock()
-	n := len(s.applied)
+	n, np := s.applied.Len(), len(s.plans)+len(s.orphans)
 	s.mu.Unlock()
-	return Stats{Applied: s.applies.Load(), Rejected: s.rejects.Load(), Relists: s.relists.Load(), Buckets: n}
+	return Stats{Applied: s.applies.Load(), Rejected: s.rejects.Load(), Relists: s.relists.Load(), Buckets: n, Plans: np}
 }
 
-// Ready is closed once the initial bucket set is applied.
+// Ready is closed once the initial bucket set is applied: the snapshot's
+// or the first list's.
 func (s *Syncer) Ready() <-chan struct{} { return s.ready }
+
+// Listed is closed once the first list from etcd is applied.
+func (s *Syncer) Listed() <-chan struct{} { return s.listedCh }
 
 func (s *Syncer) markReady() { s.readyOnce.Do(func() { close(s.ready) }) }
 
@@ -261,7 +305,11 @@ func (s *Syncer) markReady() { s.readyOnce.Do(func() { close(s.ready) }) }
 func (s *Syncer) run(ctx context.Context) {
 	defer s.wg.Done()
 	bo := retry.Backoff{Min: s.opts.MinBackoff, Max: s.opts.MaxBackoff}
-	triedSnapshot := s.opts.SnapshotPath == ""
+	if s.opts.SnapshotPath != "" {
+		// Serve the last known configs at once: a first list of millions of
+		// buckets takes seconds, and etcd may not answer at all.
+		s.coldStart()
+	}
 	for ctx.Err() == nil {
 		rev, err := s.connectAndList(ctx)
 		if err != nil {
@@ -274,16 +322,11 @@ func (s *Syncer) run(ctx context.Context) {
 			}
 			s.setError(err)
 			s.log.Warn("etcdsync: listing buckets failed; serving the last configs", zap.String("prefix", s.prefix), zap.Error(err))
-			if !triedSnapshot {
-				triedSnapshot = true
-				s.coldStart()
-			}
 			if !retry.Sleep(ctx, bo.Next()) {
 				return
 			}
 			continue
 		}
-		triedSnapshot = true
 		bo.Reset()
 		s.markReady()
 		s.kickSnapshot()
@@ -314,22 +357,30 @@ func (s *Syncer) connectAndList(ctx context.Context) (int64, error) {
 				default:
 				}
 			}
+			s.triedOnce.Do(func() { close(s.tried) })
 			return 0, err
 		}
 		s.cli = cli
+		s.triedOnce.Do(func() { close(s.tried) })
 	}
 	return s.list(ctx)
 }
 
-// coldStart applies the snapshot file when etcd did not answer the first list.
+// coldStart applies the snapshot file before the first list.
 func (s *Syncer) coldStart() {
+	start := time.Now()
 	n, rev, err := s.loadSnapshot()
-	if err != nil {
-		s.log.Warn("etcdsync: no usable snapshot; waiting for etcd", zap.String("path", s.opts.SnapshotPath), zap.Error(err))
+	if errors.Is(err, os.ErrNotExist) {
+		s.log.Info("etcdsync: no snapshot yet; waiting for the first list from etcd", zap.String("path", s.opts.SnapshotPath))
 		return
 	}
-	s.log.Info("etcdsync: etcd unreachable; applied the snapshot and still trying etcd",
-		zap.String("path", s.opts.SnapshotPath), zap.Int("buckets", n), zap.Int64("revision", rev))
+	if err != nil {
+		s.log.Warn("etcdsync: no usable snapshot; waiting for the first list from etcd", zap.String("path", s.opts.SnapshotPath), zap.Error(err))
+		return
+	}
+	s.log.Info("etcdsync: applied the snapshot; serving it until the first list from etcd completes",
+		zap.String("path", s.opts.SnapshotPath), zap.Int("buckets", n), zap.Int64("revision", rev),
+		zap.Duration("took", time.Since(start)))
 	s.markReady()
 }
 

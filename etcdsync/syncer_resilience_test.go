@@ -123,11 +123,11 @@ func TestSyncerColdStartFromSnapshot(t *testing.T) {
 	mustPut(t, f.cli, bkey("b"), specJSON(2, 2))
 	mustPut(t, f.cli, bkey("c"), specJSON(3, 3))
 	waitFor(t, 10*time.Second, "a snapshot of 3 buckets", func() bool {
-		_, b, _, _, err := readSnapshot(snap)
+		_, b, _, _, err := snapshotContents(snap)
 		return err == nil && len(b) == 3
 	})
 	s.Stop()
-	snapRev, _, _, _, _ := readSnapshot(snap)
+	snapRev, _, _, _, _ := snapshotContents(snap)
 
 	// Changes the snapshot does not have, then etcd goes down.
 	mustPut(t, f.cli, bkey("a"), specJSON(10, 10))
@@ -265,6 +265,9 @@ func TestSyncerColdStartWithPasswordAuth(t *testing.T) {
 	if _, ok := lim.BucketConfig("a"); !ok {
 		t.Fatal("the snapshot was not applied")
 	}
+	waitFor(t, 10*time.Second, "a failed connection attempt", func() bool {
+		return logs.FilterMessageSnippet("listing buckets failed").Len() > 0
+	})
 	e.Restart(t)
 	mustPut(t, f.cli, bkey("b"), specJSON(2, 2))
 	f2.bucketIs(t, "b", spec(2, 2))

@@ -2,17 +2,24 @@ package etcdsync
 
 import (
 	"errors"
+	"fmt"
 	"sync"
 
 	"github.com/edgelimit/edgelimit/limiter"
 )
 
 // Target is what a Syncer applies bucket changes to. Put creates or
-// updates a bucket and must keep its tokens; Delete removes it. The syncer
+// updates a bucket and must keep its tokens; Delete removes it. A spec
+// with Plan set puts the bucket on that plan, which PutPlan has defined
+// before. PutPlan defines or changes a plan (a local config), re-configuring
+// every bucket on it and keeping their tokens; DeletePlan removes a plan
+// and fails, wrapping ErrPlanInUse, while buckets are on it. The syncer
 // calls them from one goroutine, never concurrently.
 type Target interface {
 	Put(id string, spec Spec) error
 	Delete(id string) error
+	PutPlan(name string, spec Spec) error
+	DeletePlan(name string) error
 }
 
 // LimiterTarget applies every spec to l as an explicit bucket, whatever its
@@ -31,6 +38,15 @@ type limiterTarget struct {
 }
 
 func (t *limiterTarget) Put(id string, spec Spec) error {
+	if spec.Plan != "" {
+		if _, err := t.l.PutBucketPlan(id, spec.Plan); err != nil {
+			if errors.Is(err, limiter.ErrPlanNotFound) {
+				return fmt.Errorf("%w: %q (bucket %q): %w", ErrPlanNotFound, spec.Plan, id, err)
+			}
+			return err
+		}
+		return nil
+	}
 	c, err := t.config(spec)
 	if err != nil {
 		return err
@@ -57,6 +73,28 @@ func (t *limiterTarget) config(spec Spec) (limiter.Config, error) {
 	t.configs[spec] = c
 	t.mu.Unlock()
 	return c, nil
+}
+
+// PutPlan defines or changes a plan in the limiter.
+func (t *limiterTarget) PutPlan(name string, spec Spec) error {
+	c, err := t.config(spec)
+	if err != nil {
+		return err
+	}
+	_, err = t.l.PutPlan(name, c)
+	return err
+}
+
+// DeletePlan treats a plan that is already gone as deleted, like Delete.
+func (t *limiterTarget) DeletePlan(name string) error {
+	err := t.l.DeletePlan(name)
+	switch {
+	case err == nil, errors.Is(err, limiter.ErrPlanNotFound):
+		return nil
+	case errors.Is(err, limiter.ErrPlanInUse):
+		return fmt.Errorf("%w: %w", ErrPlanInUse, err)
+	}
+	return err
 }
 
 // Delete treats a bucket that is already gone as deleted: the syncer may

@@ -48,11 +48,17 @@ func (s *Syncer) watch(ctx context.Context, rev int64) error {
 	// with a closing stream makes clientv3 open a stream nobody closes.
 	watcher := clientv3.NewWatcher(s.cli)
 	defer watcher.Close()
+	// Two watches, not one on the whole prefix: global instances write
+	// under members/ every interval, and the syncer has no use for that.
+	// The two channels come in no set order between them; a bucket that
+	// names a plan not seen yet waits for it (see applyKV).
 	wch := watcher.Watch(wctx, s.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithPrevKV())
+	pch := watcher.Watch(wctx, s.plansPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
 
 	tick := time.NewTicker(s.opts.ProgressInterval)
 	defer tick.Stop()
 	lastHeard := time.Now()
+	lastRev := rev
 	asked := false // a progress request is out and unanswered
 	down := false  // etcd was seen unreachable during this watch
 	for {
@@ -60,36 +66,15 @@ func (s *Syncer) watch(ctx context.Context, rev int64) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case resp, ok := <-wch:
-			if !ok {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				return errWatchClosed
-			}
-			if resp.CompactRevision != 0 {
-				return fmt.Errorf("%w: watching from %d, compacted up to %d", errCompacted, rev+1, resp.CompactRevision)
-			}
-			if err := resp.Err(); err != nil {
-				if errors.Is(err, rpctypes.ErrCompacted) {
-					return fmt.Errorf("%w: %w", errCompacted, err)
-				}
-				return fmt.Errorf("etcdsync: watching %q from revision %d: %w", s.prefix, rev+1, err)
+			if err := s.watchResponse(ctx, resp, ok, rev, &lastRev, s.applyEvent); err != nil {
+				return err
 			}
 			lastHeard, asked = time.Now(), false
-			for _, ev := range resp.Events {
-				s.applyEvent(ev)
-				rev = ev.Kv.ModRevision
+		case resp, ok := <-pch:
+			if err := s.watchResponse(ctx, resp, ok, rev, &lastRev, s.applyPlanEvent); err != nil {
+				return err
 			}
-			if resp.IsProgressNotify() {
-				// etcd sends progress only for a watch that has caught up.
-				rev = max(rev, resp.Header.Revision)
-			}
-			if len(resp.Events) > 0 || resp.IsProgressNotify() {
-				s.setSynced(rev)
-			}
-			if len(resp.Events) > 0 {
-				s.kickSnapshot()
-			}
+			lastHeard, asked = time.Now(), false
 		case <-tick.C:
 			if time.Since(lastHeard) < s.opts.ProgressInterval {
 				continue
@@ -117,6 +102,54 @@ func (s *Syncer) watch(ctx context.Context, rev int64) error {
 			// etcd answers reads but not the watch: do not trust it.
 			return fmt.Errorf("%w: no progress answer for %v", errWatchClosed, time.Since(lastHeard).Round(time.Millisecond))
 		}
+	}
+}
+
+// watchResponse applies one watch response. from is the revision the
+// watch started after; rev is the newest revision heard on either channel.
+func (s *Syncer) watchResponse(ctx context.Context, resp clientv3.WatchResponse, ok bool, from int64, rev *int64, apply func(*clientv3.Event)) error {
+	if !ok {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return errWatchClosed
+	}
+	if resp.CompactRevision != 0 {
+		return fmt.Errorf("%w: watching from %d, compacted up to %d", errCompacted, from+1, resp.CompactRevision)
+	}
+	if err := resp.Err(); err != nil {
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			return fmt.Errorf("%w: %w", errCompacted, err)
+		}
+		return fmt.Errorf("etcdsync: watching %q and %q from revision %d: %w", s.prefix, s.plansPrefix, from+1, err)
+	}
+	for _, ev := range resp.Events {
+		apply(ev)
+		*rev = max(*rev, ev.Kv.ModRevision)
+	}
+	if resp.IsProgressNotify() {
+		// etcd sends progress only for a watch that has caught up.
+		*rev = max(*rev, resp.Header.Revision)
+	}
+	if len(resp.Events) > 0 || resp.IsProgressNotify() {
+		s.setSynced(*rev)
+	}
+	if len(resp.Events) > 0 {
+		s.kickSnapshot()
+	}
+	return nil
+}
+
+// applyPlanEvent applies one watch event on a plan.
+func (s *Syncer) applyPlanEvent(ev *clientv3.Event) {
+	switch ev.Type {
+	case mvccpb.PUT:
+		s.mu.Lock()
+		gen := s.gen
+		s.mu.Unlock()
+		s.applyPlanKV(ev.Kv, gen)
+	case mvccpb.DELETE:
+		s.applyPlanDelete(ev.Kv.Key)
 	}
 }
 

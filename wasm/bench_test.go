@@ -412,3 +412,50 @@ func BenchmarkDecideCold(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkDeadlineCost measures what the instrumented deadline checks
+// cost a call: calls to the same guest loaded with them and without any
+// deadline alternate, so that both see the same load on a shared machine,
+// and the p50 of each and their difference are reported.
+func BenchmarkDeadlineCost(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		bin  func() []byte
+		r    *abi.Request
+	}{
+		{"guest=go-apikey", func() []byte { return wasmtest.Example(b, "apikey") }, &benchReq},
+		{"guest=go-composite", func() []byte { return wasmtest.Example(b, "composite") }, &abi.Request{Method: "GET", Path: "/v1/items", RemoteIP: "192.0.2.1",
+			Headers: []abi.Header{{Name: "X-Tenant", Value: "acme"}, {Name: "X-Region", Value: "eu-west"}, {Name: "X-Client-Id", Value: "42"}}}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			var mods [2]*Module
+			for i, dl := range []deadline{deadlineInterrupt, deadlineNone} {
+				m, err := load(context.Background(), c.bin(), Config{Config: benchConfig, Timeout: time.Second, NoCache: true}, dl)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer m.Close(context.Background())
+				mods[i] = m
+			}
+			var lat [2][]time.Duration
+			b.ReportAllocs()
+			for b.Loop() {
+				for i, m := range mods {
+					start := time.Now()
+					if _, err := m.Decide(c.r); err != nil {
+						b.Fatal(err)
+					}
+					lat[i] = append(lat[i], time.Since(start))
+				}
+			}
+			var p50 [2]float64
+			for i := range lat {
+				slices.Sort(lat[i])
+				p50[i] = float64(lat[i][len(lat[i])/2].Nanoseconds())
+			}
+			b.ReportMetric(p50[0], "checked-p50-ns")
+			b.ReportMetric(p50[1], "unchecked-p50-ns")
+			b.ReportMetric(p50[0]-p50[1], "checks-ns")
+		})
+	}
+}

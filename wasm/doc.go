@@ -10,7 +10,9 @@
 // under a memory cap, with no filesystem, network, environment or real
 // clock. A trap, a timeout or a malformed result returns an error (the
 // caller applies its on_error action), is counted in Stats, and the
-// instance is thrown away; the pool makes a fresh one on demand. A request
+// instance is thrown away; a fresh one is made off the request path, at a
+// bounded rate, and calls that find no idle instance meanwhile fail at
+// once (ErrReplacing) rather than wait. A request
 // identical to a recent one is answered from a cache of the guest's
 // verdicts (Config.CacheEntries, Config.NoCache): the ABI requires a
 // verdict to depend on the request alone.

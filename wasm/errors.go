@@ -43,13 +43,17 @@ var (
 	ErrRequestTooLarge = errors.New("wasm: request too large for the guest")
 	// ErrPoolBusy: no instance became free within Config.Timeout.
 	ErrPoolBusy = errors.New("wasm: all instances busy")
+	// ErrReplacing: no instance was idle and a broken one's replacement
+	// is still being made; the call fails at once rather than wait.
+	ErrReplacing = errors.New("wasm: instances being replaced")
 	// ErrClosed: the Module was closed.
 	ErrClosed = errors.New("wasm: module closed")
 )
 
 // Kind names the class of a Decide error for metric labels: "trap",
 // "timeout", "bad_result", "key_too_long", "guest_error",
-// "request_too_large", "pool_busy", "closed", "instantiate" or "other".
+// "request_too_large", "pool_busy", "replacing", "closed", "instantiate"
+// or "other".
 // It returns "" for a nil error.
 func Kind(err error) string {
 	switch {
@@ -69,6 +73,8 @@ func Kind(err error) string {
 		return "request_too_large"
 	case errors.Is(err, ErrPoolBusy):
 		return "pool_busy"
+	case errors.Is(err, ErrReplacing):
+		return "replacing"
 	case errors.Is(err, ErrClosed):
 		return "closed"
 	case errors.Is(err, ErrInstantiate), errors.Is(err, ErrInit):

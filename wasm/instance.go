@@ -2,6 +2,7 @@ package wasm
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"slices"
@@ -50,6 +51,10 @@ type instance struct {
 	// edgelimit_alloc; the guest keeps it valid until the next alloc.
 	bufPtr uint32
 	bufCap uint32
+	// written is how many bytes of the buffer the host wrote last: the
+	// bytes of the request before, which the host clears past the end
+	// of the next one, so that a guest never sees another request's.
+	written uint32
 	// stack is the params/results stack for CallWithStack, reused so that a
 	// call does not allocate.
 	stack [2]uint64
@@ -87,7 +92,8 @@ func (m *Module) instantiate() (*instance, abi.Init, error) {
 	// below, under the deadline, so ictx only bounds the host's work.
 	ictx, icancel := context.WithTimeout(ctx, m.cfg.initTimeout)
 	defer icancel()
-	mod, err := m.rt.InstantiateModule(ictx, m.compiled, m.modCfg)
+	rnd := &randSource{}
+	mod, err := m.rt.InstantiateModule(ictx, m.compiled, m.modCfg.WithRandSource(rnd))
 	if err != nil {
 		cancel()
 		return nil, abi.Init{}, fmt.Errorf("%w: %s", ErrInstantiate, abi.Truncate(err.Error(), maxErrorText))
@@ -100,6 +106,7 @@ func (m *Module) instantiate() (*instance, abi.Init, error) {
 		ctx:    ctx,
 		cancel: cancel,
 	}
+	rnd.state = &in.state
 	if m.deadline == deadlineInterrupt {
 		in.interrupt, _ = mod.ExportedGlobal(InterruptExport).(api.MutableGlobal)
 		if in.interrupt == nil {
@@ -172,6 +179,10 @@ func (in *instance) reserve(ctx context.Context, n int) error {
 		return nil
 	}
 	size := max(uint32(n), 2*in.bufCap, minBuffer)
+	if old, ok := in.mem.Read(in.bufPtr, in.written); ok {
+		clear(old) // the guest may hand the old buffer out again
+	}
+	in.written = 0
 	in.stack[0] = uint64(size)
 	if err := in.alloc.CallWithStack(ctx, in.stack[:]); err != nil {
 		return err
@@ -213,6 +224,10 @@ func (m *Module) call(in *instance, req *abi.Request, enc []byte, size int) (res
 	} else {
 		abi.AppendRequest(view[:0], req) // in place: size <= bufCap
 	}
+	if in.written > uint32(size) {
+		clear(view[size:in.written]) // the end of a longer request before
+	}
+	in.written = uint32(size)
 	in.stack[0], in.stack[1] = uint64(in.bufPtr), uint64(size)
 	if err := m.invoke(in, m.cfg.Timeout, in.callDecide); err != nil {
 		return abi.Result{}, true, err
@@ -282,6 +297,29 @@ func (m *Module) invoke(in *instance, timeout time.Duration, f func(context.Cont
 		return fmt.Errorf("%w: guest exited with code %d", ErrTrap, exit.ExitCode())
 	}
 	return fmt.Errorf("%w: %s", ErrTrap, abi.Truncate(err.Error(), maxErrorText))
+}
+
+// randChunk is the most bytes randSource reads at once: a fraction of a
+// millisecond of crypto/rand.
+const randChunk = 64 << 10
+
+// errInterrupted fails a host function of a call past its deadline.
+var errInterrupted = errors.New("wasm: call interrupted")
+
+// randSource is an instance's source for WASI random_get: crypto/rand,
+// read in chunks of randChunk bytes, that fails once the instance's call
+// has overrun its deadline. random_get runs in Go, out of reach of the
+// interrupt checks, and a guest may ask it for its whole memory at once:
+// tens of milliseconds per call.
+type randSource struct {
+	state *atomic.Int64 // the instance's; set before any guest code runs
+}
+
+func (r *randSource) Read(p []byte) (int, error) {
+	if r.state.Load() == stateKilled {
+		return 0, errInterrupted
+	}
+	return rand.Read(p[:min(len(p), randChunk)])
 }
 
 // kill stops the instance's running call; its deadline calls it.

@@ -34,6 +34,9 @@ type Module struct {
 	deadline deadline
 	cacheKey cacheKey
 	closed   sync.Once
+	// beforeRebuild, if set, runs before the builder makes an instance;
+	// tests hold the builder with it.
+	beforeRebuild func()
 }
 
 // LoadFile reads a .wasm file and loads it with Load.
@@ -134,7 +137,8 @@ func load(ctx context.Context, wasmBytes []byte, cfg Config, dl deadline) (*Modu
 	// stdio discarded, the program name as the only argument, fake clocks
 	// (wazero's default: a fixed start that advances 1 ms per reading) and
 	// real randomness so that a Go guest's map hash seeds are unpredictable
-	// to clients who pick header values. See RATIONALE.md.
+	// to clients who pick header values (each instance gets its own
+	// source: see randSource). See RATIONALE.md.
 	m.modCfg = wazero.NewModuleConfig().
 		WithName("").
 		WithArgs("edgelimit-policy").

@@ -18,19 +18,25 @@ type Stats struct {
 	GuestErrors     uint64 // ErrGuest
 	RequestTooLarge uint64 // ErrRequestTooLarge
 	PoolBusy        uint64 // ErrPoolBusy
+	Replacing       uint64 // ErrReplacing
 	// Instantiations counts instances made, including the one at load;
 	// InstantiateFailures those that failed; Replaced the instances thrown
-	// away after a trap, timeout or malformed result.
+	// away after a trap, timeout or malformed result; Rebuilt the
+	// instances made off the request path, to replace those or as the
+	// spare.
 	Instantiations      uint64
 	InstantiateFailures uint64
 	Replaced            uint64
-	// Live and Idle are the current instance counts.
-	Live, Idle int
+	Rebuilt             uint64
+	// Live and Idle are the current instance counts (Live counts the idle
+	// ones, not the spare); Pending the broken instances not yet replaced;
+	// Spare is 1 while a spare is ready.
+	Live, Idle, Pending, Spare int
 }
 
 // Errors returns the number of failed calls of every kind.
 func (s Stats) Errors() uint64 {
-	return s.Traps + s.Timeouts + s.BadResults + s.KeysTooLong + s.GuestErrors + s.RequestTooLarge + s.PoolBusy
+	return s.Traps + s.Timeouts + s.BadResults + s.KeysTooLong + s.GuestErrors + s.RequestTooLarge + s.PoolBusy + s.Replacing
 }
 
 // ErrorKinds returns the failed calls by kind, named as Kind names them.
@@ -38,6 +44,7 @@ func (s Stats) ErrorKinds() map[string]uint64 {
 	return map[string]uint64{
 		"trap": s.Traps, "timeout": s.Timeouts, "bad_result": s.BadResults, "key_too_long": s.KeysTooLong,
 		"guest_error": s.GuestErrors, "request_too_large": s.RequestTooLarge, "pool_busy": s.PoolBusy,
+		"replacing": s.Replacing,
 	}
 }
 
@@ -52,17 +59,22 @@ func (s *Stats) Add(o Stats) {
 	s.GuestErrors += o.GuestErrors
 	s.RequestTooLarge += o.RequestTooLarge
 	s.PoolBusy += o.PoolBusy
+	s.Replacing += o.Replacing
 	s.Instantiations += o.Instantiations
 	s.InstantiateFailures += o.InstantiateFailures
 	s.Replaced += o.Replaced
+	s.Rebuilt += o.Rebuilt
 	s.Live += o.Live
 	s.Idle += o.Idle
+	s.Pending += o.Pending
+	s.Spare += o.Spare
 }
 
 type counters struct {
 	guestCalls                                                                       atomic.Uint64
 	traps, timeouts, badResults, keysTooLong, guestErrors, requestTooLarge, poolBusy atomic.Uint64
-	instantiations, instantiateFailures, replaced                                    atomic.Uint64
+	replacing                                                                        atomic.Uint64
+	instantiations, instantiateFailures, replaced, rebuilt                           atomic.Uint64
 }
 
 // count records a failed call by its kind.
@@ -82,12 +94,14 @@ func (c *counters) count(err error) {
 		c.requestTooLarge.Add(1)
 	case "pool_busy":
 		c.poolBusy.Add(1)
+	case "replacing":
+		c.replacing.Add(1)
 	}
 }
 
 // Stats returns a snapshot of the Module's counters.
 func (m *Module) Stats() Stats {
-	live, idle := m.pool.size()
+	live, idle, pending, spare := m.pool.size()
 	return Stats{
 		GuestCalls:          m.stats.guestCalls.Load(),
 		Traps:               m.stats.traps.Load(),
@@ -97,10 +111,14 @@ func (m *Module) Stats() Stats {
 		GuestErrors:         m.stats.guestErrors.Load(),
 		RequestTooLarge:     m.stats.requestTooLarge.Load(),
 		PoolBusy:            m.stats.poolBusy.Load(),
+		Replacing:           m.stats.replacing.Load(),
 		Instantiations:      m.stats.instantiations.Load(),
 		InstantiateFailures: m.stats.instantiateFailures.Load(),
 		Replaced:            m.stats.replaced.Load(),
+		Rebuilt:             m.stats.rebuilt.Load(),
 		Live:                live,
 		Idle:                idle,
+		Pending:             pending,
+		Spare:               spare,
 	}
 }

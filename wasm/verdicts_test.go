@@ -145,7 +145,7 @@ func testGoGuestCache(t *testing.T) {
 // TestErrorKindsMatchKind: every counted error shows under its Kind name
 // in ErrorKinds, which names the metric series.
 func TestErrorKindsMatchKind(t *testing.T) {
-	errs := []error{ErrTimeout, ErrTrap, ErrBadResult, ErrKeyTooLong, ErrGuest, ErrRequestTooLarge, ErrPoolBusy}
+	errs := []error{ErrTimeout, ErrTrap, ErrBadResult, ErrKeyTooLong, ErrGuest, ErrRequestTooLarge, ErrPoolBusy, ErrReplacing}
 	m := &Module{}
 	for i, err := range errs {
 		for range i + 1 {

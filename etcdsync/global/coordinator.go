@@ -176,8 +176,9 @@ func (c *Coordinator) Close() error {
 	return nil
 }
 
-// Put applies a bucket spec: a local spec goes to the inner target, a
-// global one gets this instance's share. A bucket may switch scope.
+// Put applies a bucket spec: a local spec (or one on a plan) goes to the
+// inner target, a global one gets this instance's share. A bucket may
+// switch scope.
 func (c *Coordinator) Put(id string, spec etcdsync.Spec) error {
 	if spec.Scope != etcdsync.ScopeGlobal {
 		c.mu.Lock()
@@ -222,6 +223,17 @@ func (c *Coordinator) Delete(id string) error {
 	delete(c.buckets, id)
 	c.mu.Unlock()
 	return c.inner.Delete(id)
+}
+
+// PutPlan passes a plan to the inner target: plans are local-only, so a
+// bucket on a plan is never global.
+func (c *Coordinator) PutPlan(name string, spec etcdsync.Spec) error {
+	return c.inner.PutPlan(name, spec)
+}
+
+// DeletePlan passes a plan delete to the inner target.
+func (c *Coordinator) DeletePlan(name string) error {
+	return c.inner.DeletePlan(name)
 }
 
 // applyLocked sets gb's share on the limiter if it changed. With guard set,

@@ -92,6 +92,43 @@ func TestLocalSpecsPassThrough(t *testing.T) {
 	}
 }
 
+// TestPlansPassThrough: plans are local-only; a bucket moving from global
+// to a plan leaves the global set.
+func TestPlansPassThrough(t *testing.T) {
+	srv := etcdtest.Start(t)
+	m := startMember(t, srv, "edge-0")
+	if err := m.coord.Put("acme", etcdsync.Spec{Rate: 80, Burst: 8, Scope: etcdsync.ScopeGlobal}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.coord.PutPlan("gold", etcdsync.Spec{Rate: 50, Per: time.Second, Burst: 10}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.coord.Put("acme", etcdsync.Spec{Plan: "gold"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.coord.Status().Buckets["acme"]; ok {
+		t.Error("a bucket on a plan shows up as global")
+	}
+	if r, b := m.share(t, "acme"); r != 50 || b != 10 {
+		t.Errorf("bucket on plan gold: %v/s burst %d, want 50/s burst 10", r, b)
+	}
+	if p, ok := m.lim.BucketPlan("acme"); !ok || p != "gold" {
+		t.Errorf("BucketPlan = %q, %v", p, ok)
+	}
+	if err := m.coord.DeletePlan("gold"); !errors.Is(err, etcdsync.ErrPlanInUse) {
+		t.Errorf("DeletePlan in use = %v, want ErrPlanInUse", err)
+	}
+	if err := m.coord.Delete("acme"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.coord.DeletePlan("gold"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.lim.Plan("gold"); ok {
+		t.Error("plan still in the limiter")
+	}
+}
+
 func TestEvenSplitAndJoin(t *testing.T) {
 	srv := etcdtest.Start(t)
 	fleet := startFleet(t, srv, 2)

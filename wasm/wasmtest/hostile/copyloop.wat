@@ -1,0 +1,16 @@
+;; copyloop: edgelimit_decide loops over an overlapping memory.copy of
+;; nearly 16 MiB, one shifted forward and one backward, the two directions
+;; a chunked copy must get right.
+(module
+  (memory (export "memory") 256)
+  (data (i32.const 16) "\00\00\00\00\00")
+  (data (i32.const 32) "\00\01\00\00\00wat")
+  (func (export "edgelimit_abi_version") (result i32) (i32.const 1))
+  (func (export "edgelimit_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "edgelimit_init") (param i32 i32) (result i64) (i64.const 0x1000000005))
+  (func (export "edgelimit_decide") (param i32 i32) (result i64)
+    (loop $forever
+      (memory.copy (i32.const 65537) (i32.const 65536) (i32.const 16646144))
+      (memory.copy (i32.const 65536) (i32.const 65537) (i32.const 16646144))
+      (br $forever))
+    (unreachable)))
