@@ -87,8 +87,9 @@ func (o *SyncerOptions) setDefaults() {
 	}
 }
 
-// defaultPageBytes is SyncerOptions.PageBytes's default; BENCHMARKS.md
-// has the measurement behind it (BenchmarkInitialLoad/page=...).
+// defaultPageBytes is SyncerOptions.PageBytes's default, chosen with
+// BenchmarkInitialLoad (EDGELIMIT_BENCH_PAGE_BYTES); BENCHMARKS.md has the
+// figures.
 const defaultPageBytes = 8 << 20
 
 // Health is the sync state, for health checks and metrics.

@@ -130,8 +130,8 @@ func reportCPU(b *testing.B, start time.Duration) {
 // each told its count. It replaces b.RunParallel, whose per-goroutine state
 // (testing.PB, 32 bytes, written by every pb.Next) can land in one cache
 // line with another goroutine's: every operation then pays a cache-line
-// transfer between cores, which made the hot-key figures bimodal (10 ns or
-// 29 ns for the same denial, by allocation luck; BENCHMARKS.md).
+// transfer between cores, which made the hot-key figures bimodal, by
+// allocation luck.
 func parallel(b *testing.B, body func(iters int)) {
 	procs := runtime.GOMAXPROCS(0)
 	var wg sync.WaitGroup

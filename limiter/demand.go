@@ -15,9 +15,10 @@ import (
 // picked by the address of its goroutine's stack and the stripes' salt;
 // an add that loses a compare-and-swap on its stripe changes the salt,
 // which moves every goroutine to another stripe, so two goroutines that
-// collide are soon apart. (With the address alone, two goroutines shared a
-// stripe one time in eight, and a hot bucket's denials then cost ~2.6x:
-// BENCHMARKS.md.) A read sums all.
+// collide are soon apart (with the address alone, two goroutines shared a
+// stripe one time in eight, and every add on it then moved a cache line
+// between cores). A read sums all. Only the explicit buckets that Demand
+// is asked about (global ones) carry a counter.
 type demandCounter struct {
 	n       atomic.Uint64
 	stripes atomic.Pointer[demandStripes]

@@ -7,7 +7,7 @@ import (
 	"github.com/tetratelabs/wazero"
 )
 
-// Compiling a Go guest takes ~2 s of CPU (BENCHMARKS.md). A Caddy config
+// Compiling a Go guest takes seconds of CPU (BENCHMARKS.md). A Caddy config
 // reload loads the new config's module while the old one still serves, so
 // when the file did not change the compiled code can be shared: Modules
 // with the same bytes and settings share a wazero CompilationCache, which

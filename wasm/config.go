@@ -32,12 +32,12 @@ const (
 	DefaultCacheEntries = 4096
 	// maxCacheEntries caps CacheEntries (a few hundred MB when full).
 	maxCacheEntries = 1 << 20
-	// maxPoolSize caps PoolSize: an idle Go instance holds ~5.6 MB.
+	// maxPoolSize caps PoolSize: an idle Go instance holds megabytes.
 	maxPoolSize = 1024
 	// defaultInitTimeout bounds each guest call while an instance starts
 	// (start function, _initialize, edgelimit_init). A Go guest's take
-	// ~4 ms in all; this is generous for a loaded machine and still bounds
-	// a guest that loops in its init.
+	// milliseconds in all; this is generous for a loaded machine and still
+	// bounds a guest that loops in its init.
 	defaultInitTimeout = 5 * time.Second
 )
 

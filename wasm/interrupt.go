@@ -56,7 +56,7 @@ var ErrInstrument = errors.New("wasm: instrumenting module for the call deadline
 // all in native code. It replaces wazero's WithCloseOnContextDone, which
 // leaves native code for a Go call at every function entry and loop header
 // and spawns a goroutine per call; measured, that made a Go guest call
-// 5-10x slower (BENCHMARKS.md). As with wasmtime's epoch interruption, the
+// several times slower (BENCHMARKS.md). As with wasmtime's epoch interruption, the
 // host sets the exported interrupt global when a call overruns its
 // deadline (a timer per instance, calltimer.go), and the guest traps at
 // its next slow path.

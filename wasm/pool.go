@@ -8,8 +8,8 @@ import (
 
 // pool holds a Module's instances: at most max are in use or idle at once,
 // the pool starts with the one made at load and grows on demand, because a
-// Go guest instance costs ~4 ms and ~5.6 MB to make (measured in
-// BENCHMARKS.md) and most sites never need GOMAXPROCS of them. It never
+// Go guest instance costs milliseconds and megabytes to make (BENCHMARKS.md)
+// and most sites never need GOMAXPROCS of them. It never
 // shrinks: an idle instance costs memory only. See RATIONALE.md.
 //
 // An instance that breaks (a trap, a timeout, a malformed result) is
