@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
@@ -21,12 +23,14 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "edge-limit",
-		Usage: "buckets list|get|put|delete [flags] | policy test <module.wasm> [flags]",
-		Short: "Manages edgelimit's explicit buckets in etcd and checks WASM policies",
-		Long: `Manages the explicit buckets that every edge_limit instance enforces.
+		Usage: "buckets list|get|put|delete [flags] | plans list|get|put|delete [flags] | policy test <module.wasm> [flags]",
+		Short: "Manages edgelimit's explicit buckets and plans in etcd and checks WASM policies",
+		Long: `Manages the explicit buckets that every edge_limit instance enforces,
+and the plans that buckets can take their config from.
 
 The buckets live in etcd under <prefix>buckets/<id> as JSON, e.g.
-{"rate":100,"per":"1s","burst":200}; plain etcdctl put/del works as well.
+{"rate":100,"per":"1s","burst":200}, or {"plan":"gold"} for a bucket on
+the plan at <prefix>plans/gold; plain etcdctl put/del works as well.
 These commands apply the same validation as the instances, so a value they
 write is a value every instance accepts.
 
@@ -34,7 +38,13 @@ write is a value every instance accepts.
   caddy edge-limit buckets get acme
   caddy edge-limit buckets put acme --rate 100 --per 1s --burst 200
   caddy edge-limit buckets put acme '{"rate":10,"per":"1m","burst":20,"shadow":true}'
+  caddy edge-limit buckets put acme --plan gold
   caddy edge-limit buckets delete acme
+
+  caddy edge-limit plans put gold --rate 100 --burst 200
+  caddy edge-limit plans list
+  caddy edge-limit plans get gold
+  caddy edge-limit plans delete gold [--force]
 
 "policy test" loads a WASM key policy as the policy wasm directive does and
 prints its verdict for one request (no etcd needed):
@@ -46,7 +56,7 @@ Connection flags default from EDGELIMIT_ETCD_ENDPOINTS, EDGELIMIT_ETCD_PREFIX,
 EDGELIMIT_ETCD_USERNAME and EDGELIMIT_ETCD_PASSWORD (prefer the variable to
 --password, which other users can see in the process list).`,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(newBucketsCommand(), newPolicyCommand())
+			cmd.AddCommand(newBucketsCommand(), newPlansCommand(), newPolicyCommand())
 		},
 	})
 }
@@ -159,13 +169,16 @@ func newBucketsCommand() *cobra.Command {
 		burst          int64
 		scope          string
 		shadow         bool
+		plan           string
 		create, update bool
 	)
 	putCmd := &cobra.Command{
 		Use:   "put <id> [<json spec>]",
 		Short: "Creates or replaces a bucket (keeping its tokens on every instance)",
 		Long: `Creates or replaces a bucket, from flags or from a JSON spec.
-With --create it fails if the bucket exists; with --update, if it does not.`,
+With --plan, the bucket takes its whole config from that plan
+(see "plans"). With --create it fails if the bucket exists; with --update,
+if it does not.`,
 		Args: cobra.RangeArgs(1, 2),
 	}
 	pf := putCmd.Flags()
@@ -174,6 +187,7 @@ With --create it fails if the bucket exists; with --update, if it does not.`,
 	pf.Int64Var(&burst, "burst", 0, "capacity")
 	pf.StringVar(&scope, "scope", string(etcdsync.ScopeLocal), "local or global")
 	pf.BoolVar(&shadow, "shadow", false, "count and log, never deny")
+	pf.StringVar(&plan, "plan", "", "take the config from this plan instead of --rate, --per, --burst, --shadow")
 	pf.BoolVar(&create, "create", false, "fail if the bucket exists")
 	pf.BoolVar(&update, "update", false, "fail if the bucket does not exist")
 	putCmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -182,11 +196,19 @@ With --create it fails if the bucket exists; with --update, if it does not.`,
 		}
 		var spec etcdsync.Spec
 		if len(args) == 2 {
-			if cmd.Flags().Changed("rate") || cmd.Flags().Changed("burst") {
-				return fmt.Errorf("%w: give the spec as JSON or as flags, not both", ErrInvalidConfig)
+			if changed := changedFlags(cmd, "rate", "per", "burst", "scope", "shadow", "plan"); changed != "" {
+				return fmt.Errorf("%w: give the spec as JSON or as flags, not both (%s)", ErrInvalidConfig, changed)
 			}
 			var err error
 			if spec, err = etcdsync.DecodeSpec([]byte(args[1])); err != nil {
+				return err
+			}
+		} else if plan != "" {
+			if changed := changedFlags(cmd, "rate", "per", "burst", "scope", "shadow"); changed != "" {
+				return fmt.Errorf("%w: --plan %s gives the whole config; drop %s", ErrInvalidConfig, plan, changed)
+			}
+			spec = etcdsync.Spec{Plan: plan}
+			if _, err := etcdsync.EncodeSpec(spec); err != nil {
 				return err
 			}
 		} else {
@@ -233,6 +255,185 @@ With --create it fails if the bucket exists; with --update, if it does not.`,
 	return root
 }
 
+func newPlansCommand() *cobra.Command {
+	var conn cliConn
+	root := &cobra.Command{
+		Use:   "plans",
+		Short: "Lists, reads, writes and deletes plans, the configs buckets name with {\"plan\":...}",
+	}
+	conn.flags(root)
+
+	var asJSON bool
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "Lists every plan, sorted by name",
+		Args:  cobra.NoArgs,
+	}
+	list.Flags().BoolVar(&asJSON, "json", false, "print one JSON object per line")
+	list.RunE = conn.run(func(ctx context.Context, a *etcdsync.Admin, out io.Writer) error {
+		ps, err := a.ListPlans(ctx)
+		if err != nil {
+			return err
+		}
+		return printPlans(out, ps, asJSON)
+	})
+
+	get := &cobra.Command{
+		Use:   "get <name>",
+		Short: "Prints one plan's spec and etcd revision",
+		Args:  cobra.ExactArgs(1),
+	}
+	get.RunE = func(cmd *cobra.Command, args []string) error {
+		return conn.run(func(ctx context.Context, a *etcdsync.Admin, out io.Writer) error {
+			spec, rev, err := a.GetPlan(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(out, "%s\nmod_revision: %d\n", planJSON(spec), rev)
+			return err
+		})(cmd, args)
+	}
+
+	var (
+		rate   float64
+		per    time.Duration
+		burst  int64
+		shadow bool
+	)
+	putCmd := &cobra.Command{
+		Use:   "put <name> [<json spec>]",
+		Short: "Creates or changes a plan; every bucket on it takes the new config, keeping its tokens",
+		Long: `Creates or changes a plan, from flags or from a JSON spec such as
+{"rate":100,"per":"1s","burst":200}. One etcd write re-configures every
+bucket on the plan, on every instance, without refilling them. A plan is
+local-only: a global bucket carries its own numbers.`,
+		Args: cobra.RangeArgs(1, 2),
+	}
+	pf := putCmd.Flags()
+	pf.Float64Var(&rate, "rate", 0, "tokens added every --per (fractions allowed)")
+	pf.DurationVar(&per, "per", time.Second, "refill period")
+	pf.Int64Var(&burst, "burst", 0, "capacity")
+	pf.BoolVar(&shadow, "shadow", false, "count and log, never deny")
+	putCmd.RunE = func(cmd *cobra.Command, args []string) error {
+		var spec etcdsync.Spec
+		if len(args) == 2 {
+			if changed := changedFlags(cmd, "rate", "per", "burst", "shadow"); changed != "" {
+				return fmt.Errorf("%w: give the spec as JSON or as flags, not both (%s)", ErrInvalidConfig, changed)
+			}
+			var err error
+			if spec, err = etcdsync.DecodePlan([]byte(args[1])); err != nil {
+				return err
+			}
+		} else {
+			spec = etcdsync.Spec{Rate: rate, Per: per, Burst: burst, Shadow: shadow}
+			if _, err := etcdsync.EncodePlan(spec); err != nil {
+				return err
+			}
+		}
+		return conn.run(func(ctx context.Context, a *etcdsync.Admin, out io.Writer) error {
+			if err := a.PutPlan(ctx, args[0], spec); err != nil {
+				return err
+			}
+			_, err := fmt.Fprintf(out, "%s %s\n", args[0], planJSON(spec))
+			return err
+		})(cmd, args)
+	}
+
+	var force bool
+	del := &cobra.Command{
+		Use:     "delete <name>",
+		Aliases: []string{"del"},
+		Short:   "Deletes a plan that no bucket names (with --force, even if some do)",
+		Long: `Deletes a plan. It refuses while any bucket names the plan, which it
+finds by reading every bucket value: an admin operation, so its --timeout
+defaults to 5m rather than 10s. With --force it deletes at once; the
+instances then keep the plan's last config in force for the buckets still
+on it, and reject new buckets that name it.`,
+		Args: cobra.ExactArgs(1),
+	}
+	del.Flags().BoolVar(&force, "force", false, "delete even if buckets name the plan")
+	del.RunE = func(cmd *cobra.Command, args []string) error {
+		if !cmd.Flags().Changed("timeout") {
+			conn.timeout = planDeleteTimeout
+		}
+		return conn.run(func(ctx context.Context, a *etcdsync.Admin, out io.Writer) error {
+			if err := a.DeletePlan(ctx, args[0], force); err != nil {
+				return err
+			}
+			_, err := fmt.Fprintf(out, "deleted plan %s\n", args[0])
+			return err
+		})(cmd, args)
+	}
+
+	root.AddCommand(list, get, putCmd, del)
+	return root
+}
+
+// planDeleteTimeout is the default --timeout of "plans delete", which reads
+// every bucket value: a million take seconds to tens of seconds on a busy
+// etcd (see tests/scale_test.go), past the 10s other subcommands get.
+const planDeleteTimeout = 5 * time.Minute
+
+// planJSON is a plan's canonical value, as PutPlan writes it: Spec's own
+// form would add the bucket-only scope field.
+func planJSON(spec etcdsync.Spec) string {
+	b, err := etcdsync.EncodePlan(spec)
+	if err != nil {
+		return spec.String()
+	}
+	return string(b)
+}
+
+func printPlans(out io.Writer, ps []etcdsync.Plan, asJSON bool) error {
+	if asJSON {
+		enc := json.NewEncoder(out)
+		for _, p := range ps {
+			row := struct {
+				Name        string          `json:"name"`
+				Spec        json.RawMessage `json:"spec,omitempty"`
+				ModRevision int64           `json:"mod_revision"`
+				Error       string          `json:"error,omitempty"`
+			}{Name: p.Name, ModRevision: p.ModRevision}
+			if p.Err != nil {
+				row.Error = p.Err.Error()
+			} else {
+				row.Spec = json.RawMessage(planJSON(p.Spec))
+			}
+			if err := enc.Encode(row); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tRATE\tPER\tBURST\tSHADOW\tREVISION")
+	for _, p := range ps {
+		if p.Err != nil {
+			fmt.Fprintf(tw, "%s\tINVALID: %s\t\t\t\t%d\n", printable(p.Name), printable(p.Err.Error()), p.ModRevision)
+			continue
+		}
+		s := p.Spec
+		per := s.Per
+		if per == 0 {
+			per = time.Second
+		}
+		fmt.Fprintf(tw, "%s\t%g\t%v\t%d\t%t\t%d\n", printable(p.Name), s.Rate, per, s.Burst, s.Shadow, p.ModRevision)
+	}
+	return tw.Flush()
+}
+
+// changedFlags returns the flags among names that the command line set, as
+// "--a, --b", or "" if none.
+func changedFlags(cmd *cobra.Command, names ...string) string {
+	var set []string
+	for _, n := range names {
+		if cmd.Flags().Changed(n) {
+			set = append(set, "--"+n)
+		}
+	}
+	return strings.Join(set, ", ")
+}
+
 // upsert writes spec whether or not the bucket exists, with compare-and-swap
 // so that a concurrent writer is never overwritten blindly. An invalid value
 // in etcd is replaced (that is how one repairs it).
@@ -275,13 +476,18 @@ func printBuckets(out io.Writer, bs []etcdsync.Bucket, asJSON bool) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tRATE\tPER\tBURST\tSCOPE\tSHADOW\tREVISION")
+	fmt.Fprintln(tw, "ID\tRATE\tPER\tBURST\tSCOPE\tSHADOW\tPLAN\tREVISION")
 	for _, b := range bs {
 		if b.Err != nil {
-			fmt.Fprintf(tw, "%s\tINVALID: %v\t\t\t\t\t%d\n", b.ID, b.Err, b.ModRevision)
+			fmt.Fprintf(tw, "%s\tINVALID: %s\t\t\t\t\t\t%d\n", printable(b.ID), printable(b.Err.Error()), b.ModRevision)
 			continue
 		}
 		s := b.Spec
+		if s.Plan != "" {
+			// The numbers are the plan's: "plans list" shows them.
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t%s\t%d\n", printable(b.ID), printable(s.Plan), b.ModRevision)
+			continue
+		}
 		p := s.Per
 		if p == 0 {
 			p = time.Second
@@ -290,7 +496,20 @@ func printBuckets(out io.Writer, bs []etcdsync.Bucket, asJSON bool) error {
 		if sc == "" {
 			sc = etcdsync.ScopeLocal
 		}
-		fmt.Fprintf(tw, "%s\t%g\t%v\t%d\t%s\t%t\t%d\n", b.ID, s.Rate, p, s.Burst, sc, s.Shadow, b.ModRevision)
+		fmt.Fprintf(tw, "%s\t%g\t%v\t%d\t%s\t%t\t-\t%d\n", printable(b.ID), s.Rate, p, s.Burst, sc, s.Shadow, b.ModRevision)
 	}
 	return tw.Flush()
+}
+
+// printable returns s as is if every rune in it is printable and not a
+// tab, and otherwise quoted with Go escapes: a key in etcd is anyone's
+// bytes, and a raw control character in a listing could forge rows or
+// drive the terminal.
+func printable(s string) string {
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/cobra"
+
 	"github.com/edgelimit/edgelimit/etcdsync"
 	"github.com/edgelimit/edgelimit/etcdsync/etcdtest"
 )
@@ -13,7 +15,17 @@ import (
 // cli runs `caddy edge-limit buckets <args>` in process against endpoints.
 func cli(t *testing.T, endpoints []string, args ...string) (string, error) {
 	t.Helper()
-	cmd := newBucketsCommand()
+	return runCLI(t, newBucketsCommand(), endpoints, args...)
+}
+
+// plansCLI runs `caddy edge-limit plans <args>` in process against endpoints.
+func plansCLI(t *testing.T, endpoints []string, args ...string) (string, error) {
+	t.Helper()
+	return runCLI(t, newPlansCommand(), endpoints, args...)
+}
+
+func runCLI(t *testing.T, cmd *cobra.Command, endpoints []string, args ...string) (string, error) {
+	t.Helper()
 	var out bytes.Buffer
 	cmd.SetOut(&out)
 	cmd.SetErr(&out)
@@ -84,5 +96,154 @@ func TestBucketsCommand(t *testing.T) {
 	}
 	if _, err := cli(t, ep, "delete", "acme"); !errors.Is(err, etcdsync.ErrBucketNotFound) {
 		t.Errorf("second delete: %v, want ErrBucketNotFound", err)
+	}
+}
+
+func TestPlansCommand(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ep := srv.Endpoints()
+	etcd := srv.Client(t)
+
+	// A bucket cannot name a plan that is not in etcd yet.
+	if _, err := cli(t, ep, "put", "acme", "--plan", "gold"); !errors.Is(err, etcdsync.ErrPlanNotFound) {
+		t.Errorf("bucket on a missing plan: %v, want ErrPlanNotFound", err)
+	}
+
+	out, err := plansCLI(t, ep, "put", "gold", "--rate", "100", "--burst", "200")
+	if err != nil || strings.TrimSpace(out) != `gold {"rate":100,"per":"1s","burst":200,"shadow":false}` {
+		t.Fatalf("plans put gold: %v\n%s", err, out)
+	}
+	if _, err := plansCLI(t, ep, "put", "silver", `{"rate":10,"per":"1m","burst":20}`); err != nil {
+		t.Fatal(err)
+	}
+	// The etcd key etcdctl would see, with the canonical value.
+	resp, err := etcd.Get(t.Context(), etcdsync.PlanKey("/cli/", "gold"))
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != `{"rate":100,"per":"1s","burst":200,"shadow":false}` {
+		t.Fatalf("etcd key of plan gold: %v %v", resp, err)
+	}
+	out, err = plansCLI(t, ep, "get", "silver")
+	if err != nil || !strings.HasPrefix(out, `{"rate":10,"per":"1m","burst":20,"shadow":false}`+"\n") || !strings.Contains(out, "mod_revision: ") {
+		t.Errorf("plans get silver: %v\n%s", err, out)
+	}
+
+	// Buckets on a plan, from the flag and from JSON.
+	if _, err := cli(t, ep, "put", "acme", "--plan", "gold"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli(t, ep, "put", "globex", `{"plan":"gold"}`, "--create"); err != nil {
+		t.Fatal(err)
+	}
+	out, err = cli(t, ep, "get", "acme")
+	if err != nil || !strings.HasPrefix(out, `{"plan":"gold"}`+"\n") {
+		t.Errorf("get acme: %v\n%s", err, out)
+	}
+	out, err = cli(t, ep, "list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 3 || !strings.Contains(lines[0], "PLAN") ||
+		!strings.HasPrefix(lines[1], "acme ") || !strings.Contains(lines[1], " gold ") {
+		t.Errorf("buckets list:\n%s", out)
+	}
+	out, _ = cli(t, ep, "list", "--json")
+	if !strings.Contains(out, `{"id":"acme","spec":{"plan":"gold"},`) {
+		t.Errorf("buckets list --json:\n%s", out)
+	}
+	// --plan is the whole config: numbers beside it are an error.
+	if _, err := cli(t, ep, "put", "acme", "--plan", "gold", "--rate", "5"); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "--rate") {
+		t.Errorf("put --plan with --rate: %v, want ErrInvalidConfig naming --rate", err)
+	}
+	if _, err := cli(t, ep, "put", "acme", `{"rate":1,"burst":1}`, "--plan", "gold"); !errors.Is(err, ErrInvalidConfig) {
+		t.Errorf("put with JSON and --plan: %v, want ErrInvalidConfig", err)
+	}
+	if _, err := cli(t, ep, "put", "acme", `{"plan":"gold","burst":3}`); !errors.Is(err, etcdsync.ErrInvalidSpec) || !strings.Contains(err.Error(), "burst") {
+		t.Errorf("plan and burst in JSON: %v, want ErrInvalidSpec naming burst", err)
+	}
+
+	// Changing the plan is one put.
+	if _, err := plansCLI(t, ep, "put", "gold", "--rate", "50", "--per", "1m", "--burst", "100"); err != nil {
+		t.Fatal(err)
+	}
+	out, err = plansCLI(t, ep, "list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "NAME ") || !strings.HasPrefix(lines[1], "gold ") || !strings.Contains(lines[1], " 50 ") ||
+		!strings.Contains(lines[1], " 1m0s ") || !strings.HasPrefix(lines[2], "silver ") {
+		t.Errorf("plans list:\n%s", out)
+	}
+
+	// Validation and errors: the Admin API's.
+	for _, c := range []struct {
+		args []string
+		want error
+		name string // what the message must name
+	}{
+		{[]string{"put", "bad", `{"rate":1,"brust":2}`}, etcdsync.ErrInvalidSpec, "brust"},
+		{[]string{"put", "bad", `{"rate":1,"burst":2,"scope":"global"}`}, etcdsync.ErrInvalidSpec, "scope"},
+		{[]string{"put", "bad", `{"plan":"gold"}`}, etcdsync.ErrInvalidSpec, "plan"},
+		{[]string{"put", "bad", "--rate", "0", "--burst", "2"}, etcdsync.ErrInvalidSpec, "rate"},
+		{[]string{"put", "bad", `{"rate":1,"burst":2}`, "--burst", "3"}, ErrInvalidConfig, "--burst"},
+		{[]string{"get", "nope"}, etcdsync.ErrPlanNotFound, "nope"},
+		{[]string{"delete", "nope"}, etcdsync.ErrPlanNotFound, "nope"},
+		// gold has buckets: the refusal names one.
+		{[]string{"delete", "gold"}, etcdsync.ErrPlanInUse, "acme"},
+	} {
+		if _, err := plansCLI(t, ep, c.args...); !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.name) {
+			t.Errorf("plans %s: %v, want %v naming %s", strings.Join(c.args, " "), err, c.want, c.name)
+		}
+	}
+
+	// A plan no bucket names goes; one in use goes only with --force, and
+	// its buckets keep naming it.
+	if out, err := plansCLI(t, ep, "delete", "silver"); err != nil || strings.TrimSpace(out) != "deleted plan silver" {
+		t.Errorf("delete silver: %v\n%s", err, out)
+	}
+	if _, err := plansCLI(t, ep, "delete", "gold", "--force"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := plansCLI(t, ep, "get", "gold"); !errors.Is(err, etcdsync.ErrPlanNotFound) {
+		t.Errorf("get after a forced delete: %v, want ErrPlanNotFound", err)
+	}
+	if out, err := cli(t, ep, "get", "acme"); err != nil || !strings.HasPrefix(out, `{"plan":"gold"}`) {
+		t.Errorf("a bucket after its plan's forced delete: %v\n%s", err, out)
+	}
+
+	// An invalid plan written behind the CLI's back is listed, and put repairs it.
+	if _, err := etcd.Put(t.Context(), etcdsync.PlanKey("/cli/", "broken"), "{"); err != nil {
+		t.Fatal(err)
+	}
+	out, _ = plansCLI(t, ep, "list", "--json")
+	if !strings.Contains(out, `"name":"broken"`) || !strings.Contains(out, `"error":`) {
+		t.Errorf("plans list --json does not show the broken value:\n%s", out)
+	}
+	if _, err := plansCLI(t, ep, "put", "broken", "--rate", "1", "--burst", "1"); err != nil {
+		t.Errorf("put over an invalid value: %v", err)
+	}
+	if out, err := plansCLI(t, ep, "get", "broken"); err != nil || !strings.HasPrefix(out, `{"rate":1,"per":"1s","burst":1,"shadow":false}`) {
+		t.Errorf("get after the repair: %v\n%s", err, out)
+	}
+}
+
+// A key in etcd is anyone's bytes: `buckets list` must not print its
+// control characters raw, which could forge table rows or send terminal
+// escape sequences.
+func TestBucketsListEscapesHostileKeys(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ep := srv.Endpoints()
+	hostile := "evil\n\x1b[2Jforged-row\t1\t1s"
+	if _, err := srv.Client(t).Put(t.Context(), etcdsync.BucketKey("/cli/", hostile), `{"rate":1,"burst":1}`); err != nil {
+		t.Fatal(err)
+	}
+	out, err := cli(t, ep, "list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.ContainsAny(out, "\x1b\t") || strings.Count(out, "\n") != 2 {
+		t.Fatalf("list printed the key raw:\n%q", out)
+	}
+	if !strings.Contains(out, `"evil\n\x1b[2Jforged-row\t1\t1s"`) || !strings.Contains(out, "INVALID") {
+		t.Fatalf("list does not show the escaped key as invalid:\n%s", out)
 	}
 }
