@@ -241,7 +241,18 @@ respond "ok" 200`)
 		}
 		return err
 	})
-	t.Logf("SCALE-STEADY n=%d after_first_list %s", l.n, scaleMemory(t, c))
+	// The syncer hands the list's garbage back just after it reports the
+	// list applied: follow the resident set until it stops falling.
+	low, _ := procMemory(t, c.Proc().PID())
+	settle := time.NewTicker(250 * time.Millisecond)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		<-settle.C
+		if rss, _ := procMemory(t, c.Proc().PID()); rss < low {
+			low = rss
+		}
+	}
+	settle.Stop()
+	t.Logf("SCALE-STEADY n=%d after_first_list lowest_rss_in_5s=%.0fMiB %s", l.n, low, scaleMemory(t, c))
 
 	gold := scalePlanGold
 	scaleCheckDecisions(t, c, l, gold)
