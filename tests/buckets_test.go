@@ -10,8 +10,8 @@ import (
 	"github.com/edgelimit/edgelimit/tests/e2e"
 )
 
-// propagationLimit is issue 4's bound: a bucket change made with etcdctl is
-// enforced within a second.
+// propagationLimit bounds how long a bucket change made with etcdctl may
+// take to be enforced: a second.
 const propagationLimit = time.Second
 
 // embeddedCaddy is a Caddy running its own embedded etcd, plus what a test
@@ -122,7 +122,7 @@ func (e *embeddedCaddy) waitPolicy(t *testing.T, key, want string, since time.Ti
 	return seen, d
 }
 
-// checkLatency fails the test if a change took longer than issue 4 allows.
+// checkLatency fails the test if a change took longer than propagationLimit.
 func checkLatency(t *testing.T, op string, d time.Duration) {
 	t.Helper()
 	t.Logf("E2E-PROPAGATION op=%s latency=%v", op, d.Round(time.Millisecond))

@@ -8,7 +8,7 @@ import (
 	"github.com/edgelimit/edgelimit/tests/e2e"
 )
 
-// The global bucket of issue 5: the fleet of 3 admits 300 requests/s
+// The global bucket of these tests: the fleet of 3 admits 300 requests/s
 // together, with a burst of 300.
 const (
 	gRate  = 300
@@ -16,14 +16,14 @@ const (
 	// offered is the load per loaded instance, twice the whole rate, so
 	// every scenario is limited by the bucket, never by the load.
 	offered = 2 * gRate
-	// accuracy is the +-3% of issue 5 on the admitted total.
+	// accuracy is the +-3% target (docs/DESIGN.md) on the admitted total.
 	accuracy = 0.03
 	// slack is what the timing assertions allow beyond each target on
 	// this shared 2-core machine; the figures are logged either way.
 	slack = 2 * time.Second
 )
 
-// TestGlobalLimits runs the issue 5 scenarios on one real etcd process and
+// TestGlobalLimits runs the global-limit scenarios on one real etcd process and
 // three Caddy processes. Figures are logged on GLOBAL lines.
 //
 // Convergence is judged on each instance's share, read from the q= of the
