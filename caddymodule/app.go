@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -30,9 +31,16 @@ var statePool = caddy.NewUsagePool()
 // EtcdServer is an etcd server run inside Caddy, configured under the app's
 // etcd_server (namespace edge_limit.etcd_servers); caddymodule/embedetcd
 // provides "embedded". The app connects to it when no endpoints are given.
+// The app owns its lifecycle: it starts the server before its own state and
+// stops it after, so that leaving the fleet can still reach etcd.
 type EtcdServer interface {
 	caddy.Module
+	// ClientEndpoints are known from the config, before Start.
 	ClientEndpoints() []string
+	// Start starts the server or attaches to the running one.
+	Start() error
+	// Stop releases what Start took; the last user stops the server.
+	Stop() error
 }
 
 // App is the edge_limit app: the etcd connection, the instance identity,
@@ -65,11 +73,22 @@ type App struct {
 	stateKey string
 	server   EtcdServer
 	logger   *zap.Logger
+	// stateReused: a previous config built the state (a reload).
+	stateReused bool
+
+	// started runs start once per config, from Start or from the first
+	// request that arrives before it (see Handler.ServeHTTP).
+	started *startOnce
 
 	// zones records this config's zone templates and key policies
 	// (handlers provision concurrently only in theory, but the lock costs
 	// nothing here).
 	zones *zoneClaims
+}
+
+type startOnce struct {
+	once sync.Once
+	err  error
 }
 
 type zoneClaims struct {
@@ -114,10 +133,12 @@ func (s *appState) metricsSnapshot() stateMetrics {
 }
 
 // Provision loads the etcd server module, if any, and attaches the app to
-// its long-lived state.
+// its long-lived state. It does no I/O: `caddy validate` provisions too,
+// and must neither start etcd, nor join the fleet, nor wait on etcd.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	a.zones = &zoneClaims{m: map[string]zoneClaim{}}
+	a.started = new(startOnce)
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("edge_limit: registering metrics: %w", err)
 	}
@@ -156,16 +177,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.stateKey = string(key)
 	a.state = v.(*appState)
-	// The first bucket set is applied here rather than in Start: Caddy
-	// starts its apps in no fixed order, and the HTTP server must not take
-	// requests before the explicit buckets are in force.
-	if err := a.startState(); err != nil {
-		return err
-	}
-	a.logger.Info("edge_limit ready",
-		zap.String("instance_id", a.state.instanceID),
-		zap.Bool("etcd", a.state.etcd != nil),
-		zap.Bool("state_reused", loaded))
+	a.stateReused = loaded
 	return nil
 }
 
@@ -198,33 +210,56 @@ func defaultInstanceID() string {
 	return host + "-" + hex.EncodeToString(b[:])
 }
 
-// Start makes sure the state is started; Provision already did it.
-func (a *App) Start() error { return a.startState() }
+// Start starts the embedded etcd server, if any, then joins the fleet and
+// applies the first bucket set (see etcdState.start).
+func (a *App) Start() error { return a.start() }
 
-// startState joins the fleet and starts the syncer, once per state: a
-// reload that keeps the state keeps its watch.
-func (a *App) startState() error {
-	s := a.state
-	s.startOnce.Do(func() {
-		if s.etcd != nil {
-			s.startErr = s.etcd.start(a.logger)
+// start runs once per config. Caddy starts its apps in no fixed order, so
+// the HTTP server may take requests before Start has run; its handlers call
+// start too, and wait for it (sync.Once blocks them until it returns), so
+// that no request is decided before the explicit buckets are in force.
+func (a *App) start() error {
+	a.started.once.Do(func() {
+		if a.server != nil {
+			if a.started.err = a.server.Start(); a.started.err != nil {
+				return
+			}
+		}
+		s := a.state
+		// Once per state: a reload that keeps the state keeps its watch.
+		s.startOnce.Do(func() {
+			if s.etcd != nil {
+				s.startErr = s.etcd.start(a.logger)
+			}
+		})
+		if a.started.err = s.startErr; a.started.err == nil {
+			a.logger.Info("edge_limit ready",
+				zap.String("instance_id", s.instanceID),
+				zap.Bool("etcd", s.etcd != nil),
+				zap.Bool("state_reused", a.stateReused))
 		}
 	})
-	return s.startErr
+	return a.started.err
 }
 
 // Stop does nothing: the state is released in Cleanup, after the next
 // config (if any) has taken it over.
 func (a *App) Stop() error { return nil }
 
-// Cleanup releases the state. It works after a Provision that failed halfway.
+// Cleanup releases the state, then the etcd server: the state leaves the
+// fleet and writes its last snapshot, both of which need etcd. It works
+// after a Provision that failed halfway.
 func (a *App) Cleanup() error {
-	if a.stateKey == "" {
-		return nil
+	var errs []error
+	if a.stateKey != "" {
+		_, err := statePool.Delete(a.stateKey)
+		errs = append(errs, err)
+		a.stateKey = ""
 	}
-	_, err := statePool.Delete(a.stateKey)
-	a.stateKey = ""
-	return err
+	if a.server != nil {
+		errs = append(errs, a.server.Stop())
+	}
+	return errors.Join(errs...)
 }
 
 // Explicit returns the table of explicit buckets (from etcd).

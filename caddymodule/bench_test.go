@@ -28,6 +28,9 @@ func benchHandler(b testing.TB) *Handler {
 	if err != nil {
 		b.Fatal(err)
 	}
+	// An app whose start has run, as in a running Caddy.
+	h.app = &App{started: new(startOnce)}
+	h.app.started.once.Do(func() {})
 	h.explicit = limiter.New()
 	h.zone = &zoneState{name: "bench", lim: limiter.New(limiter.WithDefault(tmpl))}
 	h.unknown, h.status = UnknownDefault, 429

@@ -1,9 +1,11 @@
 package caddymodule
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"runtime/debug"
 	"time"
 
@@ -106,11 +108,13 @@ const joinTimeout = 3 * time.Second
 // etcdState is the etcd part of the app state: the client, the syncer and,
 // for global buckets, the coordinator.
 type etcdState struct {
-	client *etcdsync.LazyClient
-	syncer *etcdsync.Syncer
-	coord  *global.Coordinator // nil with global disabled
-	ctx    context.Context     // lives as long as the state
-	cancel context.CancelFunc
+	conn     etcdsync.ClientConfig
+	snapshot string // the snapshot file, "" if none
+	client   *etcdsync.LazyClient
+	syncer   *etcdsync.Syncer
+	coord    *global.Coordinator // nil with global disabled
+	ctx      context.Context     // lives as long as the state
+	cancel   context.CancelFunc
 }
 
 func newEtcdState(c *EtcdConfig, s *appState, snapshot string, g *GlobalConfig, logger *zap.Logger) (*etcdState, error) {
@@ -121,7 +125,7 @@ func newEtcdState(c *EtcdConfig, s *appState, snapshot string, g *GlobalConfig, 
 	// The client is made on first use, not here: with a user name,
 	// clientv3.New authenticates and fails while etcd is down, and Caddy
 	// must start anyway, serving the snapshot (see start).
-	e := &etcdState{client: etcdsync.NewLazyClient(cc.Connect(logger.Named("etcd")))}
+	e := &etcdState{conn: cc, snapshot: snapshot, client: etcdsync.NewLazyClient(cc.Connect(logger.Named("etcd")))}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	var target etcdsync.Target = etcdsync.LimiterTarget(s.explicit)
 	if g.enabled() {
@@ -155,16 +159,25 @@ func (e *etcdState) start(logger *zap.Logger) error {
 		// arrive before the member count is known would get the whole rate
 		// on every instance. Joining takes milliseconds while etcd is up;
 		// past joinTimeout the coordinator keeps trying in the background
-		// and the buckets get safe shares meanwhile.
+		// and the buckets get safe shares meanwhile. With no endpoint
+		// taking connections (etcd down) the wait could only end in that
+		// timeout, so a cold start skips it and serves the snapshot at once.
 		jctx, jcancel := context.WithTimeout(e.ctx, joinTimeout)
+		reachErr := e.conn.Reachable(jctx)
+		if reachErr != nil {
+			jcancel() // Start then only starts the coordinator's loops
+		}
 		err := e.coord.Start(jctx)
 		jcancel()
 		if err != nil && e.ctx.Err() == nil {
-			logger.Warn("global limits: not joined yet; using safe shares", zap.Error(err))
+			logger.Warn("global limits: not joined yet; using safe shares", zap.Error(cmp.Or(reachErr, err)))
 		}
 	}
-	go e.afterFirstList()
+	snapshots0 := e.syncer.Stats().Snapshots
 	err := e.syncer.Start(ctx)
+	if err == nil || errors.Is(err, context.DeadlineExceeded) {
+		go e.releaseLoadMemory(snapshots0, e.snapshot != "")
+	}
 	switch {
 	case err == nil && e.syncer.Health().FirstSync.IsZero():
 		// The syncer logs, and the first_sync_pending metric shows, when
@@ -181,24 +194,50 @@ func (e *etcdState) start(logger *zap.Logger) error {
 	return nil
 }
 
-// bigListBuckets is the bucket count past which the first list's garbage
-// is worth handing back to the OS at once: a list decodes every key and
+// bigListBuckets is the bucket count past which loading a bucket set
+// hands its garbage back to the OS at once: a list decodes every key and
 // value, several times the memory the buckets then hold, and the runtime's
 // background scavenger returns it only slowly, so the RSS would long stay
-// at the list's peak.
+// at the load's peak.
 const bigListBuckets = 100_000
 
-// afterFirstList returns the first list's transient memory to the OS once
-// it is done, for a large bucket set.
-func (e *etcdState) afterFirstList() {
+// releaseLoadMemory returns the transient memory of loading a large bucket
+// set to the OS: after the snapshot (if start applied one), and after the
+// first list and the snapshot written from it (a copy of the syncer's
+// table, garbage too once written). snapshots0 is Stats.Snapshots before
+// the syncer started.
+func (e *etcdState) releaseLoadMemory(snapshots0 uint64, hasSnapshot bool) {
+	if e.syncer.Health().FirstSync.IsZero() && e.syncer.Stats().Buckets >= bigListBuckets {
+		freeOSMemory() // the snapshot's load; the list is still to come
+	}
 	select {
 	case <-e.syncer.Listed():
 	case <-e.ctx.Done():
 		return
 	}
-	if e.syncer.Stats().Buckets >= bigListBuckets {
-		debug.FreeOSMemory()
+	if e.syncer.Stats().Buckets < bigListBuckets {
+		return
 	}
+	if hasSnapshot {
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for deadline := time.Now().Add(10 * time.Second); e.syncer.Stats().Snapshots == snapshots0 && time.Now().Before(deadline); {
+			select {
+			case <-tick.C:
+			case <-e.ctx.Done():
+				return
+			}
+		}
+	}
+	freeOSMemory()
+}
+
+// freeOSMemory collects twice before it returns free memory to the OS: a
+// sync.Pool (gRPC keeps its receive buffers in some, megabytes after a
+// list) is emptied only by the second collection after its last use.
+func freeOSMemory() {
+	runtime.GC()
+	debug.FreeOSMemory()
 }
 
 // close stops the syncer (writing its last snapshot), leaves the fleet and

@@ -103,6 +103,7 @@ type Handler struct {
 
 	policy   policy.Policy
 	polClose io.Closer
+	app      *App
 	explicit *limiter.Limiter
 	zone     *zoneState
 	zoneKey  *zoneKey
@@ -151,6 +152,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("edge_limit handler: loading the edge_limit app: %w", err)
 	}
 	app := appIface.(*App)
+	h.app = app
 	h.explicit = app.Explicit()
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("edge_limit handler: registering metrics: %w", err)
@@ -269,6 +271,10 @@ func (h *Handler) Cleanup() error {
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	// Wait for the app to start if the HTTP server started first. A start
+	// that failed fails Caddy's start too; until then, requests get the
+	// zone templates.
+	_ = h.app.start()
 	v, err := h.policy.Evaluate(r)
 	if err != nil {
 		// The verdict is already the policy's fallback; the error is news.

@@ -43,12 +43,12 @@ func site(global, body string) string {
 		adminPort, global, httpPort, body)
 }
 
-func url(path string) string { return fmt.Sprintf("http://127.0.0.1:%d%s", httpPort, path) }
+func siteURL(path string) string { return fmt.Sprintf("http://127.0.0.1:%d%s", httpPort, path) }
 
 // get sends a GET with headers given as name, value pairs.
 func get(t *testing.T, tc *caddytest.Tester, path string, headers ...string) (*http.Response, string) {
 	t.Helper()
-	req, err := http.NewRequest("GET", url(path), nil)
+	req, err := http.NewRequest("GET", siteURL(path), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

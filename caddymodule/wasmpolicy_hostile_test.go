@@ -399,7 +399,7 @@ func TestWASMReloadSwapsModule(t *testing.T) {
 		var err error
 		for try := 0; try < 2; try++ {
 			var resp *http.Response
-			if resp, err = client.Get(url("/")); err != nil {
+			if resp, err = client.Get(siteURL("/")); err != nil {
 				resets.Add(1)
 				continue
 			}
@@ -438,7 +438,7 @@ func TestWASMReloadSwapsModule(t *testing.T) {
 	// Hold one request in a guest call of the old config across the reload.
 	slow := make(chan string, 1)
 	go func() {
-		resp, err := client.Get(url("/slow"))
+		resp, err := client.Get(siteURL("/slow"))
 		if err != nil {
 			slow <- err.Error()
 			return

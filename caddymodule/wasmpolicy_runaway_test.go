@@ -55,7 +55,7 @@ func TestWASMRunawayDoesNotFreezeCaddy(t *testing.T) {
 	client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
 	defer client.CloseIdleConnections()
 	send := func(path string) (int, error) {
-		resp, err := client.Get(url(path))
+		resp, err := client.Get(siteURL(path))
 		if err != nil {
 			return 0, err
 		}

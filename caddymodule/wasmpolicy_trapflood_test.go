@@ -63,7 +63,7 @@ func TestWASMTrapFloodCostsTheAttacker(t *testing.T) {
 		wrkDone := make(chan []byte, 1)
 		cpu0 := processCPU(t)
 		go func() {
-			out, _ := exec.Command(wrk, "-t1", "-c4", "-d2s", url(path)).CombinedOutput()
+			out, _ := exec.Command(wrk, "-t1", "-c4", "-d2s", siteURL(path)).CombinedOutput()
 			wrkDone <- out
 		}()
 		lat := clientLatencies(t, "/g/fine")
@@ -125,7 +125,7 @@ func clientLatencies(t *testing.T, path string) []time.Duration {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(self, "-test.run=^TestLatencyClientProcess$")
-	cmd.Env = append(os.Environ(), latencyClientEnv+"="+url(path))
+	cmd.Env = append(os.Environ(), latencyClientEnv+"="+siteURL(path))
 	out, err := cmd.Output()
 	var lat []time.Duration
 	for _, f := range strings.Fields(string(out)) {

@@ -78,7 +78,10 @@ func (c ClientConfig) New(logger *zap.Logger) (*clientv3.Client, error) {
 		Username:    c.Username,
 		Password:    c.Password,
 		TLS:         tlsCfg,
-		Logger:      logger.Named("etcd-client"),
+		// clientv3 warns of every retried call ("retrying of unary
+		// invoker failed"); the syncer and the coordinator report an
+		// outage once, as a state change, and in the metrics.
+		Logger:      logger.Named("etcd-client").WithOptions(zap.IncreaseLevel(zap.ErrorLevel)),
 		DialOptions: []grpc.DialOption{grpc.WithConnectParams(reconnectBackoff)},
 	})
 	if err != nil {
@@ -108,13 +111,53 @@ func (c ClientConfig) validate() (*tls.Config, error) {
 
 // Connect returns a function for SyncerOptions.Connect that makes the
 // client with New, bounded by ctx.
+//
+// It first checks that some endpoint takes TCP connections (see
+// Reachable): clientv3.New waits out its whole dial timeout for an etcd
+// that refuses them, and so would a cold start that serves its snapshot
+// and only waits for this first attempt.
 func (c ClientConfig) Connect(logger *zap.Logger) func(ctx context.Context) (*clientv3.Client, error) {
 	return func(ctx context.Context) (*clientv3.Client, error) {
-		if dl, ok := ctx.Deadline(); ok && (c.DialTimeout <= 0 || time.Until(dl) < c.DialTimeout) {
+		if c.DialTimeout <= 0 {
+			c.DialTimeout = DefaultDialTimeout
+		}
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < c.DialTimeout {
 			c.DialTimeout = max(time.Until(dl), time.Millisecond)
+		}
+		pctx, cancel := context.WithTimeout(ctx, c.DialTimeout)
+		err := c.Reachable(pctx)
+		cancel()
+		if err != nil {
+			return nil, err
 		}
 		return c.New(logger)
 	}
+}
+
+// Reachable tells whether some endpoint takes TCP connections before ctx
+// ends; it fails with ErrUnavailable naming each endpoint's dial error. A
+// refused connection fails at once, where gRPC would retry it until its
+// dial timeout. Unix-socket endpoints are not probed (they count as
+// reachable).
+func (c ClientConfig) Reachable(ctx context.Context) error {
+	var d net.Dialer
+	var errs []string
+	for _, ep := range c.Endpoints {
+		addr := ep // clientv3 also takes a bare host:port
+		if u, err := url.Parse(ep); err == nil && u.Host != "" {
+			if u.Scheme == "unix" || u.Scheme == "unixs" {
+				return nil
+			}
+			addr = u.Host
+		}
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			conn.Close()
+			return nil
+		}
+		errs = append(errs, err.Error())
+	}
+	return fmt.Errorf("%w: no endpoint takes connections: %s", ErrUnavailable, strings.Join(errs, "; "))
 }
 
 // Check makes one small read to tell whether the client can reach etcd and

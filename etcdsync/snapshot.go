@@ -116,6 +116,7 @@ func (s *Syncer) writeSnapshot() error {
 		s.dirty.Store(true)
 		return err
 	}
+	s.snapshots.Add(1)
 	return nil
 }
 

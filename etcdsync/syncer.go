@@ -125,6 +125,8 @@ type Stats struct {
 	// Plans is the number of plans in force, including those deleted from
 	// etcd that buckets still use.
 	Plans int
+	// Snapshots counts snapshot files written.
+	Snapshots uint64
 }
 
 // Syncer keeps a Target in step with the buckets in etcd: it lists them at
@@ -149,11 +151,14 @@ type Syncer struct {
 	gen      uint64                // list generation, to find deleted keys
 	listed   bool                  // a list has succeeded once
 	health   Health
+	// failingSince is when the current run of sync failures began (zero
+	// while syncing); warnedAt is when one was last logged at warn level.
+	failingSince, warnedAt time.Time
 
-	applies, rejects, relists atomic.Uint64
-	dirty                     atomic.Bool     // changes since the last snapshot
-	decoded                   map[string]Spec // valid values seen; sync goroutine only
-	snapKick                  chan struct{}   // wakes the snapshot writer
+	applies, rejects, relists, snapshots atomic.Uint64
+	dirty                                atomic.Bool     // changes since the last snapshot
+	decoded                              map[string]Spec // valid values seen; sync goroutine only
+	snapKick                             chan struct{}   // wakes the snapshot writer
 
 	startOnce, stopOnce sync.Once
 	cancel              context.CancelFunc
@@ -290,7 +295,7 @@ func (s *Syncer) Stats() Stats {
 	s.mu.Lock()
 	n, np := s.applied.Len(), len(s.plans)+len(s.orphans)
 	s.mu.Unlock()
-	return Stats{Applied: s.applies.Load(), Rejected: s.rejects.Load(), Relists: s.relists.Load(), Buckets: n, Plans: np}
+	return Stats{Applied: s.applies.Load(), Rejected: s.rejects.Load(), Relists: s.relists.Load(), Buckets: n, Plans: np, Snapshots: s.snapshots.Load()}
 }
 
 // Ready is closed once the initial bucket set is applied: the snapshot's
@@ -321,8 +326,7 @@ func (s *Syncer) run(ctx context.Context) {
 				// Compacted between two pages: start over at a new revision.
 				continue
 			}
-			s.setError(err)
-			s.log.Warn("etcdsync: listing buckets failed; serving the last configs", zap.String("prefix", s.prefix), zap.Error(err))
+			s.failed("etcdsync: listing buckets failed; serving the last configs", err)
 			if !retry.Sleep(ctx, bo.Next()) {
 				return
 			}
@@ -339,8 +343,7 @@ func (s *Syncer) run(ctx context.Context) {
 			s.log.Info("etcdsync: relisting", zap.Int64("revision", rev), zap.Error(err))
 			continue
 		}
-		s.setError(err)
-		s.log.Warn("etcdsync: watch failed; relisting after a backoff", zap.Error(err))
+		s.failed("etcdsync: watch failed; relisting after a backoff", err)
 		if !retry.Sleep(ctx, bo.Next()) {
 			return
 		}
@@ -392,10 +395,45 @@ func (s *Syncer) setError(err error) {
 	s.mu.Unlock()
 }
 
+// outageReminder is how often a failure that goes on is logged again at
+// warn level.
+const outageReminder = 5 * time.Minute
+
+// failed records a sync failure and logs it: at warn level when it starts
+// an outage (the first failure since the last success) or when the last
+// warning is outageReminder old, at debug level otherwise. An etcd that
+// stays down is then a line and a metric, not a line per retry.
+func (s *Syncer) failed(msg string, err error) {
+	s.setError(err)
+	now := time.Now()
+	s.mu.Lock()
+	since, warned := s.failingSince, s.warnedAt
+	if since.IsZero() {
+		s.failingSince = now
+	}
+	warn := since.IsZero() || now.Sub(warned) >= outageReminder
+	if warn {
+		s.warnedAt = now
+	}
+	s.mu.Unlock()
+	switch {
+	case since.IsZero():
+		s.log.Warn(msg, zap.String("prefix", s.prefix), zap.Error(err))
+	case warn:
+		s.log.Warn(msg, zap.String("prefix", s.prefix), zap.Time("failing_since", since), zap.Error(err))
+	default:
+		s.log.Debug(msg, zap.String("prefix", s.prefix), zap.Error(err))
+	}
+}
+
 // setSynced records that the configs are current to rev as of now.
 func (s *Syncer) setSynced(rev int64) {
 	now := time.Now()
 	s.mu.Lock()
+	if since := s.failingSince; !since.IsZero() {
+		s.failingSince = time.Time{}
+		s.log.Info("etcdsync: etcd answers again; the configs are current", zap.Duration("failing_for", now.Sub(since).Round(time.Millisecond)))
+	}
 	s.health.Connected = true
 	s.health.LastError = ""
 	if rev > s.health.Revision {

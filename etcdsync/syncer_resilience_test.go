@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/edgelimit/edgelimit/etcdsync/etcdtest"
 	"github.com/edgelimit/edgelimit/limiter"
@@ -324,4 +326,61 @@ func TestSyncerStartReportsRefusedCredentials(t *testing.T) {
 	})
 	s2.Stop()
 	assertNoSecret(t, logs, testPassword)
+}
+
+// TestSyncerColdStartWithEtcdRefusing: a cold start from the snapshot with
+// etcd down (its port refusing connections) serves the snapshot without
+// waiting out the client's dial timeout for the first connection attempt,
+// and the outage is one warning, not one per retry, until etcd is back.
+func TestSyncerColdStartWithEtcdRefusing(t *testing.T) {
+	f := newFixture(t)
+	snap := filepath.Join(t.TempDir(), "buckets.snapshot")
+	s := f.startSyncer(t, func(o *SyncerOptions) { o.SnapshotPath = snap })
+	mustPut(t, f.cli, bkey("a"), specJSON(1, 1))
+	f.bucketIs(t, "a", spec(1, 1))
+	s.Stop() // writes the snapshot
+	f.etcd.Stop()
+
+	const dialTimeout = 5 * time.Second
+	cc := ClientConfig{Endpoints: f.etcd.Endpoints(), DialTimeout: dialTimeout}
+	if err := cc.Reachable(ctxT(t)); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("Reachable with etcd down: %v, want ErrUnavailable naming the refusal", err)
+	}
+	lg, logs := observed()
+	lim := limiter.New()
+	lazy := NewLazyClient(cc.Connect(lg))
+	s2 := NewSyncer(nil, SyncerOptions{
+		Prefix: testPrefix, Target: LimiterTarget(lim), Logger: lg, SnapshotPath: snap,
+		Connect: lazy.Get, RequestTimeout: 300 * time.Millisecond, ProgressInterval: 50 * time.Millisecond,
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
+	})
+	checkNoLeak(t)
+	t.Cleanup(func() { lazy.Close() })
+	t.Cleanup(s2.Stop)
+	start := time.Now()
+	if err := s2.Start(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	t.Logf("cold start with etcd refusing connections: %v (dial timeout %v)", took, dialTimeout)
+	if took >= dialTimeout/2 {
+		t.Errorf("Start took %v: it waited on the dial timeout (%v) although etcd refused connections", took, dialTimeout)
+	}
+	if _, ok := lim.BucketConfig("a"); !ok {
+		t.Fatal("the snapshot was not applied")
+	}
+	// Retries go on every 50 ms or so; the outage is logged once.
+	waitFor(t, 10*time.Second, "several failed retries", func() bool {
+		return logs.FilterMessageSnippet("listing buckets failed").Len() >= 5
+	})
+	f.etcd.Restart(t)
+	waitFor(t, 20*time.Second, "connected", func() bool { return s2.Health().Connected })
+	waitFor(t, 5*time.Second, "the end of the outage logged", func() bool {
+		return logs.FilterMessageSnippet("etcd answers again").Len() == 1
+	})
+	warns := logs.FilterLevelExact(zapcore.WarnLevel).FilterMessageSnippet("listing buckets failed").Len()
+	retries := logs.FilterMessageSnippet("listing buckets failed").Len()
+	if warns != 1 {
+		t.Errorf("the outage was logged at warn level %d times over %d failed lists; want once", warns, retries)
+	}
 }

@@ -61,9 +61,10 @@ type Server struct {
 	// PeerURL is etcd's raft listener; http://127.0.0.1:2380 if empty.
 	PeerURL string `json:"peer_url,omitempty"`
 
-	key    string
-	srv    *embedded.Server
-	logger *zap.Logger
+	host                 string
+	clientPort, peerPort int
+	key                  string // set while this config holds the server
+	logger               *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -78,8 +79,10 @@ type running struct{ srv *embedded.Server }
 
 func (r running) Destruct() error { r.srv.Stop(); return nil }
 
-// Provision starts the server, or attaches to the one a previous config
-// started. Starting takes about a second; reloads skip it.
+// Provision checks the config and fills in defaults. It starts nothing:
+// `caddy validate` provisions too, and must neither bind etcd's ports nor
+// touch its data dir while the config it checks may be running. The app
+// calls Start when Caddy starts it.
 func (s *Server) Provision(ctx caddy.Context) error {
 	s.logger = ctx.Logger()
 	if s.DataDir == "" {
@@ -94,16 +97,26 @@ func (s *Server) Provision(ctx caddy.Context) error {
 	if s.PeerURL == "" {
 		s.PeerURL = DefaultPeerURL
 	}
-	chost, cport, err := loopback("client_url", s.ClientURL)
-	if err != nil {
+	var err error
+	if s.host, s.clientPort, err = loopback("client_url", s.ClientURL); err != nil {
 		return err
 	}
 	phost, pport, err := loopback("peer_url", s.PeerURL)
 	if err != nil {
 		return err
 	}
-	if chost != phost {
+	if s.host != phost {
 		return fmt.Errorf("%w: client_url %q and peer_url %q must use the same host", ErrInvalidConfig, s.ClientURL, s.PeerURL)
+	}
+	s.peerPort = pport
+	return nil
+}
+
+// Start starts the server, or attaches to the one a previous config
+// started. Starting takes about a second; reloads skip it.
+func (s *Server) Start() error {
+	if s.key != "" {
+		return nil
 	}
 	key := s.DataDir + "|" + s.ClientURL + "|" + s.PeerURL
 	v, loaded, err := servers.LoadOrNew(key, func() (caddy.Destructor, error) {
@@ -111,9 +124,9 @@ func (s *Server) Provision(ctx caddy.Context) error {
 		defer cancel()
 		srv, err := embedded.Start(sctx, embedded.Config{
 			Dir:        s.DataDir,
-			Host:       chost,
-			ClientPort: cport,
-			PeerPort:   pport,
+			Host:       s.host,
+			ClientPort: s.clientPort,
+			PeerPort:   s.peerPort,
 			// etcd is chatty at info level; keep its warnings and errors.
 			Logger: s.logger.Named("etcd").WithOptions(zap.IncreaseLevel(zap.WarnLevel)),
 		})
@@ -126,9 +139,8 @@ func (s *Server) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("embedetcd: starting etcd in %s: %w", s.DataDir, err)
 	}
 	s.key = key
-	s.srv = v.(running).srv
 	s.logger.Info("embedded etcd serving",
-		zap.Strings("endpoints", s.srv.Endpoints()), zap.String("data_dir", s.DataDir), zap.Bool("reused", loaded))
+		zap.Strings("endpoints", v.(running).srv.Endpoints()), zap.String("data_dir", s.DataDir), zap.Bool("reused", loaded))
 	return nil
 }
 
@@ -149,11 +161,17 @@ func loopback(field, raw string) (string, int, error) {
 	return host, port, nil
 }
 
-// ClientEndpoints implements caddymodule.EtcdServer.
-func (s *Server) ClientEndpoints() []string { return s.srv.Endpoints() }
+// ClientEndpoints implements caddymodule.EtcdServer. It is known from the
+// config, before the server starts.
+func (s *Server) ClientEndpoints() []string {
+	return []string{"http://" + net.JoinHostPort(s.host, strconv.Itoa(s.clientPort))}
+}
 
-// Cleanup releases the server; the last config using it stops it.
-func (s *Server) Cleanup() error {
+// Stop releases this config's hold on the server; the last config using it
+// stops it. The app calls it after it has left the fleet and stopped its
+// syncer, which need etcd to the end (a lease revoked on a stopped server
+// would only expire after its TTL).
+func (s *Server) Stop() error {
 	if s.key == "" {
 		return nil
 	}
@@ -203,6 +221,5 @@ func (s *Server) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 var (
 	_ caddymodule.EtcdServer = (*Server)(nil)
 	_ caddy.Provisioner      = (*Server)(nil)
-	_ caddy.CleanerUpper     = (*Server)(nil)
 	_ caddyfile.Unmarshaler  = (*Server)(nil)
 )

@@ -195,6 +195,25 @@ func (c *Caddy) Reload(caddyfile string) error {
 	return os.Rename(next, c.ConfigFile)
 }
 
+// Validate runs `caddy validate` on caddyfile, written to a file of its own,
+// with this instance's environment, and returns the command's output.
+func (c *Caddy) Validate(caddyfile string) (string, error) {
+	file := c.ConfigFile + ".validate"
+	if err := os.WriteFile(file, []byte(caddyfile), 0o644); err != nil {
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), caddyReadyTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, c.Bin, "validate", "--config", file, "--adapter", "caddyfile")
+	cmd.Dir = c.Dir
+	cmd.Env = append(cmd.Environ(), c.env()...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("e2e: caddy validate: %w: %s", err, out)
+	}
+	return string(out), nil
+}
+
 // Load posts caddyfile to the admin endpoint's /load, adapted by the running
 // Caddy. It returns the response body in the error on failure.
 func (c *Caddy) Load(caddyfile string) error {
