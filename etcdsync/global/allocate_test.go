@@ -97,6 +97,12 @@ func TestAllocateBucket(t *testing.T) {
 		// units of 1/10000 token per second; bursts by largest remainder.
 		{"spare spread evenly", b300, []float64{50, 0, 0},
 			[]wantShare{{1326667, 10000, 132}, {836667, 10000, 84}, {836666, 10000, 84}}},
+		// A report's demand counts up to the whole rate: a claim near the
+		// most a report can hold (2^64 millionths, 1.8e13 tokens/s) takes
+		// what a real busy member would, an even part of what the lighter
+		// members leave.
+		{"a near-maximal claim, one busy and one light member", b300, []float64{1.8e13, 1000, 50},
+			[]wantShare{{125, 1, 125}, {125, 1, 125}, {50, 1, 50}}},
 		{"two heavy, one light", b300, []float64{1000, 1000, 10}, []wantShare{{145, 1, 145}, {145, 1, 144}, {10, 1, 11}}},
 		{"demand exactly the rate", b300, []float64{100, 100, 100}, []wantShare{{100, 1, 100}, {100, 1, 100}, {100, 1, 100}}},
 		// 10 per minute over 3: exact thirds, the indivisible unit to the first.

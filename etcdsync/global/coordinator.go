@@ -86,7 +86,14 @@ type Coordinator struct {
 	writes, joins   uint64
 	entries         []demandEntry // scratch for measureLocked
 	demands         []uint64      // scratch for shareLocked
-	badReports      map[string]bool
+	// ignored holds the keys under the members prefix that are not used
+	// in full now, and why (see readMemberKey); ignoredWrites counts every
+	// value ignored. logWindow, logLines and logSuppressed bound the log
+	// lines about them (see ignoreLocked).
+	ignored                 map[string]ignoreReason
+	ignoredWrites           uint64
+	logWindow               time.Time
+	logLines, logSuppressed int
 }
 
 // gbucket is one global bucket as this instance holds it.
@@ -114,15 +121,15 @@ func New(client *clientv3.Client, inner etcdsync.Target, lim *limiter.Limiter, o
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &Coordinator{
 		inner: inner, lim: lim, opts: opts,
-		log:        opts.Logger.With(zap.String("instance", opts.InstanceID)),
-		members:    MembersPrefix(opts.Prefix),
-		key:        MemberKey(opts.Prefix, opts.InstanceID),
-		ctx:        ctx,
-		cancel:     cancel,
-		joined:     make(chan struct{}),
-		leaseLost:  make(chan struct{}, 1),
-		buckets:    map[string]*gbucket{},
-		badReports: map[string]bool{},
+		log:       opts.Logger.With(zap.String("instance", opts.InstanceID)),
+		members:   MembersPrefix(opts.Prefix),
+		key:       MemberKey(opts.Prefix, opts.InstanceID),
+		ctx:       ctx,
+		cancel:    cancel,
+		joined:    make(chan struct{}),
+		leaseLost: make(chan struct{}, 1),
+		buckets:   map[string]*gbucket{},
+		ignored:   map[string]ignoreReason{},
 	}
 	c.cli.Store(client)
 	return c, nil

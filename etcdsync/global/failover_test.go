@@ -145,9 +145,7 @@ func TestWatchCompactedRelists(t *testing.T) {
 	cli := srv.Client(t)
 	// A second session of the same coordinator, following from revision 1
 	// after everything up to now has been compacted.
-	if _, err := cli.Put(ctx, MemberKey("", "edge-1"), ""); err != nil {
-		t.Fatal(err)
-	}
+	putLeased(t, cli, 60, MemberKey("", "edge-1"), "")
 	resp, err := cli.Put(ctx, "/unrelated", "x")
 	if err != nil {
 		t.Fatal(err)

@@ -40,9 +40,16 @@ func testOptions(id string) Options {
 // startMember starts one instance and waits for it to join.
 func startMember(t *testing.T, srv *etcdtest.Server, id string) *member {
 	t.Helper()
-	m := &member{id: id, cli: srv.Client(t), lim: limiter.New()}
+	return startMemberWith(t, srv.Client(t), testOptions(id))
+}
+
+// startMemberWith starts one instance on cli with opts and waits for it to
+// join.
+func startMemberWith(t *testing.T, cli *clientv3.Client, opts Options) *member {
+	t.Helper()
+	m := &member{id: opts.InstanceID, cli: cli, lim: limiter.New()}
 	var err error
-	m.coord, err = New(m.cli, etcdsync.LimiterTarget(m.lim), m.lim, testOptions(id))
+	m.coord, err = New(m.cli, etcdsync.LimiterTarget(m.lim), m.lim, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,11 +23,9 @@ const (
 	// others take it back. Five seconds rides out a GC pause or an etcd
 	// leader election (about 1 s with etcd's defaults) without flapping.
 	DefaultLeaseTTL = 5 * time.Second
-	// DefaultMaxReportBytes bounds one demand report: a third of etcd's
-	// default 1.5 MiB request limit, so reports never fail on size and a
-	// member list of many instances stays cheap to read. At ~40 bytes per
-	// bucket that is ~13,000 buckets per report.
-	DefaultMaxReportBytes = 512 << 10
+	// DefaultMaxReportBytes bounds one demand report: the most any member
+	// reads (maxReportBytes).
+	DefaultMaxReportBytes = maxReportBytes
 
 	// minSyncInterval keeps a typo ("1ms") from turning into a write storm.
 	minSyncInterval = 10 * time.Millisecond
@@ -36,6 +34,17 @@ const (
 	minLeaseTTL = 2 * time.Second
 	// minReportBytes holds at least a few dozen of the longest bucket IDs.
 	minReportBytes = 16 << 10
+	// maxReportBytes is the largest report a member writes and the largest
+	// it reads: a larger value under the members prefix is ignored
+	// undecoded, so a stray key cannot cost every instance memory. It is a
+	// constant, not an option, because members reading with different
+	// bounds would not agree on the split. 512 KiB is a third of etcd's
+	// default 1.5 MiB request limit, so reports never fail on size, and
+	// holds the ~9,000 to ~21,000 busiest buckets of an instance (58 to 25
+	// bytes per entry); at ~1 us per bucket and member, more would make
+	// every member change cost seconds of CPU. A full report decodes to
+	// 0.8 to 1.2 MB, so the reports cost at most that per member.
+	maxReportBytes = 512 << 10
 	membersDir     = "members/"
 )
 
@@ -54,9 +63,10 @@ type Options struct {
 	// LeaseTTL is the lease time to live, in whole seconds; zero means
 	// DefaultLeaseTTL.
 	LeaseTTL time.Duration
-	// MaxReportBytes bounds one demand report; zero means
-	// DefaultMaxReportBytes. Buckets beyond it are left out of the report,
-	// lowest demand first (see Status.OmittedBuckets).
+	// MaxReportBytes bounds one demand report, from 16 KiB to 512 KiB
+	// (members ignore larger reports); zero means DefaultMaxReportBytes.
+	// Buckets beyond it are left out of the report, lowest demand first
+	// (see Status.OmittedBuckets).
 	MaxReportBytes int
 	// Connect, used when New gets a nil client, makes the client before the
 	// first session and is retried like any other session failure
@@ -103,8 +113,8 @@ func (o *Options) setDefaults() error {
 		// per lease; otherwise a live member looks no different from a dead one.
 		return fmt.Errorf("%w: SyncInterval %v must be at most half the LeaseTTL %v", ErrInvalidOptions, o.SyncInterval, o.LeaseTTL)
 	}
-	if o.MaxReportBytes < minReportBytes {
-		return fmt.Errorf("%w: MaxReportBytes %d is below %d", ErrInvalidOptions, o.MaxReportBytes, minReportBytes)
+	if o.MaxReportBytes < minReportBytes || o.MaxReportBytes > maxReportBytes {
+		return fmt.Errorf("%w: MaxReportBytes %d is not in %d..%d", ErrInvalidOptions, o.MaxReportBytes, minReportBytes, maxReportBytes)
 	}
 	if o.ExpectedMembers < 0 {
 		return fmt.Errorf("%w: ExpectedMembers %d is negative", ErrInvalidOptions, o.ExpectedMembers)

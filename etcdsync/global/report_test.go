@@ -93,15 +93,16 @@ func TestInvalidMemberReportIgnored(t *testing.T) {
 	srv := etcdtest.Start(t)
 	fleet := startFleet(t, srv, 2)
 	putAll(t, fleet, "api", globalSpec)
-	// A third "member" written by hand with garbage: it counts as a member
-	// with no demand, and nothing fails.
+	// A third member, under a lease, that writes garbage: it counts as a
+	// member with no demand, and nothing fails.
 	cli := srv.Client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := cli.Put(ctx, MemberKey("", "stray"), "not json"); err != nil {
-		t.Fatal(err)
-	}
+	putLeased(t, cli, 60, MemberKey("", "stray"), "not json")
 	waitFor(t, 5*time.Second, "a three-way split", evenOf(t, fleet, 100))
+	if st := fleet[0].coord.Status(); st.IgnoredReports != 1 || st.UnleasedKeys != 0 {
+		t.Errorf("status: %d ignored reports, %d unleased keys; want 1, 0", st.IgnoredReports, st.UnleasedKeys)
+	}
 	if _, err := cli.Delete(ctx, MemberKey("", "stray")); err != nil {
 		t.Fatal(err)
 	}

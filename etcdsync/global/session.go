@@ -245,7 +245,7 @@ func (c *Coordinator) follow(sctx context.Context, s *concurrency.Session, lease
 // share. It returns the revision.
 func (c *Coordinator) relist(ctx context.Context, lease clientv3.LeaseID) (int64, error) {
 	v := view{reports: map[string]map[string]uint64{}}
-	values := map[string][]byte{}
+	var keys []memberKey
 	key, end := c.members, clientv3.GetPrefixRangeEnd(c.members)
 	var rev int64
 	for {
@@ -263,9 +263,8 @@ func (c *Coordinator) relist(ctx context.Context, lease clientv3.LeaseID) (int64
 			rev = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
-			if id, ok := c.memberID(kv.Key); ok {
-				v.members = append(v.members, id)
-				values[id] = kv.Value
+			if k, ok := c.readMemberKey(kv); ok {
+				keys = append(keys, k)
 			}
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
@@ -273,12 +272,25 @@ func (c *Coordinator) relist(ctx context.Context, lease clientv3.LeaseID) (int64
 		}
 		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
-	slices.Sort(v.members)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for id, value := range values {
-		v.reports[id] = c.decodeMemberLocked(id, value)
+	listed := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		listed[k.id] = true
+		if k.reason == ignoreNoLease {
+			c.ignoreLocked(k.id, k.reason, nil)
+			continue
+		}
+		v.members = append(v.members, k.id)
+		v.reports[k.id] = c.reportLocked(k)
 	}
+	// Keys deleted while no watch ran (before a relist) are ignored no more.
+	for id := range c.ignored {
+		if !listed[id] {
+			delete(c.ignored, id)
+		}
+	}
+	slices.Sort(v.members)
 	c.setViewLocked(v)
 	c.listed = lease
 	if c.state == stateJoined {

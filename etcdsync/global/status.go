@@ -31,6 +31,16 @@ type Status struct {
 	ReportedBuckets, OmittedBuckets int
 	// ReportWrites counts the reports written to etcd; Joins counts joins.
 	ReportWrites, Joins uint64
+	// UnleasedKeys is how many keys under the members prefix have no lease
+	// now: they are not counted as members. IgnoredReports is how many
+	// members' reports are not used now (over 512 KiB, or not a report):
+	// those members count with no demand. No instance writes either kind;
+	// each key is logged once while it stays so.
+	UnleasedKeys, IgnoredReports int
+	// IgnoredWrites counts the member key values ignored so far, of either
+	// kind: each value once as the watch delivers it, and again at a
+	// relist.
+	IgnoredWrites uint64
 	// Buckets is every global bucket this instance holds.
 	Buckets map[string]BucketStatus
 }
@@ -60,8 +70,10 @@ func (c *Coordinator) Status() Status {
 		OmittedBuckets:  c.omitted,
 		ReportWrites:    c.writes,
 		Joins:           c.joins,
+		IgnoredWrites:   c.ignoredWrites,
 		Buckets:         make(map[string]BucketStatus, len(c.buckets)),
 	}
+	s.UnleasedKeys, s.IgnoredReports = c.ignoredCountsLocked()
 	for id, gb := range c.buckets {
 		s.Buckets[id] = BucketStatus{
 			Global: limiter.Config{Rate: gb.global.Rate, Burst: gb.global.Burst, Shadow: gb.shadow},

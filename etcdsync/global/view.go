@@ -5,7 +5,6 @@ import (
 	"strings"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	"go.uber.org/zap"
 )
 
 // view is this instance's copy of the member keys: who is in the fleet and
@@ -38,58 +37,83 @@ func (c *Coordinator) memberID(key []byte) (string, bool) {
 	return id, ok && id != ""
 }
 
-// decodeMemberLocked decodes a member's report. A value that does not
-// decode counts as no demand, and is logged once per member until it
-// decodes again: a bad writer must not take the fleet's limits down. It
-// requires c.mu.
-func (c *Coordinator) decodeMemberLocked(id string, value []byte) map[string]uint64 {
-	rep, err := decodeReport(value)
-	if err != nil {
-		if !c.badReports[id] {
-			c.badReports[id] = true
-			c.log.Warn("global: ignoring a member's demand report", zap.String("member", id), zap.Error(err))
-		}
+// memberKey is a key under the members prefix as read from etcd: the
+// member's ID, and its value or why the value is not used.
+type memberKey struct {
+	id     string
+	value  []byte
+	reason ignoreReason // ignoreNone: value is the report to decode
+}
+
+// readMemberKey checks a key under the members prefix before anything of
+// it is kept. A key without a lease is not a member: every instance writes
+// its key under its own lease, so a leaseless key was written by something
+// else (a copied key, a script) and would otherwise count forever. A value
+// over maxReportBytes is dropped undecoded: no instance writes one, and
+// decoding it would cost every instance two to three times its size. Both
+// checks see only what every instance sees alike (the key's lease and
+// size), so all of them still allocate over the same members and demands.
+// ok is false if the key is not a member key at all.
+func (c *Coordinator) readMemberKey(kv *mvccpb.KeyValue) (memberKey, bool) {
+	id, ok := c.memberID(kv.Key)
+	switch {
+	case !ok:
+		return memberKey{}, false
+	case kv.Lease == 0:
+		return memberKey{id: id, reason: ignoreNoLease}, true
+	case len(kv.Value) > maxReportBytes:
+		return memberKey{id: id, reason: ignoreTooLarge}, true
+	}
+	return memberKey{id: id, value: kv.Value}, true
+}
+
+// reportLocked returns the demand of a member key that counts as a member.
+// A report that is too large or does not decode counts as no demand: a bad
+// writer must not take the fleet's limits down. It requires c.mu.
+func (c *Coordinator) reportLocked(k memberKey) map[string]uint64 {
+	if k.reason != ignoreNone {
+		c.ignoreLocked(k.id, k.reason, nil)
 		return nil
 	}
-	delete(c.badReports, id)
+	rep, err := decodeReport(k.value)
+	if err != nil {
+		c.ignoreLocked(k.id, ignoreUndecodable, err)
+		return nil
+	}
+	delete(c.ignored, k.id)
 	return rep
 }
 
 // applyEventLocked updates the view with one watch event and records what
 // it makes dirty. It requires c.mu.
 func (c *Coordinator) applyEventLocked(ev *mvccpb.Event, dirty *dirtySet) {
-	id, ok := c.memberID(ev.Kv.Key)
+	k, ok := c.readMemberKey(ev.Kv)
 	if !ok {
 		return
 	}
 	v := &c.view
-	i, present := slices.BinarySearch(v.members, id)
-	if ev.Type == mvccpb.DELETE {
-		if !present {
-			return
+	i, present := slices.BinarySearch(v.members, k.id)
+	if ev.Type == mvccpb.DELETE || k.reason == ignoreNoLease {
+		if ev.Type == mvccpb.DELETE {
+			delete(c.ignored, k.id)
+		} else {
+			c.ignoreLocked(k.id, k.reason, nil)
 		}
-		v.members = slices.Delete(v.members, i, i+1)
-		delete(v.reports, id)
-		delete(c.badReports, id)
-		dirty.all = true
-		if id == c.opts.InstanceID {
-			// Someone deleted our key (or the lease behind it expired):
-			// write it again at the next tick.
-			c.written = nil
+		if present {
+			c.removeMemberLocked(i, dirty)
 		}
-		c.noteMembersLocked()
 		return
 	}
-	rep := c.decodeMemberLocked(id, ev.Kv.Value)
+	rep := c.reportLocked(k)
 	if !present {
-		v.members = slices.Insert(v.members, i, id)
-		v.reports[id] = rep
+		v.members = slices.Insert(v.members, i, k.id)
+		v.reports[k.id] = rep
 		dirty.all = true
 		c.noteMembersLocked()
 		return
 	}
-	old := v.reports[id]
-	v.reports[id] = rep
+	old := v.reports[k.id]
+	v.reports[k.id] = rep
 	for b, d := range rep {
 		if old[b] != d {
 			dirty.add(b)
@@ -100,6 +124,21 @@ func (c *Coordinator) applyEventLocked(ev *mvccpb.Event, dirty *dirtySet) {
 			dirty.add(b)
 		}
 	}
+}
+
+// removeMemberLocked takes the i-th member out of the view. It requires c.mu.
+func (c *Coordinator) removeMemberLocked(i int, dirty *dirtySet) {
+	v := &c.view
+	id := v.members[i]
+	v.members = slices.Delete(v.members, i, i+1)
+	delete(v.reports, id)
+	dirty.all = true
+	if id == c.opts.InstanceID {
+		// Someone deleted our key, overwrote it without our lease, or the
+		// lease behind it expired: write it again at the next tick.
+		c.written = nil
+	}
+	c.noteMembersLocked()
 }
 
 // setViewLocked replaces the view after a list. It requires c.mu.
