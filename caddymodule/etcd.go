@@ -269,4 +269,10 @@ func (e *etcdState) fillMetrics(m *stateMetrics) {
 	if h.FirstSync.IsZero() {
 		m.firstSyncPending = 1
 	}
+	if e.coord != nil {
+		st := e.coord.Status()
+		m.hasGlobal = true
+		m.unleasedKeys, m.ignoredReports = float64(st.UnleasedKeys), float64(st.IgnoredReports)
+		m.ignoredWrites = float64(st.IgnoredWrites)
+	}
 }

@@ -108,6 +108,12 @@ var (
 		"Bucket configs in etcd that failed validation and were not applied.", nil, nil)
 	descFirstSync = prometheus.NewDesc("edgelimit_etcd_first_sync_pending",
 		"1 until the first list of the buckets in etcd is applied (serving the snapshot, if any, meanwhile), then 0.", nil, nil)
+	descUnleased = prometheus.NewDesc("edgelimit_global_unleased_member_keys",
+		"Keys under the members prefix without a lease: not counted as members (a copied key or a script writing there).", nil, nil)
+	descIgnoredReports = prometheus.NewDesc("edgelimit_global_ignored_member_reports",
+		"Members whose demand report is ignored (over the size bound, or not a report): they count with no demand.", nil, nil)
+	descIgnoredWrites = prometheus.NewDesc("edgelimit_global_ignored_member_writes_total",
+		"Values under the members prefix ignored so far (no lease, over the size bound, or not a report).", nil, nil)
 	descGuestCalls = prometheus.NewDesc("edgelimit_wasm_guest_calls_total",
 		"Requests a WASM policy module was called for: those its verdict cache did not answer, by module file.", []string{"module"}, nil)
 	descWASMErrors = prometheus.NewDesc("edgelimit_wasm_errors_total",
@@ -129,7 +135,7 @@ type stateCollector struct{}
 
 func (*stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descExplicit, descDynamic, descEvictions, descDisplaced, descMaxBuckets, descConnected, descRevision, descSyncAge, descRejected,
-		descFirstSync, descGuestCalls, descWASMErrors, descInstances, descReplaced, descPending, descRebuilt} {
+		descFirstSync, descUnleased, descIgnoredReports, descIgnoredWrites, descGuestCalls, descWASMErrors, descInstances, descReplaced, descPending, descRebuilt} {
 		ch <- d
 	}
 }
@@ -182,6 +188,11 @@ func (*stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, m.rejected)
 		ch <- prometheus.MustNewConstMetric(descFirstSync, prometheus.GaugeValue, m.firstSyncPending)
 	}
+	if m.hasGlobal {
+		ch <- prometheus.MustNewConstMetric(descUnleased, prometheus.GaugeValue, m.unleasedKeys)
+		ch <- prometheus.MustNewConstMetric(descIgnoredReports, prometheus.GaugeValue, m.ignoredReports)
+		ch <- prometheus.MustNewConstMetric(descIgnoredWrites, prometheus.CounterValue, m.ignoredWrites)
+	}
 }
 
 // stateMetrics is what an app state reports at scrape time.
@@ -194,6 +205,9 @@ type stateMetrics struct {
 	rejected  float64
 	// firstSyncPending is 1 until the syncer's first list completes.
 	firstSyncPending float64
+	// The global coordinator's view of the members prefix.
+	hasGlobal                                   bool
+	unleasedKeys, ignoredReports, ignoredWrites float64
 }
 
 // collectWASM reports the loaded WASM policy modules. A module file loaded
