@@ -448,6 +448,12 @@ func (s Spec) String() string {
 	return string(b)
 }
 
+// PerString returns the refill period as EncodeSpec writes it ("1m", not
+// time.Duration's "1m0s"), with zero read as the default.
+func (s Spec) PerString() string {
+	return formatPer(s.withDefaults().Per)
+}
+
 // formatPer writes whole hours, minutes or seconds the way an operator
 // would ("1m" rather than time.Duration's "1m0s"); ParseDuration reads both.
 func formatPer(d time.Duration) string {
