@@ -10,23 +10,42 @@ import (
 // wireFields are the JSON names of wireSpec's fields, in its order.
 var wireFields = [...]string{"v", "rate", "per", "burst", "scope", "shadow", "plan"}
 
+// present returns which of w's fields json.Unmarshal set: bit n for
+// wireFields[n]. A key that checkKeys saw but that is not set held null.
+func (w *wireSpec) present() uint8 {
+	var m uint8
+	for n, set := range [...]bool{w.V != nil, w.Rate != nil, w.Per != nil, w.Burst != nil, w.Scope != nil, w.Shadow != nil, w.Plan != nil} {
+		if set {
+			m |= 1 << n
+		}
+	}
+	return m
+}
+
+// keyScan is what checkKeys finds.
+type keyScan struct {
+	seen    uint8  // bit n: wireFields[n] is a key
+	unknown string // the first key that is no field, if hasUnknown
+	// hasUnknown tells an unknown key "" from none.
+	hasUnknown bool
+}
+
 // checkKeys reads the keys of the top-level object in data, which must be
 // valid JSON (json.Unmarshal has accepted it), as they are written: a key
 // that differs from a field name only in case and a key given twice are
-// errors. It returns the first key that is no field at all, if any (found;
-// "" is a key too), for the caller to judge against the value's version. A
-// value that is not an object has no keys to check. It allocates only for
-// a key with escapes, or one at fault.
-func checkKeys(data []byte, kind valueKind) (unknown string, found bool, err error) {
+// errors. It returns the fields given and the first key that is no field
+// at all, for the caller to judge against the value's version. A value
+// that is not an object has no keys to check. It allocates only for a key
+// with escapes, or one at fault.
+func checkKeys(data []byte, kind valueKind) (ks keyScan, err error) {
 	i := skipSpace(data, 0)
 	if i == len(data) || data[i] != '{' {
-		return "", false, nil
+		return ks, nil
 	}
-	var seen uint8 // bit n: wireFields[n]
 	for i++; ; {
 		i = skipSpace(data, i)
 		if data[i] == '}' {
-			return unknown, found, nil
+			return ks, nil
 		}
 		end := skipString(data, i)
 		name := data[i+1 : end-1]
@@ -43,17 +62,17 @@ func checkKeys(data []byte, kind valueKind) (unknown string, found bool, err err
 		}
 		n := fieldIndex(name)
 		switch {
-		case n >= 0 && seen&(1<<n) != 0:
-			return "", false, fmt.Errorf("%w: field %q appears more than once; give each field once", ErrInvalidSpec, name)
+		case n >= 0 && ks.seen&(1<<n) != 0:
+			return ks, fmt.Errorf("%w: field %q appears more than once; give each field once", ErrInvalidSpec, name)
 		case n >= 0:
-			seen |= 1 << n
-		case !found:
+			ks.seen |= 1 << n
+		case !ks.hasUnknown:
 			for _, f := range wireFields {
 				if strings.EqualFold(string(name), f) {
-					return "", false, fmt.Errorf("%w: unknown field %q: field names are case-sensitive; did you mean %q? (version %d knows %s)", ErrInvalidSpec, name, f, SpecVersion, knownFields(kind))
+					return ks, fmt.Errorf("%w: unknown field %q: field names are case-sensitive; did you mean %q? (version %d knows %s)", ErrInvalidSpec, name, f, SpecVersion, knownFields(kind))
 				}
 			}
-			unknown, found = string(name), true
+			ks.unknown, ks.hasUnknown = string(name), true
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"strconv"
 	"time"
 
@@ -44,8 +45,9 @@ import (
 // A value that looks wrong is rejected, never guessed at: field names are
 // exact and case-sensitive ("RATE" is an error, although encoding/json
 // would take it for "rate"), each field appears once ({"rate":5,"rate":50}
-// is an error, not the last one winning), and "per", when present, is at
-// least MinPer ("0s" or "0.5ns" are errors, not the one-second default).
+// is an error, not the last one winning), no field is null, and "per",
+// when present, is at least MinPer ("0s", "0.5ns" and null are errors, not
+// the one-second default).
 //
 // # Versioning
 //
@@ -170,18 +172,23 @@ func decodeValue(data []byte, kind valueKind) (Spec, error) {
 	}
 	// data is valid JSON from here on; a type error waits until the keys
 	// are checked, as a newer version or a misspelt key explains it better.
-	unknown, found, err := checkKeys(data, kind)
+	ks, err := checkKeys(data, kind)
 	if err != nil {
 		return Spec{}, err
 	}
 	if w.V != nil && *w.V > SpecVersion {
-		return Spec{}, newerVersion(*w.V, unknown, found)
+		return Spec{}, newerVersion(*w.V, ks)
 	}
-	if found {
-		return Spec{}, fmt.Errorf("%w: unknown field %q (version %d knows %s)", ErrInvalidSpec, unknown, SpecVersion, knownFields(kind))
+	if ks.hasUnknown {
+		return Spec{}, fmt.Errorf("%w: unknown field %q (version %d knows %s)", ErrInvalidSpec, ks.unknown, SpecVersion, knownFields(kind))
 	}
 	if typeErr != nil {
 		return Spec{}, jsonError(typeErr)
+	}
+	// json.Unmarshal reads null as absent, which would give a default in
+	// place of the value meant.
+	if null := ks.seen &^ w.present(); null != 0 {
+		return Spec{}, fmt.Errorf("%w: field %q is null; leave it out for its default", ErrInvalidSpec, wireFields[bits.TrailingZeros8(null)])
 	}
 	var s Spec
 	if kind == planValue {
@@ -212,10 +219,10 @@ func syntaxError(data []byte) error {
 	return fmt.Errorf("%w: trailing data after the JSON object", ErrInvalidSpec)
 }
 
-func newerVersion(v int, unknown string, found bool) error {
+func newerVersion(v int, ks keyScan) error {
 	also := ""
-	if found {
-		also = fmt.Sprintf(", which does not know field %q", unknown)
+	if ks.hasUnknown {
+		also = fmt.Sprintf(", which does not know field %q", ks.unknown)
 	}
 	return fmt.Errorf("%w: field \"v\": %d is a newer schema version than this one (%d)%s; upgrade every edgelimit instance before writing version %d values", ErrInvalidSpec, v, SpecVersion, also, v)
 }

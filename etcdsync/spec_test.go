@@ -77,6 +77,10 @@ func TestDecodeSpecErrors(t *testing.T) {
 		{`{"v":1,"v":2,"rate":5,"burst":7}`, nil, `field "v" appears more than once`},
 		{`{"rate":5,"burst":7,"x":{"rate":1},"x":2}`, nil, `unknown field "x"`},
 		{`{"rate":5,"burst":7,"":""}`, nil, `unknown field ""`},
+		{`{"rate":7,"burst":7,"per":null}`, nil, `field "per" is null; leave it out for its default`},
+		{`{"rate":7,"burst":7,"scope":null}`, nil, `field "scope" is null`},
+		{`{"v":null,"rate":7,"burst":7}`, nil, `field "v" is null`},
+		{`{"rate":null,"burst":7}`, nil, `field "rate" is null`},
 		{`{"v":2,"rate":5,"burst":7,"":""}`, nil, `which does not know field ""`},
 		// A newer version is not applied without the fields it adds.
 		{`{"v":2,"rate":1,"burst":1,"algorithm":"gcra"}`, nil, `field "v": 2 is a newer schema version than this one (1), which does not know field "algorithm"; upgrade`},
@@ -158,6 +162,7 @@ func FuzzDecodeSpec(f *testing.F) {
 		// Near the shapes that encoding/json alone would accept and misread.
 		`{"rate":7,"burst":7,"per":"1ms"}`, `{"r\u0061te":5,"rate":50,"burst":7}`, `{"v":2,"rate":1,"burst":1}`,
 		`{"rate":1,"burst":1,"x":{"rate":2,"rate":3}}`, `{"rate":1,"burst":1,"\"":[{"}":"{"}]}`, `{ "rate" : 1 , "burst" : 1 }`,
+		`{"rate":1,"burst":1,"shadow":null}`, `{"plan":null}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -220,7 +225,7 @@ func fuzzPlan(t *testing.T, data []byte) {
 }
 
 // strictKeys fails unless the top-level keys of data, an accepted value,
-// are exact field names, each given once. It reads them with
+// are exact field names, each given once and not null. It reads them with
 // encoding/json's tokenizer, independently of checkKeys.
 func strictKeys(t *testing.T, data []byte) {
 	t.Helper()
@@ -240,8 +245,8 @@ func strictKeys(t *testing.T, data []byte) {
 		}
 		seen[key] = true
 		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			t.Fatalf("accepted %q: %v", data, err)
+		if err := dec.Decode(&v); err != nil || string(v) == "null" {
+			t.Fatalf("accepted %q, with %q: %s, %v", data, key, v, err)
 		}
 	}
 }
