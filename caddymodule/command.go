@@ -199,7 +199,7 @@ if it does not.`,
 	}
 	pf := putCmd.Flags()
 	pf.Float64Var(&rate, "rate", 0, "tokens added every --per (fractions allowed)")
-	pf.DurationVar(&per, "per", time.Second, "refill period")
+	pf.DurationVar(&per, "per", time.Second, "refill period, at least "+etcdsync.MinPer.String())
 	pf.Int64Var(&burst, "burst", 0, "capacity")
 	pf.StringVar(&scope, "scope", string(etcdsync.ScopeLocal), "local or global")
 	pf.BoolVar(&shadow, "shadow", false, "count and log, never deny")
@@ -330,7 +330,7 @@ local-only: a global bucket carries its own numbers.`,
 	}
 	pf := putCmd.Flags()
 	pf.Float64Var(&rate, "rate", 0, "tokens added every --per (fractions allowed)")
-	pf.DurationVar(&per, "per", time.Second, "refill period")
+	pf.DurationVar(&per, "per", time.Second, "refill period, at least "+etcdsync.MinPer.String())
 	pf.Int64Var(&burst, "burst", 0, "capacity")
 	pf.BoolVar(&shadow, "shadow", false, "count and log, never deny")
 	putCmd.RunE = func(cmd *cobra.Command, args []string) error {
