@@ -16,6 +16,7 @@ import (
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/connectivity"
 
 	"github.com/edgelimit/edgelimit/etcdsync"
 )
@@ -120,8 +121,23 @@ func (c *cliConn) run(f func(ctx context.Context, a *etcdsync.Admin, out io.Writ
 		defer cli.Close()
 		ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 		defer cancel()
-		return f(ctx, a, cmd.OutOrStdout())
+		err = f(ctx, a, cmd.OutOrStdout())
+		if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return c.timedOut(cli)
+		}
+		return err
 	}
+}
+
+// timedOut explains a command that ran out of --timeout, which the etcd
+// client reports only as "context deadline exceeded": either etcd never
+// answered, or it answered too slowly for the work asked.
+func (c *cliConn) timedOut(cli *clientv3.Client) error {
+	eps := strings.Join(c.endpoints, ",")
+	if cli.ActiveConnection().GetState() != connectivity.Ready {
+		return fmt.Errorf("%w: etcd at %s could not be reached within %v (--timeout)", etcdsync.ErrUnavailable, eps, c.timeout)
+	}
+	return fmt.Errorf("%w: etcd at %s was reached but the command did not finish within %v (--timeout)", etcdsync.ErrUnavailable, eps, c.timeout)
 }
 
 func newBucketsCommand() *cobra.Command {
@@ -183,7 +199,7 @@ if it does not.`,
 	}
 	pf := putCmd.Flags()
 	pf.Float64Var(&rate, "rate", 0, "tokens added every --per (fractions allowed)")
-	pf.DurationVar(&per, "per", time.Second, "refill period")
+	pf.DurationVar(&per, "per", time.Second, "refill period, at least "+etcdsync.MinPer.String())
 	pf.Int64Var(&burst, "burst", 0, "capacity")
 	pf.StringVar(&scope, "scope", string(etcdsync.ScopeLocal), "local or global")
 	pf.BoolVar(&shadow, "shadow", false, "count and log, never deny")
@@ -212,6 +228,9 @@ if it does not.`,
 				return err
 			}
 		} else {
+			if err := checkSpecFlags(cmd, per, "or give a JSON spec, or --plan"); err != nil {
+				return err
+			}
 			spec = etcdsync.Spec{Rate: rate, Per: per, Burst: burst, Scope: etcdsync.Scope(scope), Shadow: shadow}
 			if _, err := etcdsync.EncodeSpec(spec); err != nil {
 				return err
@@ -311,7 +330,7 @@ local-only: a global bucket carries its own numbers.`,
 	}
 	pf := putCmd.Flags()
 	pf.Float64Var(&rate, "rate", 0, "tokens added every --per (fractions allowed)")
-	pf.DurationVar(&per, "per", time.Second, "refill period")
+	pf.DurationVar(&per, "per", time.Second, "refill period, at least "+etcdsync.MinPer.String())
 	pf.Int64Var(&burst, "burst", 0, "capacity")
 	pf.BoolVar(&shadow, "shadow", false, "count and log, never deny")
 	putCmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -325,6 +344,9 @@ local-only: a global bucket carries its own numbers.`,
 				return err
 			}
 		} else {
+			if err := checkSpecFlags(cmd, per, "or give a JSON spec"); err != nil {
+				return err
+			}
 			spec = etcdsync.Spec{Rate: rate, Per: per, Burst: burst, Shadow: shadow}
 			if _, err := etcdsync.EncodePlan(spec); err != nil {
 				return err
@@ -407,31 +429,70 @@ func printPlans(out io.Writer, ps []etcdsync.Plan, asJSON bool) error {
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tRATE\tPER\tBURST\tSHADOW\tREVISION")
+	var notes invalidNotes
 	for _, p := range ps {
 		if p.Err != nil {
-			fmt.Fprintf(tw, "%s\tINVALID: %s\t\t\t\t%d\n", printable(p.Name), printable(p.Err.Error()), p.ModRevision)
+			fmt.Fprintf(tw, "%s\t%s\t\t\t\t%d\n", printable(p.Name), notes.add(p.Name, p.Err), p.ModRevision)
 			continue
 		}
 		s := p.Spec
-		per := s.Per
-		if per == 0 {
-			per = time.Second
-		}
-		fmt.Fprintf(tw, "%s\t%g\t%v\t%d\t%t\t%d\n", printable(p.Name), s.Rate, per, s.Burst, s.Shadow, p.ModRevision)
+		fmt.Fprintf(tw, "%s\t%g\t%s\t%d\t%t\t%d\n", printable(p.Name), s.Rate, s.PerString(), s.Burst, s.Shadow, p.ModRevision)
 	}
-	return tw.Flush()
+	return notes.flush(tw, out)
+}
+
+// invalidNotes numbers the invalid rows of a listing, whose reasons go
+// under the table: one long reason in a column would widen every row.
+type invalidNotes []string
+
+// add records why name is invalid and returns what its row shows.
+func (n *invalidNotes) add(name string, err error) string {
+	*n = append(*n, fmt.Sprintf("(%d) %s: %s", len(*n)+1, printable(name), printable(err.Error())))
+	return fmt.Sprintf("invalid (%d)", len(*n))
+}
+
+// flush writes the table, then the reasons.
+func (n invalidNotes) flush(tw *tabwriter.Writer, out io.Writer) error {
+	if err := tw.Flush(); err != nil || len(n) == 0 {
+		return err
+	}
+	_, err := fmt.Fprintf(out, "\n%s\n", strings.Join(n, "\n"))
+	return err
 }
 
 // changedFlags returns the flags among names that the command line set, as
 // "--a, --b", or "" if none.
 func changedFlags(cmd *cobra.Command, names ...string) string {
-	var set []string
+	return strings.Join(flagsSet(cmd, true, names...), ", ")
+}
+
+// flagsSet returns, as "--name", the flags among names that the command
+// line set (set true) or did not set (set false).
+func flagsSet(cmd *cobra.Command, set bool, names ...string) []string {
+	var out []string
 	for _, n := range names {
-		if cmd.Flags().Changed(n) {
-			set = append(set, "--"+n)
+		if cmd.Flags().Changed(n) == set {
+			out = append(out, "--"+n)
 		}
 	}
-	return strings.Join(set, ", ")
+	return out
+}
+
+// checkSpecFlags checks what the flag defaults would hide from the spec's
+// validation: --rate and --burst have no default, so an absent one must
+// not read as a rate or burst of 0, and an explicit --per 0s must not
+// read as the default period. alt says what else the command accepts.
+func checkSpecFlags(cmd *cobra.Command, per time.Duration, alt string) error {
+	switch missing := flagsSet(cmd, false, "rate", "burst"); len(missing) {
+	case 1:
+		return fmt.Errorf("%w: %s is required (%s)", ErrInvalidConfig, missing[0], alt)
+	case 2:
+		return fmt.Errorf("%w: %s and %s are required (%s)", ErrInvalidConfig, missing[0], missing[1], alt)
+	}
+	if cmd.Flags().Changed("per") {
+		return etcdsync.CheckPer(per)
+	}
+	return nil
 }
 
 // upsert writes spec whether or not the bucket exists, with compare-and-swap
@@ -477,9 +538,10 @@ func printBuckets(out io.Writer, bs []etcdsync.Bucket, asJSON bool) error {
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tRATE\tPER\tBURST\tSCOPE\tSHADOW\tPLAN\tREVISION")
+	var notes invalidNotes
 	for _, b := range bs {
 		if b.Err != nil {
-			fmt.Fprintf(tw, "%s\tINVALID: %s\t\t\t\t\t\t%d\n", printable(b.ID), printable(b.Err.Error()), b.ModRevision)
+			fmt.Fprintf(tw, "%s\t%s\t\t\t\t\t\t%d\n", printable(b.ID), notes.add(b.ID, b.Err), b.ModRevision)
 			continue
 		}
 		s := b.Spec
@@ -488,17 +550,13 @@ func printBuckets(out io.Writer, bs []etcdsync.Bucket, asJSON bool) error {
 			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t%s\t%d\n", printable(b.ID), printable(s.Plan), b.ModRevision)
 			continue
 		}
-		p := s.Per
-		if p == 0 {
-			p = time.Second
-		}
 		sc := s.Scope
 		if sc == "" {
 			sc = etcdsync.ScopeLocal
 		}
-		fmt.Fprintf(tw, "%s\t%g\t%v\t%d\t%s\t%t\t-\t%d\n", printable(b.ID), s.Rate, p, s.Burst, sc, s.Shadow, b.ModRevision)
+		fmt.Fprintf(tw, "%s\t%g\t%s\t%d\t%s\t%t\t-\t%d\n", printable(b.ID), s.Rate, s.PerString(), s.Burst, sc, s.Shadow, b.ModRevision)
 	}
-	return tw.Flush()
+	return notes.flush(tw, out)
 }
 
 // printable returns s as is if every rune in it is printable and not a

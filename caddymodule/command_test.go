@@ -2,11 +2,16 @@ package caddymodule
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/connectivity"
 
 	"github.com/edgelimit/edgelimit/etcdsync"
 	"github.com/edgelimit/edgelimit/etcdsync/etcdtest"
@@ -170,7 +175,7 @@ func TestPlansCommand(t *testing.T) {
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if len(lines) != 3 || !strings.HasPrefix(lines[0], "NAME ") || !strings.HasPrefix(lines[1], "gold ") || !strings.Contains(lines[1], " 50 ") ||
-		!strings.Contains(lines[1], " 1m0s ") || !strings.HasPrefix(lines[2], "silver ") {
+		!strings.Contains(lines[1], " 1m ") || !strings.HasPrefix(lines[2], "silver ") {
 		t.Errorf("plans list:\n%s", out)
 	}
 
@@ -240,10 +245,156 @@ func TestBucketsListEscapesHostileKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.ContainsAny(out, "\x1b\t") || strings.Count(out, "\n") != 2 {
+	// The header, the row, a blank line and the reason.
+	if strings.ContainsAny(out, "\x1b\t") || strings.Count(out, "\n") != 4 {
 		t.Fatalf("list printed the key raw:\n%q", out)
 	}
-	if !strings.Contains(out, `"evil\n\x1b[2Jforged-row\t1\t1s"`) || !strings.Contains(out, "INVALID") {
+	if !strings.Contains(out, `"evil\n\x1b[2Jforged-row\t1\t1s"`) || !strings.Contains(out, "invalid (1)") {
 		t.Fatalf("list does not show the escaped key as invalid:\n%s", out)
+	}
+}
+
+// Values that look wrong are refused by put with the decoder's own error,
+// and nothing is written.
+func TestPutRefusesValuesThatLookWrong(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ep := srv.Endpoints()
+	for _, val := range etcdtest.MisleadingValues {
+		_, want := etcdsync.DecodeSpec([]byte(val))
+		if _, err := cli(t, ep, "put", "x", val); want == nil || err == nil || err.Error() != want.Error() {
+			t.Errorf("buckets put x %s: %v, want %v", val, err, want)
+		}
+		_, want = etcdsync.DecodePlan([]byte(val))
+		if _, err := plansCLI(t, ep, "put", "x", val); want == nil || err == nil || err.Error() != want.Error() {
+			t.Errorf("plans put x %s: %v, want %v", val, err, want)
+		}
+	}
+	// The newer version's error names the version and the field.
+	_, err := cli(t, ep, "put", "x", `{"v":2,"rate":1,"burst":1,"algorithm":"gcra"}`)
+	if err == nil || !strings.Contains(err.Error(), `field "v": 2`) || !strings.Contains(err.Error(), `"algorithm"`) {
+		t.Errorf("put of a newer version: %v, want an error naming v 2 and algorithm", err)
+	}
+	resp, err := srv.Client(t).Get(t.Context(), "/cli/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || resp.Count != 0 {
+		t.Errorf("keys written: %v, %v; want none", resp, err)
+	}
+}
+
+// Flags with no usable default are required, and an explicit --per is
+// checked rather than read as the default. These fail before any etcd
+// request, so the endpoint need not answer.
+func TestPutFlagsRequired(t *testing.T) {
+	ep := []string{"http://127.0.0.1:1"}
+	for _, c := range []struct {
+		plans bool
+		args  []string
+		want  error
+		msg   string
+	}{
+		{false, []string{"put", "x"}, ErrInvalidConfig, "--rate and --burst are required (or give a JSON spec, or --plan)"},
+		{false, []string{"put", "x", "--rate", "5"}, ErrInvalidConfig, "--burst is required"},
+		{false, []string{"put", "x", "--burst", "5"}, ErrInvalidConfig, "--rate is required"},
+		{false, []string{"put", "x", "--rate", "1", "--burst", "1", "--per", "0s"}, etcdsync.ErrInvalidSpec, `field "per": "0s" is shorter than 1ms`},
+		{true, []string{"put", "x"}, ErrInvalidConfig, "--rate and --burst are required (or give a JSON spec)"},
+		{true, []string{"put", "x", "--rate", "5"}, ErrInvalidConfig, "--burst is required"},
+		{true, []string{"put", "x", "--rate", "1", "--burst", "1", "--per", "1ns"}, etcdsync.ErrInvalidSpec, `field "per": "1ns" is shorter than 1ms`},
+		// A given rate of 0 is still the validation's business.
+		{false, []string{"put", "x", "--rate", "0", "--burst", "1"}, etcdsync.ErrInvalidSpec, "rate 0"},
+	} {
+		run := cli
+		if c.plans {
+			run = plansCLI
+		}
+		if _, err := run(t, ep, c.args...); !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.msg) {
+			t.Errorf("%s (plans %v): %v, want %v saying %q", strings.Join(c.args, " "), c.plans, err, c.want, c.msg)
+		}
+	}
+}
+
+// An invalid value gets a short mark in the table and its reason under
+// it, and every listing writes periods as get does.
+func TestListShowsInvalidRowsCompactly(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ep := srv.Endpoints()
+	etcd := srv.Client(t)
+	if _, err := cli(t, ep, "put", "acme", "--rate", "2", "--per", "1m", "--burst", "3"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := plansCLI(t, ep, "put", "gold", "--rate", "2", "--per", "90s", "--burst", "3"); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{etcdsync.BucketKey("/cli/", "broken"), etcdsync.PlanKey("/cli/", "broken")} {
+		if _, err := etcd.Put(t.Context(), k, `{"rate":5,"rate":50,"burst":7}`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		out     func() (string, error)
+		row     string // the valid row's start, with its period
+		invalid string // the invalid row's start
+	}{
+		{func() (string, error) { return cli(t, ep, "list") }, "acme    2            1m ", "broken  invalid (1) "},
+		{func() (string, error) { return plansCLI(t, ep, "list") }, "gold    2            90s ", "broken  invalid (1) "},
+	} {
+		out, err := c.out()
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+		row := func(prefix string) bool {
+			return strings.HasPrefix(lines[1], prefix) || strings.HasPrefix(lines[2], prefix)
+		}
+		if len(lines) != 5 || !row(c.row) || !row(c.invalid) || lines[3] != "" ||
+			lines[4] != `(1) broken: etcdsync: invalid bucket spec: field "rate" appears more than once; give each field once` {
+			t.Errorf("list:\n%s", out)
+		}
+		for _, l := range lines[:3] {
+			if len(l) > 80 {
+				t.Errorf("a table row of %d columns:\n%s", len(l), out)
+			}
+		}
+	}
+	out, err := cli(t, ep, "get", "acme")
+	if err != nil || !strings.Contains(out, `"per":"1m"`) {
+		t.Errorf("get acme: %v\n%s", err, out)
+	}
+}
+
+// A command against an etcd that does not answer says so, with the
+// endpoints and how long it tried, rather than "context deadline exceeded".
+func TestCommandUnreachableEtcd(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := "http://" + l.Addr().String()
+	l.Close() // nothing listens there now
+	start := time.Now()
+	_, err = cli(t, []string{ep}, "get", "x", "--timeout", "1s")
+	want := "etcd at " + ep + " could not be reached within 1s (--timeout)"
+	if !errors.Is(err, etcdsync.ErrUnavailable) || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "deadline") {
+		t.Errorf("get against %s: %v, want ErrUnavailable saying %q", ep, err, want)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("took %v with --timeout 1s", d)
+	}
+
+	// An etcd that answers, but not in time, is not called unreachable.
+	srv := etcdtest.Start(t)
+	c := cliConn{endpoints: srv.Endpoints(), timeout: time.Second}
+	etcd := srv.Client(t)
+	// gRPC may let the first request through a moment before it marks the
+	// connection ready; a command that timed out did so long after.
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	conn := etcd.ActiveConnection()
+	for conn.Connect(); conn.GetState() != connectivity.Ready; {
+		if !conn.WaitForStateChange(ctx, conn.GetState()) {
+			t.Fatalf("no connection to %v: %v", srv.Endpoints(), conn.GetState())
+		}
+	}
+	want = "etcd at " + srv.Endpoints()[0] + " was reached but the command did not finish within 1s (--timeout)"
+	if err := c.timedOut(etcd); !errors.Is(err, etcdsync.ErrUnavailable) || !strings.Contains(err.Error(), want) {
+		t.Errorf("timedOut on a connected client: %v, want %q", err, want)
 	}
 }

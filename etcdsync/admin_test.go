@@ -227,3 +227,47 @@ func TestAdminPlans(t *testing.T) {
 }
 
 func errOf3[T, U any](_ T, _ U, err error) error { return err }
+
+// Admin reads and writes values with the syncer's own validation, so it
+// reports the values that look wrong with the same errors.
+func TestAdminRejectsValuesThatLookWrong(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	a := NewAdmin(cli, testPrefix)
+	ctx := ctxT(t)
+
+	for _, val := range etcdtest.MisleadingValues {
+		_, bucketErr := DecodeSpec([]byte(val))
+		_, planErr := DecodePlan([]byte(val))
+		if bucketErr == nil || planErr == nil {
+			t.Fatalf("%s decodes: %v, %v", val, bucketErr, planErr)
+		}
+		mustPut(t, cli, bkey("b"), val)
+		mustPut(t, cli, PlanKey(testPrefix, "p"), val)
+		if _, rev, err := a.GetBucket(ctx, "b"); rev == 0 || !errors.Is(err, ErrInvalidSpec) || !strings.HasSuffix(err.Error(), bucketErr.Error()) {
+			t.Errorf("GetBucket of %s: %d, %v; want the revision and %q", val, rev, err, bucketErr)
+		}
+		if bs, err := a.ListBuckets(ctx); err != nil || len(bs) != 1 || bs[0].Err == nil || bs[0].Err.Error() != bucketErr.Error() {
+			t.Errorf("ListBuckets with %s: %+v, %v; want the bucket with %q", val, bs, err, bucketErr)
+		}
+		if _, _, err := a.GetPlan(ctx, "p"); !errors.Is(err, ErrInvalidSpec) || !strings.HasSuffix(err.Error(), planErr.Error()) {
+			t.Errorf("GetPlan of %s: %v; want %q", val, err, planErr)
+		}
+		if ps, err := a.ListPlans(ctx); err != nil || len(ps) != 1 || ps[0].Err == nil || ps[0].Err.Error() != planErr.Error() {
+			t.Errorf("ListPlans with %s: %+v, %v; want the plan with %q", val, ps, err, planErr)
+		}
+	}
+
+	// A period below MinPer is refused on writes too; zero is the default.
+	for _, per := range []time.Duration{time.Nanosecond, 999 * time.Microsecond, -time.Second} {
+		if err := a.UpdateBucket(ctx, "b", Spec{Rate: 1, Per: per, Burst: 1}); !errors.Is(err, ErrInvalidSpec) || !strings.Contains(err.Error(), `field "per"`) {
+			t.Errorf("UpdateBucket with per %v: %v, want ErrInvalidSpec naming per", per, err)
+		}
+		if err := a.PutPlan(ctx, "p", Spec{Rate: 1, Per: per, Burst: 1}); !errors.Is(err, ErrInvalidSpec) || !strings.Contains(err.Error(), `field "per"`) {
+			t.Errorf("PutPlan with per %v: %v, want ErrInvalidSpec naming per", per, err)
+		}
+	}
+	if err := a.UpdateBucket(ctx, "b", Spec{Rate: 1, Per: MinPer, Burst: 1}); err != nil {
+		t.Errorf("UpdateBucket with per %v: %v", MinPer, err)
+	}
+}

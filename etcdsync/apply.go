@@ -24,7 +24,7 @@ func (s *Syncer) applyKV(kv *mvccpb.KeyValue, gen uint64) {
 		s.reject(kv, bucketValue, err, gen, nil)
 		return
 	}
-	spec, newer, err := s.decode(kv.Value)
+	spec, err := s.decode(kv.Value)
 	s.mu.Lock()
 	delete(s.waiting, id)
 	if err != nil {
@@ -34,13 +34,8 @@ func (s *Syncer) applyKV(kv *mvccpb.KeyValue, gen uint64) {
 	}
 	if i, ok := s.applied.get(bytesOf(id)); ok && s.specs.specs[i] == spec {
 		s.applied.touch(bytesOf(id), uint8(gen))
-		if !newer {
-			delete(s.rejected, string(kv.Key))
-		}
+		delete(s.rejected, string(kv.Key))
 		s.mu.Unlock()
-		if newer {
-			s.noteNewer(kv, gen)
-		}
 		return
 	}
 	if spec.Plan != "" {
@@ -55,18 +50,13 @@ func (s *Syncer) applyKV(kv *mvccpb.KeyValue, gen uint64) {
 		}
 	}
 	s.mu.Unlock()
-	if newer {
-		s.noteNewer(kv, gen)
-	}
 	if err := s.put(id, spec, gen); err != nil {
 		s.rejectBucket(kv, id, err, gen)
 		return
 	}
-	if !newer {
-		s.mu.Lock()
-		delete(s.rejected, string(kv.Key))
-		s.mu.Unlock()
-	}
+	s.mu.Lock()
+	delete(s.rejected, string(kv.Key))
+	s.mu.Unlock()
 }
 
 func missingPlan(name string, orphan bool) error {
@@ -205,21 +195,6 @@ func (s *Syncer) reject(kv *mvccpb.KeyValue, kind valueKind, err error, gen uint
 	}
 }
 
-// noteNewer logs once that a value of a newer schema version was applied
-// without the fields this version does not know.
-func (s *Syncer) noteNewer(kv *mvccpb.KeyValue, gen uint64) {
-	key := string(kv.Key)
-	s.mu.Lock()
-	mark, seen := s.rejected[key]
-	s.rejected[key] = rejectMark{modRev: kv.ModRevision, gen: gen}
-	s.mu.Unlock()
-	if seen && mark.modRev == kv.ModRevision {
-		return
-	}
-	s.log.Warn("etcdsync: value of a newer schema version; applied without the fields this version does not know",
-		zap.String("key", key), zap.Int64("mod_revision", kv.ModRevision))
-}
-
 // applyPlanKV applies one plan key as read by a list or a watch put.
 func (s *Syncer) applyPlanKV(kv *mvccpb.KeyValue, gen uint64) {
 	name, err := planName(s.plansPrefix, kv.Key)
@@ -227,18 +202,13 @@ func (s *Syncer) applyPlanKV(kv *mvccpb.KeyValue, gen uint64) {
 		s.reject(kv, planValue, err, gen, nil)
 		return
 	}
-	spec, newer, err := decodeValue(kv.Value, planValue)
+	spec, err := DecodePlan(kv.Value)
 	if err == nil {
-		if newer {
-			s.noteNewer(kv, gen)
-		}
 		s.mu.Lock()
 		p, ok := s.plans[name]
 		if ok && p.spec == spec {
 			s.plans[name] = planState{spec: spec, gen: gen}
-			if !newer {
-				delete(s.rejected, string(kv.Key))
-			}
+			delete(s.rejected, string(kv.Key))
 			s.mu.Unlock()
 			return
 		}
@@ -266,9 +236,7 @@ func (s *Syncer) applyPlanKV(kv *mvccpb.KeyValue, gen uint64) {
 	_, wasOrphan := s.orphans[name]
 	delete(s.orphans, name)
 	s.plans[name] = planState{spec: spec, gen: gen}
-	if !newer {
-		delete(s.rejected, string(kv.Key))
-	}
+	delete(s.rejected, string(kv.Key))
 	var ready []string
 	for id, p := range s.waiting {
 		if p == name {
@@ -354,19 +322,19 @@ func (s *Syncer) removePlan(name string, spec Spec) {
 // distinct values cover them; past that the cache starts over.
 const decodeCacheSize = 4096
 
-// decode is decodeSpec with a cache of valid values: decoding and
+// decode is DecodeSpec with a cache of valid values: decoding and
 // validating dominate the syncer's cost per bucket at initial load. Only
 // the sync goroutine calls it.
-func (s *Syncer) decode(val []byte) (Spec, bool, error) {
+func (s *Syncer) decode(val []byte) (Spec, error) {
 	if spec, ok := s.decoded[string(val)]; ok {
-		return spec, false, nil
+		return spec, nil
 	}
-	spec, newer, err := decodeSpec(val)
-	if err == nil && !newer {
+	spec, err := DecodeSpec(val)
+	if err == nil {
 		if len(s.decoded) >= decodeCacheSize {
 			clear(s.decoded)
 		}
 		s.decoded[string(val)] = spec
 	}
-	return spec, newer, err
+	return spec, err
 }

@@ -6,8 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/edgelimit/edgelimit/limiter"
@@ -40,23 +40,31 @@ import (
 // is left on it (or the plan comes back); new buckets naming it are
 // rejected meanwhile. Admin.DeletePlan refuses such a delete unless forced.
 //
+// # Strictness
+//
+// A value that looks wrong is rejected, never guessed at: field names are
+// exact and case-sensitive ("RATE" is an error, although encoding/json
+// would take it for "rate"), each field appears once ({"rate":5,"rate":50}
+// is an error, not the last one winning), no field is null, and "per",
+// when present, is at least MinPer ("0s", "0.5ns" and null are errors, not
+// the one-second default).
+//
 // # Versioning
 //
-// The schema evolves by adding optional fields only, under one rule that
-// keeps older instances working and still catches typos: a value may carry
+// The schema evolves by adding optional fields only. A value may carry
 // "v", the schema version it was written for (1 if absent; this code knows
 // SpecVersion). A value at a version this code knows must not hold unknown
 // fields, so "brust" is an error. A value that declares a newer version is
-// decoded leniently: the fields this code knows are validated and applied,
-// the others are ignored (and the syncer logs that it did so). A writer that
-// adds a field therefore bumps "v" in the values that use it, and a new
-// field must be safe to ignore: an older instance applies the rest of the
-// bucket as if the field were absent. A change that is not safe to ignore
-// needs a new key prefix, not a new field.
+// rejected too, with an error naming the version and the first field this
+// code does not know: applying it without that field would enforce a
+// config other than the one written. Upgrade every instance before any
+// writer uses a new version; until then, older instances log the value,
+// count it in Stats.Rejected and keep the key's last valid config.
 type Spec struct {
 	// Rate is how many tokens are added every Per.
 	Rate float64
-	// Per is the refill period; zero means one second.
+	// Per is the refill period; zero means one second, and any other value
+	// must be at least MinPer.
 	Per time.Duration
 	// Burst is the bucket's capacity.
 	Burst int64
@@ -87,6 +95,10 @@ const (
 	MaxSpecBytes = 4 << 10
 	// defaultPer is the period when "per" is absent.
 	defaultPer = time.Second
+	// MinPer is the shortest refill period. A shorter one is almost
+	// certainly a unit slip ("1ns" for "1s", or "0.5ns", which parses as
+	// zero), and no rate needs one: a high rate is many tokens per period.
+	MinPer = time.Millisecond
 )
 
 // wireSpec is the JSON form. Pointers tell a missing field from a zero one,
@@ -134,80 +146,92 @@ const (
 // DecodeSpec parses and validates a bucket value. Errors wrap ErrInvalidSpec
 // and name the field and value at fault.
 func DecodeSpec(data []byte) (Spec, error) {
-	s, _, err := decodeSpec(data)
-	return s, err
-}
-
-// DecodePlan parses and validates a plan value: the fields of a bucket
-// value but scope (a plan is local-only) and plan, under the same
-// versioning rules. The Spec returned has Scope ScopeLocal. Errors wrap
-// ErrInvalidSpec and name the field and value at fault.
-func DecodePlan(data []byte) (Spec, error) {
-	s, _, err := decodeValue(data, planValue)
-	return s, err
-}
-
-// decodeSpec is DecodeSpec that also reports whether fields of a newer
-// schema version were ignored.
-func decodeSpec(data []byte) (s Spec, ignoredNewer bool, err error) {
 	return decodeValue(data, bucketValue)
 }
 
-// decodeValue decodes a bucket or plan value.
-func decodeValue(data []byte, kind valueKind) (s Spec, ignoredNewer bool, err error) {
+// DecodePlan parses and validates a plan value: the fields of a bucket
+// value but scope (a plan is local-only) and plan, under the same rules.
+// The Spec returned has Scope ScopeLocal. Errors wrap ErrInvalidSpec and
+// name the field and value at fault.
+func DecodePlan(data []byte) (Spec, error) {
+	return decodeValue(data, planValue)
+}
+
+// decodeValue decodes a bucket or plan value. json.Unmarshal does the
+// typed decoding but matches names case-insensitively and lets a repeated
+// field win, so checkKeys then reads the object's keys as written.
+func decodeValue(data []byte, kind valueKind) (Spec, error) {
 	if len(data) > MaxSpecBytes {
-		return Spec{}, false, fmt.Errorf("%w: %d bytes, more than %d", ErrInvalidSpec, len(data), MaxSpecBytes)
+		return Spec{}, fmt.Errorf("%w: %d bytes, more than %d", ErrInvalidSpec, len(data), MaxSpecBytes)
 	}
 	var w wireSpec
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	err = dec.Decode(&w)
-	if field, ok := unknownField(err); ok {
-		// Only a value that declares a newer version may carry fields we
-		// don't know; anything else is a typo.
-		w = wireSpec{}
-		if lerr := json.Unmarshal(data, &w); lerr != nil || w.V == nil || *w.V <= SpecVersion {
-			known := "v, rate, per, burst, scope, shadow, plan"
-			if kind == planValue {
-				known = "v, rate, per, burst, shadow"
-			}
-			return Spec{}, false, fmt.Errorf("%w: unknown field %s (version %d knows %s)", ErrInvalidSpec, field, SpecVersion, known)
-		}
-		ignoredNewer = true
-		err = nil
-		// json.Unmarshal already rejected trailing data.
-	} else if err == nil {
-		if _, terr := dec.Token(); terr != io.EOF {
-			return Spec{}, false, fmt.Errorf("%w: trailing data after the JSON object", ErrInvalidSpec)
-		}
+	typeErr := json.Unmarshal(data, &w)
+	var se *json.SyntaxError
+	if errors.As(typeErr, &se) {
+		return Spec{}, syntaxError(data)
 	}
+	// data is valid JSON from here on; a type error waits until the keys
+	// are checked, as a newer version or a misspelt key explains it better.
+	ks, err := checkKeys(data, kind)
 	if err != nil {
-		return Spec{}, false, jsonError(err)
+		return Spec{}, err
 	}
+	if w.V != nil && *w.V > SpecVersion {
+		return Spec{}, newerVersion(*w.V, ks)
+	}
+	if ks.hasUnknown {
+		return Spec{}, fmt.Errorf("%w: unknown field %q (version %d knows %s)", ErrInvalidSpec, ks.unknown, SpecVersion, knownFields(kind))
+	}
+	if typeErr != nil {
+		return Spec{}, jsonError(typeErr)
+	}
+	// json.Unmarshal reads null as absent, which would give a default in
+	// place of the value meant.
+	if null := ks.seen &^ w.present(); null != 0 {
+		return Spec{}, fmt.Errorf("%w: field %q is null; leave it out for its default", ErrInvalidSpec, wireFields[bits.TrailingZeros8(null)])
+	}
+	var s Spec
 	if kind == planValue {
 		s, err = w.plan()
 	} else {
 		s, err = w.spec()
 	}
 	if err != nil {
-		return Spec{}, false, err
+		return Spec{}, err
 	}
 	if s.Plan != "" {
-		return s, ignoredNewer, nil
+		return s, nil
 	}
 	if _, err := s.Config(); err != nil {
-		return Spec{}, false, err
+		return Spec{}, err
 	}
-	return s, ignoredNewer, nil
+	return s, nil
 }
 
-// unknownField recognizes DisallowUnknownFields' error, which has no type
-// of its own, and returns the quoted field name.
-func unknownField(err error) (string, bool) {
-	if err == nil {
-		return "", false
+// syntaxError explains why data is not one JSON value. It runs only for
+// invalid values, so it may decode again to tell the cases apart.
+func syntaxError(data []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	var v json.RawMessage
+	if err := dec.Decode(&v); err != nil {
+		return jsonError(err)
 	}
-	return strings.CutPrefix(err.Error(), "json: unknown field ")
+	return fmt.Errorf("%w: trailing data after the JSON object", ErrInvalidSpec)
+}
+
+func newerVersion(v int, ks keyScan) error {
+	also := ""
+	if ks.hasUnknown {
+		also = fmt.Sprintf(", which does not know field %q", ks.unknown)
+	}
+	return fmt.Errorf("%w: field \"v\": %d is a newer schema version than this one (%d)%s; upgrade every edgelimit instance before writing version %d values", ErrInvalidSpec, v, SpecVersion, also, v)
+}
+
+func knownFields(kind valueKind) string {
+	if kind == planValue {
+		return "v, rate, per, burst, shadow"
+	}
+	return "v, rate, per, burst, scope, shadow, plan"
 }
 
 func jsonError(err error) error {
@@ -288,6 +312,10 @@ func (w *wireSpec) spec() (Spec, error) {
 		if err != nil {
 			return Spec{}, fmt.Errorf("%w: field \"per\": %q is not a duration such as \"1s\", \"1m\" or \"1h\"", ErrInvalidSpec, *w.Per)
 		}
+		// Checked here, before a zero could pass for "absent" below.
+		if err := checkPer(d, *w.Per); err != nil {
+			return Spec{}, err
+		}
 		s.Per = d
 	}
 	if w.Scope != nil {
@@ -310,6 +338,11 @@ func (s Spec) Config() (limiter.Config, error) {
 	if s.Plan != "" {
 		return limiter.Config{}, fmt.Errorf("%w: bucket on plan %q has no config of its own", ErrInvalidSpec, s.Plan)
 	}
+	if s.Per != 0 {
+		if err := CheckPer(s.Per); err != nil {
+			return limiter.Config{}, err
+		}
+	}
 	s = s.withDefaults()
 	if s.Scope != ScopeLocal && s.Scope != ScopeGlobal {
 		return limiter.Config{}, fmt.Errorf("%w: field \"scope\": %q; want %q or %q", ErrInvalidSpec, string(s.Scope), ScopeLocal, ScopeGlobal)
@@ -327,6 +360,21 @@ func (s Spec) Config() (limiter.Config, error) {
 		return limiter.Config{}, fmt.Errorf("%w: field %q: %w", ErrInvalidSpec, field, err)
 	}
 	return c, nil
+}
+
+// CheckPer validates a refill period given explicitly (a "per" field or
+// flag): it must be at least MinPer. Spec.Per's zero, which stands for the
+// default, is not such a period.
+func CheckPer(d time.Duration) error {
+	return checkPer(d, formatPer(d))
+}
+
+// checkPer is CheckPer that quotes the period as written.
+func checkPer(d time.Duration, written string) error {
+	if d < MinPer {
+		return fmt.Errorf("%w: field \"per\": %q is shorter than %v, the shortest refill period", ErrInvalidSpec, written, MinPer)
+	}
+	return nil
 }
 
 func (s Spec) withDefaults() Spec {
@@ -405,6 +453,12 @@ func (s *Spec) UnmarshalJSON(data []byte) error {
 func (s Spec) String() string {
 	b, _ := s.MarshalJSON()
 	return string(b)
+}
+
+// PerString returns the refill period as EncodeSpec writes it ("1m", not
+// time.Duration's "1m0s"), with zero read as the default.
+func (s Spec) PerString() string {
+	return formatPer(s.withDefaults().Per)
 }
 
 // formatPer writes whole hours, minutes or seconds the way an operator

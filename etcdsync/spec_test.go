@@ -2,12 +2,15 @@ package etcdsync
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/edgelimit/edgelimit/etcdsync/etcdtest"
 	"github.com/edgelimit/edgelimit/limiter"
 )
 
@@ -22,8 +25,10 @@ func TestDecodeSpec(t *testing.T) {
 		{`{"rate":2.5,"per":"1h","burst":1,"scope":"global","shadow":true}`, Spec{Rate: 2.5, Per: time.Hour, Burst: 1, Scope: ScopeGlobal, Shadow: true}},
 		{" {\"burst\":1,\"rate\":1}\n", Spec{Rate: 1, Per: time.Second, Burst: 1, Scope: ScopeLocal}},
 		{`{"v":1,"rate":1,"burst":1}`, Spec{Rate: 1, Per: time.Second, Burst: 1, Scope: ScopeLocal}},
-		// A newer version may carry fields this one ignores.
-		{`{"v":2,"rate":1,"burst":1,"algorithm":"gcra"}`, Spec{Rate: 1, Per: time.Second, Burst: 1, Scope: ScopeLocal}},
+		{`{"rate":1,"burst":1,"per":"1ms"}`, Spec{Rate: 1, Per: MinPer, Burst: 1, Scope: ScopeLocal}},
+		{`{"rate":1,"burst":1,"per":"1.5ms"}`, Spec{Rate: 1, Per: 1500 * time.Microsecond, Burst: 1, Scope: ScopeLocal}},
+		// Escapes in a key are read as encoding/json reads them.
+		{`{"r\u0061te":3,"burst":4}`, Spec{Rate: 3, Per: time.Second, Burst: 4, Scope: ScopeLocal}},
 	}
 	for _, tt := range tests {
 		got, err := DecodeSpec([]byte(tt.in))
@@ -59,7 +64,28 @@ func TestDecodeSpecErrors(t *testing.T) {
 		{`{"rate":100,"burst":"200"}`, nil, `field "burst": a JSON string where an integer is expected`},
 		{`{"rate":100,"burst":200,"shadow":"yes"}`, nil, `field "shadow"`},
 		{`{"rate":100,"burst":200,"per":"soon"}`, nil, `field "per": "soon"`},
-		{`{"rate":100,"burst":200,"per":"-1s"}`, limiter.ErrInvalidRate, `"per" -1s`},
+		{`{"rate":100,"burst":200,"per":"-1s"}`, nil, `field "per": "-1s" is shorter than 1ms`},
+		{`{"rate":7,"burst":7,"per":"0s"}`, nil, `field "per": "0s" is shorter than 1ms`},
+		{`{"rate":7,"burst":7,"per":"0.5ns"}`, nil, `field "per": "0.5ns" is shorter than 1ms`},
+		{`{"rate":7,"burst":7,"per":"999us"}`, nil, `field "per": "999us" is shorter than 1ms`},
+		{`{"RATE":9,"burst":9}`, nil, `unknown field "RATE": field names are case-sensitive; did you mean "rate"?`},
+		{`{"rate":9,"Burst":9}`, nil, `did you mean "burst"?`},
+		{`{"V":1,"rate":9,"burst":9}`, nil, `did you mean "v"?`},
+		{`{"rate":5,"rate":50,"burst":7}`, nil, `field "rate" appears more than once`},
+		{`{"rate":5,"burst":7,"r\u0061te":50}`, nil, `field "rate" appears more than once`},
+		{`{"rate":5,"burst":7,"shadow":false,"shadow":true}`, nil, `field "shadow" appears more than once`},
+		{`{"v":1,"v":2,"rate":5,"burst":7}`, nil, `field "v" appears more than once`},
+		{`{"rate":5,"burst":7,"x":{"rate":1},"x":2}`, nil, `unknown field "x"`},
+		{`{"rate":5,"burst":7,"":""}`, nil, `unknown field ""`},
+		{`{"rate":7,"burst":7,"per":null}`, nil, `field "per" is null; leave it out for its default`},
+		{`{"rate":7,"burst":7,"scope":null}`, nil, `field "scope" is null`},
+		{`{"v":null,"rate":7,"burst":7}`, nil, `field "v" is null`},
+		{`{"rate":null,"burst":7}`, nil, `field "rate" is null`},
+		{`{"v":2,"rate":5,"burst":7,"":""}`, nil, `which does not know field ""`},
+		// A newer version is not applied without the fields it adds.
+		{`{"v":2,"rate":1,"burst":1,"algorithm":"gcra"}`, nil, `field "v": 2 is a newer schema version than this one (1), which does not know field "algorithm"; upgrade`},
+		{`{"v":2,"rate":1,"burst":1}`, nil, `field "v": 2 is a newer schema version than this one (1); upgrade`},
+		{`{"v":3,"rate":"x","burst":1}`, nil, `field "v": 3 is a newer schema version`},
 		{`{"rate":0,"burst":200}`, limiter.ErrInvalidRate, `"rate" 0`},
 		{`{"rate":-5,"burst":200}`, limiter.ErrInvalidRate, `"rate" -5`},
 		{`{"rate":0.0000001,"burst":200}`, limiter.ErrInvalidRate, `more than 6 decimals`},
@@ -133,7 +159,14 @@ func FuzzDecodeSpec(f *testing.F) {
 		`{"rate":-1,"burst":1}`, `null`, `{}`, `[]`, `"x"`, `{"rate":1,"burst":1}x`,
 		`{"plan":"gold"}`, `{"v":1,"plan":"gold"}`, `{"v":3,"plan":"g","later":true}`, `{"plan":"gold","burst":1}`,
 		`{"plan":""}`, `{"plan":"a\u0000b"}`, `{"rate":1,"per":"1m","burst":2,"shadow":true}`,
+		// Near the shapes that encoding/json alone would accept and misread.
+		`{"rate":7,"burst":7,"per":"1ms"}`, `{"r\u0061te":5,"rate":50,"burst":7}`, `{"v":2,"rate":1,"burst":1}`,
+		`{"rate":1,"burst":1,"x":{"rate":2,"rate":3}}`, `{"rate":1,"burst":1,"\"":[{"}":"{"}]}`, `{ "rate" : 1 , "burst" : 1 }`,
+		`{"rate":1,"burst":1,"shadow":null}`, `{"plan":null}`,
 	} {
+		f.Add([]byte(s))
+	}
+	for _, s := range etcdtest.MisleadingValues {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -144,6 +177,10 @@ func FuzzDecodeSpec(f *testing.F) {
 				t.Fatalf("error %v does not wrap ErrInvalidSpec", err)
 			}
 			return
+		}
+		strictKeys(t, data)
+		if s.Plan == "" && s.Per < MinPer {
+			t.Fatalf("accepted %q with a period of %v, below %v", data, s.Per, MinPer)
 		}
 		enc, err := EncodeSpec(s)
 		if err != nil {
@@ -173,9 +210,10 @@ func fuzzPlan(t *testing.T, data []byte) {
 		}
 		return
 	}
-	if p.Plan != "" || p.Scope != ScopeLocal {
-		t.Fatalf("DecodePlan(%q) = %+v: a plan names no plan and is local", data, p)
+	if p.Plan != "" || p.Scope != ScopeLocal || p.Per < MinPer {
+		t.Fatalf("DecodePlan(%q) = %+v: a plan names no plan, is local and has a period of at least %v", data, p, MinPer)
 	}
+	strictKeys(t, data)
 	enc, err := EncodePlan(p)
 	if err != nil {
 		t.Fatalf("accepted plan %q -> %+v, but EncodePlan fails: %v", data, p, err)
@@ -186,6 +224,33 @@ func fuzzPlan(t *testing.T, data []byte) {
 	}
 }
 
+// strictKeys fails unless the top-level keys of data, an accepted value,
+// are exact field names, each given once and not null. It reads them with
+// encoding/json's tokenizer, independently of checkKeys.
+func strictKeys(t *testing.T, data []byte) {
+	t.Helper()
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		t.Fatalf("accepted %q, which is not an object", data)
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			t.Fatalf("accepted %q: %v", data, err)
+		}
+		key := tok.(string)
+		if seen[key] || !slices.Contains(wireFields[:], key) {
+			t.Fatalf("accepted %q, with key %q repeated or not a field", data, key)
+		}
+		seen[key] = true
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil || string(v) == "null" {
+			t.Fatalf("accepted %q, with %q: %s, %v", data, key, v, err)
+		}
+	}
+}
+
 func TestDecodePlanAndRefs(t *testing.T) {
 	refs := []struct {
 		in   string
@@ -193,7 +258,6 @@ func TestDecodePlanAndRefs(t *testing.T) {
 	}{
 		{`{"plan":"gold"}`, Spec{Plan: "gold"}},
 		{`{"v":1,"plan":"free tier"}`, Spec{Plan: "free tier"}},
-		{`{"v":2,"plan":"gold","discount":0.5}`, Spec{Plan: "gold"}},
 	}
 	for _, tt := range refs {
 		got, err := DecodeSpec([]byte(tt.in))
@@ -207,7 +271,6 @@ func TestDecodePlanAndRefs(t *testing.T) {
 	}{
 		{`{"rate":100,"burst":200}`, Spec{Rate: 100, Per: time.Second, Burst: 200, Scope: ScopeLocal}},
 		{`{"v":1,"rate":10,"per":"1m","burst":5,"shadow":true}`, Spec{Rate: 10, Per: time.Minute, Burst: 5, Scope: ScopeLocal, Shadow: true}},
-		{`{"v":2,"rate":1,"burst":1,"algorithm":"gcra"}`, Spec{Rate: 1, Per: time.Second, Burst: 1, Scope: ScopeLocal}},
 	}
 	for _, tt := range plans {
 		got, err := DecodePlan([]byte(tt.in))
@@ -235,6 +298,14 @@ func TestDecodePlanAndRefs(t *testing.T) {
 		{true, `{"rate":1,"brust":1}`, nil, `unknown field "brust" (version 1 knows v, rate, per, burst, shadow)`},
 		{true, `{"rate":0,"burst":1}`, limiter.ErrInvalidRate, `"rate" 0`},
 		{true, `{"rate":1}`, nil, `"burst" is required`},
+		// Plans are as strict as buckets.
+		{true, `{"rate":7,"burst":7,"per":"0s"}`, nil, `field "per": "0s" is shorter than 1ms`},
+		{true, `{"rate":7,"burst":7,"per":"0.5ns"}`, nil, `field "per": "0.5ns" is shorter than 1ms`},
+		{true, `{"RATE":9,"burst":9}`, nil, `unknown field "RATE": field names are case-sensitive; did you mean "rate"? (version 1 knows v, rate, per, burst, shadow)`},
+		{true, `{"rate":5,"rate":50,"burst":7}`, nil, `field "rate" appears more than once`},
+		{true, `{"v":2,"rate":1,"burst":1,"algorithm":"gcra"}`, nil, `field "v": 2 is a newer schema version than this one (1), which does not know field "algorithm"`},
+		{false, `{"v":2,"plan":"gold","discount":0.5}`, nil, `field "v": 2 is a newer schema version than this one (1), which does not know field "discount"`},
+		{false, `{"plan":"gold","PLAN":"silver"}`, nil, `did you mean "plan"?`},
 	}
 	for _, tt := range errs {
 		var err error
@@ -266,6 +337,11 @@ func TestEncodePlanAndRefs(t *testing.T) {
 		{errOf(EncodePlan(Spec{Rate: 1, Burst: 1, Scope: ScopeGlobal})), "local-only"},
 		{errOf(EncodePlan(Spec{Plan: "x"})), "cannot name another plan"},
 		{errOf(EncodePlan(Spec{Rate: 1})), "burst"},
+		// Per zero is the Go API's default; any other period below MinPer is an error.
+		{errOf(EncodeSpec(Spec{Rate: 1, Burst: 1, Per: time.Nanosecond})), `field "per": "1ns" is shorter than 1ms`},
+		{errOf(EncodeSpec(Spec{Rate: 1, Burst: 1, Per: -time.Second})), `field "per": "-1s" is shorter than 1ms`},
+		{errOf(EncodePlan(Spec{Rate: 1, Burst: 1, Per: 999 * time.Microsecond})), `field "per": "999µs" is shorter than 1ms`},
+		{CheckPer(0), `field "per": "0s" is shorter than 1ms`},
 		{errOf(Spec{Plan: "gold"}.Config()), `bucket on plan "gold" has no config of its own`},
 	} {
 		if !errors.Is(tt.err, ErrInvalidSpec) || !strings.Contains(tt.err.Error(), tt.want) {

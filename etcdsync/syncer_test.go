@@ -6,7 +6,9 @@ import (
 	"time"
 
 	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/edgelimit/edgelimit/etcdsync/etcdtest"
 	"github.com/edgelimit/edgelimit/limiter"
 )
 
@@ -121,13 +123,45 @@ func TestSyncerRejectsInvalidValuesOneByOne(t *testing.T) {
 	}
 }
 
-func TestSyncerNewerSchemaVersionApplies(t *testing.T) {
+// Values that encoding/json alone would apply, with a changed meaning, are
+// rejected like any invalid value: logged once, counted, and the last
+// valid config stays in force. So are values of a newer schema version.
+func TestSyncerRejectsValuesThatLookWrong(t *testing.T) {
 	f := newFixture(t)
-	f.startSyncer(t, nil)
-	mustPut(t, f.cli, bkey("v2"), `{"v":2,"rate":7,"burst":8,"algorithm":"gcra-next"}`)
-	f.bucketIs(t, "v2", spec(7, 8))
-	if n := f.logs.FilterMessageSnippet("newer schema version").Len(); n != 1 {
-		t.Fatalf("want one warning about the newer version, got %d", n)
+	s := f.startSyncer(t, nil)
+	mustPut(t, f.cli, bkey("b"), `{"rate":3,"per":"1m","burst":4}`)
+	mustPut(t, f.cli, PlanKey(testPrefix, "p"), `{"rate":5,"per":"1h","burst":6}`)
+	f.bucketIs(t, "b", Spec{Rate: 3, Per: time.Minute, Burst: 4})
+	mustPut(t, f.cli, bkey("on-p"), `{"plan":"p"}`)
+	f.bucketIs(t, "on-p", Spec{Rate: 5, Per: time.Hour, Burst: 6})
+	before := s.Stats().Rejected
+
+	for _, val := range etcdtest.MisleadingValues {
+		for _, key := range []string{bkey("b"), PlanKey(testPrefix, "p")} {
+			rev := mustPut(t, f.cli, key, val)
+			waitFor(t, 5*time.Second, "the rejection of "+val, func() bool {
+				return f.logs.FilterField(zapcoreString("key", key)).FilterMessageSnippet("last valid config stays in force").
+					Filter(func(e observer.LoggedEntry) bool { return e.ContextMap()["mod_revision"] == rev }).Len() == 1
+			})
+			decode := DecodeSpec
+			if key != bkey("b") {
+				decode = DecodePlan
+			}
+			_, want := decode([]byte(val))
+			entry := f.logs.FilterField(zapcoreString("key", key)).All()
+			if msg := entry[len(entry)-1].ContextMap()["error"].(string); want == nil || msg != want.Error() {
+				t.Errorf("%s at %s: logged %q, want %v", val, key, msg, want)
+			}
+		}
+	}
+	if got, want := s.Stats().Rejected-before, uint64(2*len(etcdtest.MisleadingValues)); got != want {
+		t.Errorf("Stats.Rejected grew by %d, want %d (each value at a bucket and a plan)", got, want)
+	}
+	for id, want := range map[string]Spec{"b": {Rate: 3, Per: time.Minute, Burst: 4}, "on-p": {Rate: 5, Per: time.Hour, Burst: 6}} {
+		wc, _ := want.Config()
+		if c, ok := f.lim.BucketConfig(id); !ok || c != wc {
+			t.Errorf("%s after the rejected values: %+v, %v; want its last valid config %+v", id, c, ok, wc)
+		}
 	}
 }
 
