@@ -17,8 +17,9 @@ type Admin struct {
 	cli         *clientv3.Client
 	prefix      string // "<prefix>buckets/"
 	plansPrefix string // "<prefix>plans/"
-	// PageSize is the number of keys per request in ListBuckets
-	// (see SyncerOptions.PageSize).
+	// PageSize, if set, is a fixed number of keys per list request;
+	// otherwise pages are sized by bytes, as the syncer's are (see
+	// SyncerOptions.PageBytes).
 	PageSize int
 }
 
@@ -43,7 +44,7 @@ type Plan struct {
 // NewAdmin returns an admin for the buckets and plans under prefix
 // (DefaultPrefix if empty).
 func NewAdmin(cli *clientv3.Client, prefix string) *Admin {
-	return &Admin{cli: cli, prefix: BucketsPrefix(prefix), plansPrefix: PlansPrefix(prefix), PageSize: 10_000}
+	return &Admin{cli: cli, prefix: BucketsPrefix(prefix), plansPrefix: PlansPrefix(prefix)}
 }
 
 // keyValue validates id and spec and returns the key and canonical value.
@@ -215,32 +216,17 @@ func (a *Admin) ListBuckets(ctx context.Context) ([]Bucket, error) {
 // scan reads every key under prefix at one revision, in pages, and
 // returns that revision.
 func (a *Admin) scan(ctx context.Context, prefix string, fn func(*mvccpb.KeyValue)) (int64, error) {
-	start, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
-	page := a.PageSize
-	if page <= 0 {
-		page = 10_000
-	}
-	var rev int64
-	for key := start; ; {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(page))}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
-		}
-		resp, err := a.cli.Get(ctx, key, opts...)
+	pg := newPager(a.cli, prefix, clientv3.GetPrefixRangeEnd(prefix), 0, 0, a.PageSize)
+	for !pg.done() {
+		resp, err := pg.next(ctx)
 		if err != nil {
 			return 0, fmt.Errorf("etcdsync: listing %q: %w", prefix, err)
-		}
-		if rev == 0 {
-			rev = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
 			fn(kv)
 		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			return rev, nil
-		}
-		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
+	return pg.rev, nil
 }
 
 // planKey validates a plan name and returns its key.

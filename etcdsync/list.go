@@ -152,40 +152,79 @@ const maxReserve = 1 << 27
 func (s *Syncer) fetch(ctx context.Context, wg *sync.WaitGroup, key, end string, rev int64, out chan<- page) {
 	defer wg.Done()
 	defer close(out)
-	limit := int64(max(s.opts.PageBytes/firstPageBytesPerKey, minPageKeys))
-	if s.opts.PageSize > 0 {
-		limit = int64(s.opts.PageSize)
-	}
-	var keys, bytes int64
+	pg := newPager(s.cli, key, end, rev, s.opts.PageBytes, s.opts.PageSize)
 	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(limit)}
-		if rev != 0 {
-			// Later pages read at the first page's revision: one consistent cut.
-			opts = append(opts, clientv3.WithRev(rev))
-		}
 		rctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
-		resp, err := s.cli.Get(rctx, key, opts...)
+		from := pg.key
+		resp, err := pg.next(rctx)
 		cancel()
 		select {
-		case out <- page{resp: resp, key: key, err: err}:
+		case out <- page{resp: resp, key: from, err: err}:
 		case <-ctx.Done():
 			return
 		}
-		if err != nil || !resp.More || len(resp.Kvs) == 0 {
+		if err != nil || pg.done() {
 			return
 		}
-		if rev == 0 {
-			rev = resp.Header.Revision
-		}
-		for _, kv := range resp.Kvs {
-			bytes += int64(len(kv.Key) + len(kv.Value))
-		}
-		keys += int64(len(resp.Kvs))
-		if s.opts.PageSize <= 0 {
-			limit = min(max(int64(s.opts.PageBytes)*keys/max(bytes, 1), minPageKeys), maxPageKeys)
-		}
-		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
+}
+
+// pager reads the keys of [key, end) at one revision (the first page's,
+// unless one is given), a page per next call. Pages aim at pageBytes of
+// keys and values, sized from the keys seen so far, or hold a fixed
+// pageSize keys if that is set.
+type pager struct {
+	kv          clientv3.KV
+	key, end    string
+	rev         int64
+	pageBytes   int
+	pageSize    int
+	limit       int64
+	keys, bytes int64
+	last        bool
+}
+
+func newPager(kv clientv3.KV, key, end string, rev int64, pageBytes, pageSize int) *pager {
+	if pageBytes <= 0 {
+		pageBytes = defaultPageBytes
+	}
+	limit := int64(max(pageBytes/firstPageBytesPerKey, minPageKeys))
+	if pageSize > 0 {
+		limit = int64(pageSize)
+	}
+	return &pager{kv: kv, key: key, end: end, rev: rev, pageBytes: pageBytes, pageSize: pageSize, limit: limit}
+}
+
+// done tells whether the last page has been read.
+func (p *pager) done() bool { return p.last }
+
+// next reads the next page. After an error the pager stays where it was.
+func (p *pager) next(ctx context.Context) (*clientv3.GetResponse, error) {
+	opts := []clientv3.OpOption{clientv3.WithRange(p.end), clientv3.WithLimit(p.limit)}
+	if p.rev != 0 {
+		// Later pages read at the first page's revision: one consistent cut.
+		opts = append(opts, clientv3.WithRev(p.rev))
+	}
+	resp, err := p.kv.Get(ctx, p.key, opts...)
+	if err != nil {
+		return nil, err
+	}
+	if p.rev == 0 {
+		p.rev = resp.Header.Revision
+	}
+	if !resp.More || len(resp.Kvs) == 0 {
+		p.last = true
+		return resp, nil
+	}
+	for _, kv := range resp.Kvs {
+		p.bytes += int64(len(kv.Key) + len(kv.Value))
+	}
+	p.keys += int64(len(resp.Kvs))
+	if p.pageSize <= 0 {
+		p.limit = min(max(int64(p.pageBytes)*p.keys/max(p.bytes, 1), minPageKeys), maxPageKeys)
+	}
+	p.key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	return resp, nil
 }
 
 // removeUnseen deletes the buckets and plans the list of generation gen

@@ -12,6 +12,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/edgelimit/edgelimit/etcdsync/etcdtest"
 	"github.com/edgelimit/edgelimit/limiter"
@@ -249,18 +250,9 @@ func TestSyncerColdStartWithPasswordAuth(t *testing.T) {
 	if _, err := cc.New(nil); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("New with etcd down: %v, want ErrUnavailable", err)
 	}
-	lg, logs := observed()
 	lim := limiter.New()
 	f2 := &syncFixture{etcd: e, lim: lim}
-	lazy := NewLazyClient(cc.Connect(lg))
-	s2 := NewSyncer(nil, SyncerOptions{
-		Prefix: testPrefix, Target: LimiterTarget(lim), Logger: lg, SnapshotPath: snap,
-		Connect: lazy.Get, RequestTimeout: 300 * time.Millisecond, ProgressInterval: 50 * time.Millisecond,
-		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
-	})
-	checkNoLeak(t)
-	t.Cleanup(func() { lazy.Close() })
-	t.Cleanup(s2.Stop)
+	s2, lazy, logs := lazySyncer(t, cc, lim, snap)
 	if err := s2.Start(ctxT(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -285,6 +277,24 @@ func TestSyncerColdStartWithPasswordAuth(t *testing.T) {
 	if _, err := lazy.Get(ctxT(t)); !errors.Is(err, ErrClientClosed) {
 		t.Fatalf("Get after Close: %v, want ErrClientClosed", err)
 	}
+}
+
+// lazySyncer returns a syncer (not started) that makes its client with
+// cc.Connect through a LazyClient, as the Caddy app does, and applies to
+// lim, with the snapshot file snap; both stop at the test's end.
+func lazySyncer(t *testing.T, cc ClientConfig, lim *limiter.Limiter, snap string) (*Syncer, *LazyClient, *observer.ObservedLogs) {
+	t.Helper()
+	lg, logs := observed()
+	lazy := NewLazyClient(cc.Connect(lg))
+	s := NewSyncer(nil, SyncerOptions{
+		Prefix: testPrefix, Target: LimiterTarget(lim), Logger: lg, SnapshotPath: snap,
+		Connect: lazy.Get, RequestTimeout: 300 * time.Millisecond, ProgressInterval: 50 * time.Millisecond,
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
+	})
+	checkNoLeak(t)
+	t.Cleanup(func() { lazy.Close() })
+	t.Cleanup(s.Stop)
+	return s, lazy, logs
 }
 
 // TestSyncerStartReportsRefusedCredentials: with a wrong password, Start
@@ -346,17 +356,8 @@ func TestSyncerColdStartWithEtcdRefusing(t *testing.T) {
 	if err := cc.Reachable(ctxT(t)); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "refused") {
 		t.Fatalf("Reachable with etcd down: %v, want ErrUnavailable naming the refusal", err)
 	}
-	lg, logs := observed()
 	lim := limiter.New()
-	lazy := NewLazyClient(cc.Connect(lg))
-	s2 := NewSyncer(nil, SyncerOptions{
-		Prefix: testPrefix, Target: LimiterTarget(lim), Logger: lg, SnapshotPath: snap,
-		Connect: lazy.Get, RequestTimeout: 300 * time.Millisecond, ProgressInterval: 50 * time.Millisecond,
-		MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
-	})
-	checkNoLeak(t)
-	t.Cleanup(func() { lazy.Close() })
-	t.Cleanup(s2.Stop)
+	s2, _, logs := lazySyncer(t, cc, lim, snap)
 	start := time.Now()
 	if err := s2.Start(ctxT(t)); err != nil {
 		t.Fatal(err)
@@ -369,7 +370,7 @@ func TestSyncerColdStartWithEtcdRefusing(t *testing.T) {
 	if _, ok := lim.BucketConfig("a"); !ok {
 		t.Fatal("the snapshot was not applied")
 	}
-	// Retries go on every 50 ms or so; the outage is logged once.
+	// Retries go on every 100 ms or so; the outage is logged once.
 	waitFor(t, 10*time.Second, "several failed retries", func() bool {
 		return logs.FilterMessageSnippet("listing buckets failed").Len() >= 5
 	})
