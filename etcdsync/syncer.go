@@ -46,6 +46,8 @@ type SyncerOptions struct {
 	RequestTimeout time.Duration
 	// ProgressInterval is how often a quiet watch asks etcd to confirm it
 	// is current (default 5s); Health.LastSync advances with each answer.
+	// A watch that gets no answer within another interval is checked with
+	// a read, and relisted if etcd has moved on without it.
 	ProgressInterval time.Duration
 	// MinBackoff and MaxBackoff bound the jittered wait between retries
 	// after an error (defaults 50ms and 5s).
