@@ -41,8 +41,8 @@ type SyncerOptions struct {
 	// PageSize, if set, is a fixed number of keys per list request
 	// instead (tests use it to force many pages).
 	PageSize int
-	// RequestTimeout bounds each list page and each progress request
-	// (default 3s).
+	// RequestTimeout bounds each list page, each progress request and
+	// etcd's confirmation of each new watch (default 3s).
 	RequestTimeout time.Duration
 	// ProgressInterval is how often a quiet watch asks etcd to confirm it
 	// is current (default 5s); Health.LastSync advances with each answer.

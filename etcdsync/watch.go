@@ -57,8 +57,17 @@ func (s *Syncer) watch(ctx context.Context, rev int64) error {
 	// under members/ every interval, and the syncer has no use for that.
 	// The two channels come in no set order between them; a bucket that
 	// names a plan not seen yet waits for it (see applyKV).
+	// clientv3's Watch returns once etcd confirms the watch, which on a
+	// stalled connection is never: RequestTimeout bounds the wait.
+	creating := time.AfterFunc(s.opts.RequestTimeout, cancel)
 	wch := watcher.Watch(wctx, s.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithPrevKV())
 	pch := watcher.Watch(wctx, s.plansPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	if !creating.Stop() {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("%w: not created within %v", errWatchClosed, s.opts.RequestTimeout)
+	}
 
 	tick := time.NewTicker(s.opts.ProgressInterval)
 	defer tick.Stop()

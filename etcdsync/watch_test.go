@@ -56,6 +56,57 @@ func TestSyncerIdleWatchStaysQuiet(t *testing.T) {
 	}
 }
 
+// TestSyncerDetectsStalledWatch freezes the watch's connection while reads
+// still reach etcd: changes made meanwhile must arrive by relists, and once
+// the connection is back, by the watch again.
+func TestSyncerDetectsStalledWatch(t *testing.T) {
+	e := etcdtest.Start(t)
+	direct := e.Client(t)
+	px := etcdtest.StartProxy(t, e.Endpoints()[0])
+	cfg := e.ClientConfig(t)
+	cfg.Endpoints = []string{px.Endpoint()}
+	cli, err := clientv3.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	// Watches go through the proxy; lists and the syncer's reachability
+	// read go straight to etcd.
+	cli.KV = direct.KV
+	f := &syncFixture{etcd: e, cli: cli, lim: limiter.New()}
+	s := f.startSyncer(t, nil)
+	mustPut(t, direct, bkey("a"), specJSON(1, 1))
+	f.bucketIs(t, "a", spec(1, 1))
+	if st := s.Stats(); st.Relists != 0 {
+		t.Fatalf("%d relists before the stall", st.Relists)
+	}
+
+	// A watch that stalls once running: no progress answer.
+	px.Freeze()
+	mustPut(t, direct, bkey("b"), specJSON(2, 2))
+	f.bucketIs(t, "b", spec(2, 2))
+	if !loggedWatchFailure(f, "no progress answer") {
+		t.Fatal("bucket b arrived without the silent watch logged")
+	}
+	// A watch that stalls before etcd confirms it.
+	mustPut(t, direct, bkey("b"), specJSON(3, 3))
+	f.bucketIs(t, "b", spec(3, 3))
+	if !loggedWatchFailure(f, "not created") {
+		t.Fatal("bucket b changed again without the unconfirmed watch logged")
+	}
+
+	px.Thaw()
+	mustPut(t, direct, bkey("c"), specJSON(4, 4))
+	f.bucketIs(t, "c", spec(4, 4))
+	// c may come by one last relist; from then on the watch works.
+	relists := s.Stats().Relists
+	mustPut(t, direct, bkey("d"), specJSON(5, 5))
+	f.bucketIs(t, "d", spec(5, 5))
+	if st := s.Stats(); st.Relists != relists {
+		t.Fatalf("%d relists, want %d: bucket d should come by the watch", st.Relists, relists)
+	}
+}
+
 // loggedWatchFailure reports whether the syncer logged a watch failure
 // whose error contains what.
 func loggedWatchFailure(f *syncFixture, what string) bool {
