@@ -62,14 +62,7 @@ func TestSyncerIdleWatchStaysQuiet(t *testing.T) {
 func TestSyncerDetectsStalledWatch(t *testing.T) {
 	e := etcdtest.Start(t)
 	direct := e.Client(t)
-	px := etcdtest.StartProxy(t, e.Endpoints()[0])
-	cfg := e.ClientConfig(t)
-	cfg.Endpoints = []string{px.Endpoint()}
-	cli, err := clientv3.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
+	cli, px := e.ProxiedClient(t)
 	// Watches go through the proxy; lists and the syncer's reachability
 	// read go straight to etcd.
 	cli.KV = direct.KV

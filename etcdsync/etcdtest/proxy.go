@@ -5,6 +5,8 @@ import (
 	"net/url"
 	"sync"
 	"testing"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Proxy is a TCP relay to a server, which a test can freeze or cut: a
@@ -114,4 +116,19 @@ func (p *Proxy) Cut() {
 	}
 	p.mu.Unlock()
 	p.wg.Wait()
+}
+
+// ProxiedClient returns a client with full access that reaches the server
+// through a new Proxy, and the proxy. Both end at test cleanup.
+func (s *Server) ProxiedClient(t testing.TB) (*clientv3.Client, *Proxy) {
+	t.Helper()
+	px := StartProxy(t, s.Endpoints()[0])
+	cfg := s.ClientConfig(t)
+	cfg.Endpoints = []string{px.Endpoint()}
+	cli, err := clientv3.New(cfg)
+	if err != nil {
+		t.Fatalf("etcdtest: client through a proxy: %v", err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli, px
 }

@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/edgelimit/edgelimit/etcdsync"
 	"github.com/edgelimit/edgelimit/etcdsync/etcdtest"
 	"github.com/edgelimit/edgelimit/limiter"
@@ -20,15 +18,9 @@ import (
 func TestPartitionedMemberFallsBackBeforePeersReclaim(t *testing.T) {
 	srv := etcdtest.Start(t)
 	fleet := startFleet(t, srv, 2)
-	px := etcdtest.StartProxy(t, srv.Endpoints()[0])
-	cfg := srv.ClientConfig(t)
-	cfg.Endpoints = []string{px.Endpoint()}
-	cli, err := clientv3.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
+	cli, px := srv.ProxiedClient(t)
 	cut := &member{id: "edge-2", cli: cli, lim: limiter.New()}
+	var err error
 	cut.coord, err = New(cli, etcdsync.LimiterTarget(cut.lim), cut.lim, testOptions("edge-2"))
 	if err != nil {
 		t.Fatal(err)
