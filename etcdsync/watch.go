@@ -57,6 +57,7 @@ func (s *Syncer) watch(ctx context.Context, rev int64) error {
 	// under members/ every interval, and the syncer has no use for that.
 	// The two channels come in no set order between them; a bucket that
 	// names a plan not seen yet waits for it (see applyKV).
+	//
 	// clientv3's Watch returns once etcd confirms the watch, which on a
 	// stalled connection is never: RequestTimeout bounds the wait.
 	creating := time.AfterFunc(s.opts.RequestTimeout, cancel)
