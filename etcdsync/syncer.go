@@ -41,11 +41,13 @@ type SyncerOptions struct {
 	// PageSize, if set, is a fixed number of keys per list request
 	// instead (tests use it to force many pages).
 	PageSize int
-	// RequestTimeout bounds each list page and each progress request
-	// (default 3s).
+	// RequestTimeout bounds each list page, each progress request and
+	// etcd's confirmation of each new watch (default 3s).
 	RequestTimeout time.Duration
 	// ProgressInterval is how often a quiet watch asks etcd to confirm it
 	// is current (default 5s); Health.LastSync advances with each answer.
+	// A watch that gets no answer within another interval is checked with
+	// a read, and relisted if etcd has moved on without it.
 	ProgressInterval time.Duration
 	// MinBackoff and MaxBackoff bound the jittered wait between retries
 	// after an error (defaults 50ms and 5s).

@@ -31,10 +31,15 @@ var errReconnected = errors.New("etcdsync: etcd reachable again")
 // for a progress notification every ProgressInterval, which advances
 // Health.LastSync. If none comes back, a one-key read tells whether etcd
 // is reachable: if not, Health says so; once it is reachable again, watch
-// returns errReconnected and the syncer relists. Relisting costs one
-// paginated read, but it does not depend on how a resumed watch behaves
-// across a server restart (in our tests, etcd 3.7 sent no progress
-// notification on a watch resumed after a restart until its next event).
+// returns errReconnected and the syncer relists. If etcd is reachable and
+// still at the listed revision, the read itself confirms the configs are
+// current: etcd 3.5 and later answer no progress request while a watcher
+// starts after the store's revision (mvcc's progressIfSync), and this one
+// starts at rev+1; etcd 3.4 answers at once. Otherwise silence from a
+// reachable etcd means the watch stream is stuck, and watch returns an
+// error. Relisting costs one paginated read, but it does not depend on
+// how a resumed watch behaves: clientv3 resumes after the last revision it
+// delivered, which leaves etcd 3.5 and later silent until the next write.
 func (s *Syncer) watch(ctx context.Context, rev int64) error {
 	if s.beforeWatch != nil {
 		s.beforeWatch(rev)
@@ -52,15 +57,34 @@ func (s *Syncer) watch(ctx context.Context, rev int64) error {
 	// under members/ every interval, and the syncer has no use for that.
 	// The two channels come in no set order between them; a bucket that
 	// names a plan not seen yet waits for it (see applyKV).
+	//
+	// clientv3's Watch returns once etcd confirms the watch, which on a
+	// stalled connection is never: RequestTimeout bounds the wait.
+	creating := time.AfterFunc(s.opts.RequestTimeout, cancel)
 	wch := watcher.Watch(wctx, s.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithPrevKV())
 	pch := watcher.Watch(wctx, s.plansPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	if !creating.Stop() {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("%w: not created within %v", errWatchClosed, s.opts.RequestTimeout)
+	}
 
 	tick := time.NewTicker(s.opts.ProgressInterval)
 	defer tick.Stop()
 	lastHeard := time.Now()
 	lastRev := rev
 	asked := false // a progress request is out and unanswered
+	atRev := true  // etcd may still be at rev, where 3.5+ answers no request
 	down := false  // etcd was seen unreachable during this watch
+	ask := func() {
+		// The answer comes on both channels. While the stream reconnects,
+		// the request waits; RequestTimeout bounds that.
+		pctx, pcancel := context.WithTimeout(wctx, s.opts.RequestTimeout)
+		_ = watcher.RequestProgress(pctx)
+		pcancel()
+		asked = true
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -80,15 +104,11 @@ func (s *Syncer) watch(ctx context.Context, rev int64) error {
 				continue
 			}
 			if !asked && !down {
-				// The answer comes on wch. While the stream reconnects,
-				// the request waits; RequestTimeout bounds that.
-				pctx, pcancel := context.WithTimeout(wctx, s.opts.RequestTimeout)
-				_ = watcher.RequestProgress(pctx)
-				pcancel()
-				asked = true
+				ask()
 				continue
 			}
-			if err := s.probe(ctx); err != nil {
+			cur, err := s.probe(ctx)
+			if err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
@@ -98,6 +118,20 @@ func (s *Syncer) watch(ctx context.Context, rev int64) error {
 			}
 			if down {
 				return errReconnected
+			}
+			if cur <= rev {
+				// Nothing written since the list: nothing to miss, and
+				// etcd 3.5 and later do not answer (see Notes).
+				s.setSynced(cur)
+				lastHeard, asked = time.Now(), false
+				continue
+			}
+			if atRev {
+				// The request may have reached etcd before the write
+				// that moved it on, and gone unanswered: ask once more.
+				atRev = false
+				ask()
+				continue
 			}
 			// etcd answers reads but not the watch: do not trust it.
 			return fmt.Errorf("%w: no progress answer for %v", errWatchClosed, time.Since(lastHeard).Round(time.Millisecond))
@@ -153,14 +187,16 @@ func (s *Syncer) applyPlanEvent(ev *clientv3.Event) {
 	}
 }
 
-// probe reads one key to tell whether etcd is reachable.
-func (s *Syncer) probe(ctx context.Context) error {
+// probe reads one key to tell whether etcd is reachable, and returns the
+// store's revision. The read is linearizable: the revision is current.
+func (s *Syncer) probe(ctx context.Context) (int64, error) {
 	pctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
 	defer cancel()
-	if _, err := s.cli.Get(pctx, s.prefix, clientv3.WithKeysOnly()); err != nil {
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	resp, err := s.cli.Get(pctx, s.prefix, clientv3.WithKeysOnly())
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
-	return nil
+	return resp.Header.Revision, nil
 }
 
 // applyEvent applies one watch event.

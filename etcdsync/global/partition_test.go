@@ -3,73 +3,13 @@ package global
 import (
 	"context"
 	"fmt"
-	"io"
-	"net"
-	"net/url"
-	"sync"
 	"testing"
 	"time"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/edgelimit/edgelimit/etcdsync"
 	"github.com/edgelimit/edgelimit/etcdsync/etcdtest"
 	"github.com/edgelimit/edgelimit/limiter"
 )
-
-// proxy is a TCP relay between one client and etcd, which the test can cut:
-// the instance behind it loses etcd while the others keep it.
-type proxy struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	conns []net.Conn
-	wg    sync.WaitGroup
-}
-
-func startProxy(t *testing.T, target string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			u, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, u)
-			p.mu.Unlock()
-			p.wg.Add(2)
-			go func() { defer p.wg.Done(); io.Copy(u, c); u.Close() }()
-			go func() { defer p.wg.Done(); io.Copy(c, u); c.Close() }()
-		}
-	}()
-	t.Cleanup(p.cut)
-	return p
-}
-
-func (p *proxy) addr() string { return "http://" + p.ln.Addr().String() }
-
-// cut closes the listener and every relayed connection.
-func (p *proxy) cut() {
-	p.ln.Close()
-	p.mu.Lock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.mu.Unlock()
-	p.wg.Wait()
-}
 
 // TestPartitionedMemberFallsBackBeforePeersReclaim cuts one instance off
 // from etcd while the others keep it. The cut-off instance must drop to the
@@ -78,19 +18,9 @@ func (p *proxy) cut() {
 func TestPartitionedMemberFallsBackBeforePeersReclaim(t *testing.T) {
 	srv := etcdtest.Start(t)
 	fleet := startFleet(t, srv, 2)
-	u, err := url.Parse(srv.Endpoints()[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	px := startProxy(t, u.Host)
-	cfg := srv.ClientConfig(t)
-	cfg.Endpoints = []string{px.addr()}
-	cli, err := clientv3.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
+	cli, px := srv.ProxiedClient(t)
 	cut := &member{id: "edge-2", cli: cli, lim: limiter.New()}
+	var err error
 	cut.coord, err = New(cli, etcdsync.LimiterTarget(cut.lim), cut.lim, testOptions("edge-2"))
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +39,7 @@ func TestPartitionedMemberFallsBackBeforePeersReclaim(t *testing.T) {
 		return s[2] >= 297, fmt.Sprint(s)
 	})
 	smp := startSampler(t, fleet, "api", 300)
-	px.cut()
+	px.Cut()
 	took := waitFor(t, 3*testTTL, "the peers reclaiming edge-2's share", func() (bool, string) {
 		s := shares(t, fleet, "api")
 		return s[0] >= 149 && s[1] >= 149, fmt.Sprint(s)
