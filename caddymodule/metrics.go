@@ -103,7 +103,7 @@ var (
 	descRevision = prometheus.NewDesc("edgelimit_etcd_revision",
 		"etcd revision of the last applied bucket config change.", nil, nil)
 	descSyncAge = prometheus.NewDesc("edgelimit_etcd_last_sync_age_seconds",
-		"Seconds since the syncer last heard from etcd (event, list or progress notification).", nil, nil)
+		"Seconds since the syncer last knew its configs current (event, list, progress answer or revision check); up to about 3 progress intervals (15 s) on a healthy idle etcd.", nil, nil)
 	descRejected = prometheus.NewDesc("edgelimit_etcd_rejected_configs_total",
 		"Bucket configs in etcd that failed validation and were not applied.", nil, nil)
 	descFirstSync = prometheus.NewDesc("edgelimit_etcd_first_sync_pending",
