@@ -26,7 +26,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"bad empty_key", "edge_limit {\n\trate 1/s\n\tempty_key never\n}", "", "at Caddyfile:4"},
 		{"bad headers", "edge_limit {\n\trate 1/s\n\theaders fancy\n}", `headers "fancy"`, "at Caddyfile:4"},
 		{"bad template", "edge_limit {\n\trate 1/s\n\tkey {http.request.header.X\n}", "key: policy: invalid key template", "at Caddyfile:4"},
-		{"constant key", "edge_limit {\n\trate 1/s\n\tkey everyone\n}", "has no placeholder", "at Caddyfile:4"},
+		{"key without braces", "edge_limit {\n\trate 1/s\n\tkey http.request.header.X\n}", `did you mean "{http.request.header.X}"`, "at Caddyfile:4"},
 		{"key and policy", "edge_limit {\n\trate 1/s\n\tkey {a}\n\tpolicy header X\n}", "key and policy are exclusive", "at Caddyfile:5"},
 		{"unknown policy", "edge_limit {\n\trate 1/s\n\tpolicy magic\n}", "getting module named 'http.handlers.edge_limit.policies.magic'", "at Caddyfile:4"},
 		{"bad prefix", "edge_limit {\n\trate 1/s\n\tpolicy client_ip 40\n}", "policy: invalid IP prefix length: ipv4 prefix /40", "at Caddyfile:4"},

@@ -116,6 +116,15 @@ func TestPlaceholder(t *testing.T) {
 	}
 	check(t, single, req("192.0.2.1:5", "X-Key", "abc"), Verdict{Key: "abc", Cost: 1}, nil)
 	check(t, single, req("192.0.2.1:5"), Verdict{Key: FallbackKeyPrefix + "192.0.2.1", Cost: 1, reserved: true}, nil)
+
+	// A constant key: every client, whatever it sends, gets the same bucket,
+	// and never the empty-key fallback.
+	constant, err := NewPlaceholder(PlaceholderConfig{Template: "fleet", Lookup: mapLookup, Fallback: FallbackDeny})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(t, constant, req("192.0.2.1:5"), Verdict{Key: "fleet", Cost: 1}, nil)
+	check(t, constant, req("198.51.100.7:9", "X-Key", "other"), Verdict{Key: "fleet", Cost: 1}, nil)
 }
 
 func TestParseTemplate(t *testing.T) {
@@ -124,6 +133,10 @@ func TestParseTemplate(t *testing.T) {
 		"x-{a}-{b.c}":     {"a", "b.c"},
 		`\{lit\}{a}`:      {"a"},
 		"{a}{b}{c}{d}{e}": {"a", "b", "c", "d", "e"},
+		// Constant keys: one bucket for every request.
+		"fleet":           nil,
+		`\{a\}`:           nil,
+		"api.example.com": nil,
 	}
 	for s, names := range good {
 		tm, err := ParseTemplate(s)
@@ -138,10 +151,15 @@ func TestParseTemplate(t *testing.T) {
 			t.Errorf("String() = %q, want %q", tm.String(), s)
 		}
 	}
-	for _, s := range []string{"", "constant", "{", "a}", "{}", "{a b}", "{a{b}", `\{a\}`} {
+	for _, s := range []string{"", "{", "a}", "{}", "{a b}", "{a{b}",
+		// Placeholders that lost their braces.
+		"http.request.header.X-API-Key", "header.X-API-Key", "client_ip", "remote_host"} {
 		if _, err := ParseTemplate(s); !errors.Is(err, ErrInvalidTemplate) {
 			t.Errorf("ParseTemplate(%q): err = %v, want ErrInvalidTemplate", s, err)
 		}
+	}
+	if _, err := ParseTemplate("header.X-API-Key"); err == nil || !strings.Contains(err.Error(), `did you mean "{header.X-API-Key}"`) {
+		t.Errorf("a placeholder without braces: %v, want a hint with the braces", err)
 	}
 }
 

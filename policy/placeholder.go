@@ -35,9 +35,12 @@ type part struct {
 	res  Resolver // set by bind
 }
 
-// ParseTemplate parses a key template. It must contain at least one
-// placeholder: a constant key would put every request in one bucket, which
-// is what a shared explicit bucket is for.
+// ParseTemplate parses a key template. A template without placeholders is
+// a constant key: every request shares one bucket (a site-wide limit, with
+// a global explicit bucket of that name a fleet-wide one). A constant that
+// reads like a placeholder written without its braces
+// ("http.request.header.X-API-Key") is refused: it would silently put every
+// client in one bucket.
 func ParseTemplate(s string) (Template, error) {
 	t := Template{text: s}
 	var lit strings.Builder
@@ -71,10 +74,28 @@ func ParseTemplate(s string) (Template, error) {
 	if lit.Len() > 0 {
 		t.parts = append(t.parts, part{lit: lit.String()})
 	}
-	if len(t.Names()) == 0 {
-		return Template{}, fmt.Errorf("%w: %q has no placeholder", ErrInvalidTemplate, s)
+	if s == "" {
+		return Template{}, fmt.Errorf("%w: empty key template", ErrInvalidTemplate)
+	}
+	if len(t.Names()) == 0 && looksLikePlaceholder(s) {
+		return Template{}, fmt.Errorf("%w: %q has no braces, so every request would share one bucket: did you mean \"{%s}\"?", ErrInvalidTemplate, s, s)
 	}
 	return t, nil
+}
+
+// placeholderRoots begin the names of Caddy's request placeholders and of
+// the Caddyfile's shorthands for them.
+var placeholderRoots = []string{"http.", "header.", "query.", "cookie.", "vars.", "env.", "labels.", "client_ip", "remote_host", "remote_ip", "remote_port"}
+
+// looksLikePlaceholder tells whether a constant key is a placeholder name
+// that lost its braces.
+func looksLikePlaceholder(s string) bool {
+	for _, root := range placeholderRoots {
+		if strings.HasPrefix(s, root) {
+			return true
+		}
+	}
+	return false
 }
 
 // String returns the template as written.
@@ -110,8 +131,13 @@ func (t Template) Bind(lookup Lookup) Template {
 // header an API key template reads is missing.
 func (t Template) Expand(r *http.Request) (key string, empty bool) {
 	// Fast path for the common single-placeholder template: no concatenation.
+	// A constant key is a single literal part (literals merge).
 	if len(t.parts) == 1 {
-		v, _ := t.parts[0].res(r)
+		p := t.parts[0]
+		if p.name == "" {
+			return p.lit, false
+		}
+		v, _ := p.res(r)
 		return v, v == ""
 	}
 	var vals [8]string // enough for any sane template without allocating

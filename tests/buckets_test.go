@@ -232,3 +232,30 @@ func checkRestartKeepsBuckets(t *testing.T, e *embeddedCaddy) {
 	_, d := e.waitPolicy(t, "tenant-kept", ";q=7;", e.put(t, "tenant-kept", `{"rate":2,"per":"1m","burst":7}`))
 	checkLatency(t, "update-after-restart", d)
 }
+
+// TestConstantKeySiteWideBucket: `key fleet` puts every request in one
+// bucket, and a global explicit bucket of that name makes it one limit
+// for the fleet. Clients cannot get out of it by sending other keys,
+// headers or addresses: each request, whatever it carries, spends the
+// same tokens.
+func TestConstantKeySiteWideBucket(t *testing.T) {
+	e := startEmbeddedSite(t, "caddy-constant-key", `edge_limit site {
+	key fleet
+	rate 100/1s
+	burst 50
+}
+respond "ok" 200`, `"site";q=50;w=1`)
+	e.waitPolicy(t, "any", ";q=3;", e.put(t, "fleet", `{"rate":1,"per":"1m","burst":3,"scope":"global"}`))
+	// The probe above spent one token. Each of these requests sends a
+	// different X-API-Key (and one sends none): the bucket is still one.
+	for i, key := range []string{"tenant-a", "", "tenant-b"} {
+		p := e.probe(t, key)
+		want := 200
+		if i == 2 {
+			want = 429
+		}
+		if p.status != want {
+			t.Fatalf("request %d (X-API-Key %q): %v, want %d from the one site-wide bucket", i+2, key, p, want)
+		}
+	}
+}
