@@ -265,8 +265,6 @@ func (a *App) Cleanup() error {
 // Explicit returns the table of explicit buckets (from etcd).
 func (a *App) Explicit() *limiter.Limiter { return a.state.explicit }
 
-// InstanceIDValue returns the instance ID in use, configured or generated.
-func (a *App) InstanceIDValue() string { return a.state.instanceID }
 
 // claimZone records a zone's template and key policy for this config and
 // rejects a second handler that gives the zone another template, or another

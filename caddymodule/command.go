@@ -103,8 +103,14 @@ func (c *cliConn) admin() (*etcdsync.Admin, *clientv3.Client, error) {
 		Endpoints: c.endpoints, DialTimeout: c.dial, Username: c.username, Password: c.password,
 		CAFile: c.ca, CertFile: c.cert, KeyFile: c.key, ServerName: c.serverName,
 	}
-	cli, err := cc.New(nil)
+	// Connect fails at once on a refused port or certificate; Check on
+	// missing credentials or permissions: each with an error that says so.
+	cli, err := cc.Connect(nil)(context.Background())
 	if err != nil {
+		return nil, nil, err
+	}
+	if err := cc.Check(context.Background(), cli, c.prefix); err != nil {
+		cli.Close()
 		return nil, nil, err
 	}
 	return etcdsync.NewAdmin(cli, c.prefix), cli, nil

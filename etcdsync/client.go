@@ -115,7 +115,9 @@ func (c ClientConfig) validate() (*tls.Config, error) {
 // It first checks that some endpoint takes TCP connections (see
 // Reachable): clientv3.New waits out its whole dial timeout for an etcd
 // that refuses them, and so would a cold start that serves its snapshot
-// and only waits for this first attempt.
+// and only waits for this first attempt. Then, with https endpoints, it
+// makes one TLS handshake of its own, so that a refused certificate fails
+// with ErrTLS naming the endpoint and the reason.
 func (c ClientConfig) Connect(logger *zap.Logger) func(ctx context.Context) (*clientv3.Client, error) {
 	return func(ctx context.Context) (*clientv3.Client, error) {
 		if c.DialTimeout <= 0 {
@@ -128,6 +130,11 @@ func (c ClientConfig) Connect(logger *zap.Logger) func(ctx context.Context) (*cl
 		err := c.Reachable(pctx)
 		cancel()
 		if err != nil {
+			return nil, err
+		}
+		// gRPC reports a refused handshake only as an endpoint that never
+		// answers; one of our own names the cause (a CA, a certificate).
+		if err := c.diagnoseTLS(c.DialTimeout); err != nil {
 			return nil, err
 		}
 		return c.New(logger)
@@ -157,12 +164,15 @@ func (c ClientConfig) Reachable(ctx context.Context) error {
 		}
 		errs = append(errs, err.Error())
 	}
-	return fmt.Errorf("%w: no endpoint takes connections: %s", ErrUnavailable, strings.Join(errs, "; "))
+	return fmt.Errorf("%w: no endpoint of %s takes connections: %s", ErrUnavailable, strings.Join(c.Endpoints, ","), strings.Join(errs, "; "))
 }
 
-// Check makes one small read to tell whether the client can reach etcd and
-// is allowed to read the bucket keys under prefix. Errors name the cause:
-// ErrAuthFailed, ErrUnavailable (unreachable, or a TLS handshake refused).
+// Check makes one small read to tell whether the client may read the
+// bucket keys under prefix, with an error that names the cause
+// (ErrAuthFailed: no or wrong credentials, or no permission;
+// ErrUnavailable: no answer). The CLI runs it before a command, so that
+// the command's own error is never a bare "permission denied" or
+// "context deadline exceeded".
 func (c ClientConfig) Check(ctx context.Context, cli *clientv3.Client, prefix string) error {
 	timeout := c.DialTimeout
 	if timeout <= 0 {
@@ -171,19 +181,10 @@ func (c ClientConfig) Check(ctx context.Context, cli *clientv3.Client, prefix st
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start, end := bucketRange(BucketsPrefix(prefix))
-	_, err := cli.Get(ctx, start, clientv3.WithRange(end), clientv3.WithCountOnly())
-	if err == nil {
-		return nil
+	if _, err := cli.Get(ctx, start, clientv3.WithRange(end), clientv3.WithCountOnly()); err != nil {
+		return c.describe(err)
 	}
-	err = c.describe(err)
-	if errors.Is(err, ErrUnavailable) {
-		// gRPC only says that nothing answered; a handshake of our own
-		// finds out whether TLS is the reason, and which part of it.
-		if terr := c.diagnoseTLS(timeout); terr != nil {
-			return terr
-		}
-	}
-	return err
+	return nil
 }
 
 // isTLSError tells handshake and certificate failures from network ones.

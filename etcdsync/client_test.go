@@ -32,14 +32,11 @@ func assertNoSecret(t *testing.T, logs *observer.ObservedLogs, secret string) {
 func runSyncer(t *testing.T, cc ClientConfig) *observer.ObservedLogs {
 	t.Helper()
 	lg, logs := observed()
-	cli, err := cc.New(lg)
+	cli, err := cc.Connect(lg)(ctxT(t))
 	if err != nil {
-		t.Fatalf("New: %v", err)
+		t.Fatalf("Connect: %v", err)
 	}
 	defer cli.Close()
-	if err := cc.Check(ctxT(t), cli, testPrefix); err != nil {
-		t.Fatalf("Check: %v", err)
-	}
 	f := &syncFixture{cli: cli, lim: limiter.New()}
 	s := f.startSyncer(t, func(o *SyncerOptions) { o.Logger = lg })
 	defer s.Stop()
@@ -85,7 +82,7 @@ func TestClientTLSWithClientCertificates(t *testing.T) {
 			t.Errorf("%s: %v, want ErrClientConfig mentioning %q", tt.name, err, tt.msg)
 		}
 	}
-	// Refused handshakes show up at the first request.
+	// Refused handshakes fail Connect, naming the cause.
 	refused := []struct {
 		name string
 		edit func(*ClientConfig)
@@ -99,12 +96,10 @@ func TestClientTLSWithClientCertificates(t *testing.T) {
 		c := cc
 		c.DialTimeout = 500 * time.Millisecond
 		tt.edit(&c)
-		cli, err := c.New(nil)
-		if err != nil {
-			t.Fatalf("%s: New: %v", tt.name, err)
+		cli, err := c.Connect(nil)(ctxT(t))
+		if err == nil {
+			cli.Close()
 		}
-		err = c.Check(ctxT(t), cli, testPrefix)
-		cli.Close()
 		if !errors.Is(err, ErrTLS) || !strings.Contains(err.Error(), e.Endpoints()[0]) || !strings.Contains(err.Error(), tt.msg) {
 			t.Errorf("%s: %v, want ErrTLS naming the endpoint and %q", tt.name, err, tt.msg)
 		}
@@ -176,13 +171,19 @@ func TestClientConfigNeverPrintsSecrets(t *testing.T) {
 }
 
 func TestClientUnreachable(t *testing.T) {
-	cc := ClientConfig{Endpoints: []string{"http://127.0.0.1:1"}, DialTimeout: 300 * time.Millisecond}
+	cc := ClientConfig{Endpoints: []string{"http://127.0.0.1:1"}, DialTimeout: 5 * time.Second}
 	cli, err := cc.New(nil)
 	if err != nil {
 		t.Fatalf("New must not need etcd without a user name: %v", err)
 	}
-	defer cli.Close()
-	if err := cc.Check(ctxT(t), cli, ""); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "127.0.0.1:1") {
+	cli.Close()
+	// Connect fails at once on a refused port, naming it, rather than
+	// after the dial timeout.
+	start := time.Now()
+	if _, err := cc.Connect(nil)(ctxT(t)); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "127.0.0.1:1") {
 		t.Fatalf("unreachable: %v", err)
+	}
+	if took := time.Since(start); took >= cc.DialTimeout/2 {
+		t.Errorf("Connect to a refused port took %v, near the %v dial timeout", took, cc.DialTimeout)
 	}
 }

@@ -300,10 +300,6 @@ func (s *Syncer) Stats() Stats {
 	return Stats{Applied: s.applies.Load(), Rejected: s.rejects.Load(), Relists: s.relists.Load(), Buckets: n, Plans: np, Snapshots: s.snapshots.Load()}
 }
 
-// Ready is closed once the initial bucket set is applied: the snapshot's
-// or the first list's.
-func (s *Syncer) Ready() <-chan struct{} { return s.ready }
-
 // Listed is closed once the first list from etcd is applied.
 func (s *Syncer) Listed() <-chan struct{} { return s.listedCh }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/big"
+	"math/bits"
 	"time"
 	"unicode/utf8"
 )
@@ -148,7 +149,7 @@ func (c Config) Validate() error {
 	// burst*p must stay below 2^61 units. This only bites for odd token
 	// counts with very long windows ("7 per year, burst 100000").
 	_, p := c.Rate.reduce()
-	if hi, lo := mul64(uint64(c.Burst), uint64(p)); hi != 0 || lo > maxWindowUnits {
+	if hi, lo := bits.Mul64(uint64(c.Burst), uint64(p)); hi != 0 || lo > maxWindowUnits {
 		return fmt.Errorf("%w: burst %d at %v is too fine to track exactly (burst*period/gcd(tokens,period) > 2^61 ns); use a rounder rate or a smaller burst", ErrInvalidBurst, c.Burst, c.Rate)
 	}
 	return nil
@@ -157,8 +158,8 @@ func (c Config) Validate() error {
 // Window is how long an empty bucket takes to refill completely:
 // burst / rate, rounded up to whole nanoseconds.
 func (c Config) Window() time.Duration {
-	hi, lo := mul64(uint64(c.Burst), uint64(c.Rate.Per))
-	q, r := div64(hi, lo, uint64(c.Rate.Tokens))
+	hi, lo := bits.Mul64(uint64(c.Burst), uint64(c.Rate.Per))
+	q, r := bits.Div64(hi, lo, uint64(c.Rate.Tokens))
 	if r != 0 {
 		q++
 	}
