@@ -265,7 +265,6 @@ func (a *App) Cleanup() error {
 // Explicit returns the table of explicit buckets (from etcd).
 func (a *App) Explicit() *limiter.Limiter { return a.state.explicit }
 
-
 // claimZone records a zone's template and key policy for this config and
 // rejects a second handler that gives the zone another template, or another
 // key policy: a zone is one table, and keys of one policy would count
