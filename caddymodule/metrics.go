@@ -18,7 +18,7 @@ const (
 	resultPolicyDenied   = "policy_denied" // the policy said Deny
 	resultUnknownAllowed = "unknown_allowed"
 	resultUnknownDenied  = "unknown_denied"
-	resultError          = "error" // the engine refused the request (bad cost); it passed
+	resultError          = "error" // the engine failed (not a cost over the burst, which is denied); the request passed
 )
 
 var allResults = []string{
