@@ -64,8 +64,10 @@
 // any pair does is about k²/2⁶⁵, and it only makes two clients share a
 // limit. Explicit buckets are told apart by 104 bits (hash and
 // fingerprint): among k buckets the chance that any two collide is about
-// k²/2¹⁰⁵ (3·10⁻¹⁸ at 10M), so one tenant never gets another's limit at
-// any size this engine holds. The engine does not keep explicit IDs:
+// k²/2¹⁰⁵ (3·10⁻¹⁸ at 10M, 3·10⁻¹⁶ at 100M), so one tenant never gets
+// another's limit at any size this engine holds, and a request with an ID
+// that is not a bucket finds one by accident with probability k/2¹⁰⁴
+// (10⁻²⁴ at 10M). The engine does not keep explicit IDs:
 // callers that list or snapshot buckets keep them (etcdsync does).
 //
 // # Eviction

@@ -16,12 +16,8 @@ import (
 // 16 bytes per slot, in per-shard open-addressing tables (linear probing)
 // kept between 3/16 and 3/4 full.
 //
-// Hash collisions: two keys whose 64-bit hashes are equal share one bucket.
-// The hash is maphash with a per-process random seed, so a client cannot
-// aim for a collision, and among k live keys the chance that any two
-// collide is about k²/2⁶⁵: 3·10⁻⁶ at 10 million live keys. A collision can
-// only make two clients share a limit (the stricter outcome), never let one
-// exceed its own.
+// Two keys whose hashes are equal share one bucket; the package doc
+// ("Memory, hashing and collisions") gives the odds and why that is safe.
 //
 // Time floor and eviction. A bucket whose TAT has passed is full and
 // carries no information, so it can be dropped without changing any

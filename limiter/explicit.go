@@ -18,13 +18,10 @@ import (
 //
 // in 64 shards whose tables are kept 60-75% full. The ID itself is not
 // kept: a bucket is found by h and confirmed by the fingerprint, a second
-// hash of the ID under an independent seed. Two IDs share a bucket only if
-// both 64-bit h and 40-bit fingerprint agree: among k buckets the chance
-// that any two do is about k²/2¹⁰⁵ (3·10⁻¹⁸ at 10M, 3·10⁻¹⁶ at 100M), and a
-// request with an ID that is not a bucket finds one by accident with
-// probability k/2¹⁰⁴ (10⁻²⁴ at 10M). Both seeds are random per process,
-// so nobody can aim for a collision. Callers that need the IDs (to list
-// or snapshot them) keep them: etcdsync does.
+// hash of the ID under an independent seed; the package doc ("Memory,
+// hashing and collisions") gives the odds of two IDs agreeing on both.
+// Callers that need the IDs (to list or snapshot them) keep them: etcdsync
+// does.
 //
 // Configs are shared by index (configs.go). The demand counter, which only
 // global buckets need, lives out of line (see Demand).
