@@ -74,9 +74,11 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, reason error) err
 }
 
 // serveErrorRoutes does for a denial what Caddy's server does for a
-// handler error when it has error routes, minus the error log: the log
-// line is at debug level and carries the request's headers, and building
-// it is most of the error path's cost. The denial is logged by logDenied.
+// handler error when it has error routes, minus the error log: that line
+// is at debug level and carries the request's headers, and its logger
+// encodes the whole request on every error, written or not, the costliest
+// step of Caddy's error path in a profile of a denial flood. logDenied
+// logs the denial instead.
 func (h *Handler) serveErrorRoutes(w http.ResponseWriter, r *http.Request, he caddyhttp.HandlerError) error {
 	// Caddy's server hands error routes the request as it arrived, before
 	// any rewrite (not the headers), restored in place: the replacer's
