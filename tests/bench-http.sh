@@ -21,7 +21,9 @@
 #                       denied, 429 with the draft fields; no error routes
 #     deny-errors       the same with `handle_errors 429 { respond
 #                       "{err.status_code} {err.message}" 429 }`
-#   deny and deny-errors are also compared with bare.
+#     deny-errors-other the same with `handle_errors 404 { ... }`: error
+#                       routes that no denial matches
+#   the deny cases are also compared with bare.
 #   wasm (every request with X-Tenant: acme, X-Region: eu-west,
 #   X-Client-Id: 42):
 #     bare-wasm         bare, the same headers
@@ -51,8 +53,8 @@
 # (taskset; off by default because on a shared machine a pinned Caddy
 # starves whenever other work lands on its CPU), EDGELIMIT_CADDY_BIN to
 # reuse a built binary. The wasm group needs wat2wasm (wabt). With every
-# group and the defaults TestBenchHTTP runs 13 cases, each 9 times 3s with
-# wrk and 5 times 10s at the fixed rate: about 19 minutes.
+# group and the defaults TestBenchHTTP runs 14 cases, each 9 times 3s with
+# wrk and 5 times 10s at the fixed rate: about 20 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/usr/local/go/bin:$PATH"

@@ -150,8 +150,8 @@ var wasmHeaders = []string{"X-Tenant: acme", "X-Region: eu-west", "X-Client-Id: 
 //   - deny: one hot key whose bucket is empty, so nearly every request is
 //     denied (429 with the draft RateLimit fields and Retry-After), with no
 //     error routes and with a handle_errors route that shapes the 429 from
-//     {err.*} placeholders; both compared with bare-hot and with bare
-//     Caddy's plain `respond`;
+//     {err.*} placeholders, and with a handle_errors route for 404 only;
+//     all compared with bare-hot and with bare Caddy's plain `respond`;
 //   - wasm: all with the three headers of wasmHeaders (control bare-wasm):
 //     edge_limit keyed by a placeholder that makes the composite example's
 //     key; by the composite example policy itself (a Go guest) as shipped,
@@ -233,6 +233,7 @@ func TestBenchHTTP(t *testing.T) {
 			hot := []string{"X-Key: hot"}
 			plain := startDeny("deny", "")
 			shaped := startDeny("deny-errors", benchDenyErrors)
+			elsewhere := startDeny("deny-errors-other", benchDenyOtherErrors)
 			if p := probe(t, shaped, "X-Key", "hot"); p.body != "429 caddymodule: rate limit exceeded" {
 				t.Fatalf("deny-errors Caddy answered %d %q; want the 429 shaped by handle_errors", p.status, p.body)
 			}
@@ -240,6 +241,7 @@ func TestBenchHTTP(t *testing.T) {
 			cases = append(cases,
 				benchCase{name: "deny", caddy: plain, headers: hot, vs: []string{"bare-hot", "bare"}, denied: true},
 				benchCase{name: "deny-errors", caddy: shaped, headers: hot, vs: []string{"bare-hot", "bare"}, denied: true},
+				benchCase{name: "deny-errors-other", caddy: elsewhere, headers: hot, vs: []string{"bare-hot", "bare"}, denied: true},
 			)
 		case "wasm":
 			composite, floor := benchWASMModules(t)
@@ -384,6 +386,11 @@ respond "ok" 200
 // with handle_errors does.
 const benchDenyErrors = `handle_errors 429 {
 	respond "{err.status_code} {err.message}" 429
+}`
+
+// benchDenyOtherErrors has error routes that no denial matches.
+const benchDenyOtherErrors = `handle_errors 404 {
+	respond "not found" 404
 }`
 
 // benchWASMModules builds the wasm group's two guests into files: the
