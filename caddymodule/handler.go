@@ -44,8 +44,9 @@ var zoneName = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,64}$`)
 // Handler rate-limits requests. It asks its policy for the request's key
 // and cost, counts the request against the explicit bucket of that key if
 // etcd defines one, otherwise against the zone's dynamic bucket made from
-// the template, and denies with 429 (a caddyhttp.HandlerError, so
-// handle_errors can shape the response) when the bucket is empty.
+// the template, and denies with 429 when the bucket is empty: through the
+// server's handle_errors routes, with the {err.*} placeholders of a Caddy
+// handler error, or with the bare status where there are none (deny.go).
 //
 // Caddy's request matchers select which requests are limited.
 type Handler struct {
@@ -115,6 +116,14 @@ type Handler struct {
 	// policyErrLog logs policy failures at most once per second: a broken
 	// WASM module fails every request, and the metric counts them all.
 	policyErrLog *zap.Logger
+	// routeErrLog logs failed error routes the same way: a broken
+	// handle_errors fails every denied request.
+	routeErrLog *zap.Logger
+	// denyMode is how denials are answered (deny.go); srv and errorRoutes
+	// are the server and its compiled error routes for denyRoutes.
+	denyMode    denyMode
+	srv         *caddyhttp.Server
+	errorRoutes func() caddyhttp.Handler
 }
 
 // CaddyModule returns the Caddy module information.
@@ -205,6 +214,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.zoneKey = &key
 	}
 	h.hdr = newHeaderWriter(h.Headers, h.Zone, tmpl, hasTmpl)
+	h.denyMode, h.srv = denyModeOf(ctx)
+	if h.denyMode == denyRoutes {
+		h.errorRoutes = compileErrorRoutes(h.srv, h.status)
+	}
 	return nil
 }
 
@@ -240,13 +253,15 @@ func (h *Handler) check() error {
 	return h.Headers.validate()
 }
 
-// setLogger sets the handler's logger and the sampled logger for policy
-// failures, which records the first failure each second and drops the rest.
+// setLogger sets the handler's logger and the sampled loggers for failures
+// that repeat per request, which record the first failure each second (per
+// message) and drop the rest.
 func (h *Handler) setLogger(l *zap.Logger) {
 	h.logger = l
 	h.policyErrLog = l.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
 		return zapcore.NewSamplerWithOptions(c, time.Second, 1, 0)
 	}))
+	h.routeErrLog = h.policyErrLog
 }
 
 // Validate implements caddy.Validator.
@@ -287,7 +302,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	case policy.Deny:
 		h.counters.byResult[resultPolicyDenied].Inc()
-		return caddyhttp.Error(h.status, ErrPolicyDenied)
+		return h.deny(w, r, ErrPolicyDenied)
 	}
 
 	// The bucket key, not the policy's raw key: a key a client chose must
@@ -305,7 +320,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		case h.unknown == UnknownDeny:
 			h.counters.byResult[resultUnknownDenied].Inc()
 			h.logDenied(zap.DebugLevel, "unknown key denied", key)
-			return caddyhttp.Error(h.status, ErrUnknownKey)
+			return h.deny(w, r, ErrUnknownKey)
 		}
 		d, err = h.zone.lim.AllowN(key, now, int(v.Cost))
 	}
@@ -315,7 +330,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// policy's (or a tenant's) large cost bypass the limit.
 		h.counters.byResult[resultDenied].Inc()
 		h.logDenied(zap.DebugLevel, "cost exceeds the bucket's burst", key)
-		return caddyhttp.Error(h.status, fmt.Errorf("%w: %w", ErrRateLimited, err))
+		return h.deny(w, r, fmt.Errorf("%w: %w", ErrRateLimited, err))
 	}
 	if err != nil {
 		// An engine error: fail open, since a limiter bug must not take the
@@ -337,7 +352,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.counters.byResult[resultDenied].Inc()
 		w.Header()[hdrRetryAfter] = []string{strconv.FormatInt(max(1, ceilSeconds(d.RetryAfter)), 10)}
 		h.logDenied(zap.DebugLevel, "rate limit exceeded", key)
-		return caddyhttp.Error(h.status, ErrRateLimited)
+		return h.deny(w, r, ErrRateLimited)
 	}
 	h.counters.byResult[resultAllowed].Inc()
 	return next.ServeHTTP(w, r)

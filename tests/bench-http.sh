@@ -16,6 +16,14 @@
 #                       the RateLimit fields)
 #     bare-hot          bare, every request with X-Key: hot
 #     hot               edge_limit, the same requests: one hot key
+#   deny (every request with X-Key: hot; bare-hot runs once for both groups):
+#     deny              edge_limit admitting 1 request a minute: nearly all
+#                       denied, 429 with the draft fields; no error routes
+#     deny-errors       the same with `handle_errors 429 { respond
+#                       "{err.status_code} {err.message}" 429 }`
+#     deny-errors-other the same with `handle_errors 404 { ... }`: error
+#                       routes that no denial matches
+#   the deny cases are also compared with bare.
 #   wasm (every request with X-Tenant: acme, X-Region: eu-west,
 #   X-Client-Id: 42):
 #     bare-wasm         bare, the same headers
@@ -31,12 +39,13 @@
 #   wasm, wasm-nocache and wasm-host are also compared with placeholder.
 # After the wrk rounds, every case runs at a fixed request rate from the Go
 # load generator (BENCH-FIXED lines), where CPU per request does not depend
-# on how saturated Caddy is. Limits are far above the offered load: every
-# response must be 2xx. Results are the BENCH lines of the output; the
+# on how saturated Caddy is. Outside the deny group, limits are far above
+# the offered load: every response must be 2xx; in it, at least 99% must be
+# denials. Results are the BENCH lines of the output; the
 # ratios (case vs=reference: median of per-round ratios, and ratio of the
 # totals) are in the *SUMMARY lines.
 #
-# Knobs (environment): EDGELIMIT_BENCH_CASES (limiter,wasm: a comma-separated
+# Knobs (environment): EDGELIMIT_BENCH_CASES (limiter,wasm,deny: a comma-separated
 # list of groups), EDGELIMIT_BENCH_DURATION (3s per wrk run),
 # EDGELIMIT_BENCH_ROUNDS (9), EDGELIMIT_BENCH_FIXED_RATE (3000 requests/s;
 # 0 skips), EDGELIMIT_BENCH_FIXED_DURATION (10s), EDGELIMIT_BENCH_FIXED_ROUNDS
@@ -44,8 +53,8 @@
 # (taskset; off by default because on a shared machine a pinned Caddy
 # starves whenever other work lands on its CPU), EDGELIMIT_CADDY_BIN to
 # reuse a built binary. The wasm group needs wat2wasm (wabt). With every
-# group and the defaults TestBenchHTTP runs 11 cases, each 9 times 3s with
-# wrk and 5 times 10s at the fixed rate: about 16 minutes.
+# group and the defaults TestBenchHTTP runs 14 cases, each 9 times 3s with
+# wrk and 5 times 10s at the fixed rate: about 20 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/usr/local/go/bin:$PATH"

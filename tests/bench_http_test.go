@@ -20,7 +20,7 @@ import (
 
 // benchGroups are the case groups of TestBenchHTTP, in the order they run
 // within a round; EDGELIMIT_BENCH_CASES picks some of them.
-var benchGroups = []string{"limiter", "wasm"}
+var benchGroups = []string{"limiter", "wasm", "deny"}
 
 // benchConfig reads the HTTP benchmark's knobs from the environment, so that
 // tests/bench-http.sh can change them without editing code.
@@ -117,6 +117,9 @@ type benchCase struct {
 	// vs names the cases this one is compared with, its control first:
 	// bare Caddy under the very same requests. Empty for bare Caddy.
 	vs []string
+	// denied: the case measures denials, and nearly every response must be
+	// one (benchDenied); otherwise every response must be 2xx.
+	denied bool
 }
 
 // benchRun is one wrk run's figures.
@@ -144,6 +147,11 @@ var wasmHeaders = []string{"X-Tenant: acme", "X-Region: eu-west", "X-Client-Id: 
 //   - limiter: 100k distinct keys (control bare-keys), the same with
 //     `headers off` (the decision without the RateLimit fields), and one hot
 //     key (control bare-hot);
+//   - deny: one hot key whose bucket is empty, so nearly every request is
+//     denied (429 with the draft RateLimit fields and Retry-After), with no
+//     error routes and with a handle_errors route that shapes the 429 from
+//     {err.*} placeholders, and with a handle_errors route for 404 only;
+//     all compared with bare-hot and with bare Caddy's plain `respond`;
 //   - wasm: all with the three headers of wasmHeaders (control bare-wasm):
 //     edge_limit keyed by a placeholder that makes the composite example's
 //     key; by the composite example policy itself (a Go guest) as shipped,
@@ -185,7 +193,26 @@ func TestBenchHTTP(t *testing.T) {
 		return c
 	}
 
+	// startDeny starts a Caddy whose one bucket, keyed by X-Key, is
+	// emptied here: from then on nearly every request is denied.
+	startDeny := func(name, errorRoutes string) *e2e.Caddy {
+		c := start(name, benchDenySite(errorRoutes))
+		first, second := probe(t, c, "X-Key", "hot"), probe(t, c, "X-Key", "hot")
+		if first.status != 200 || second.status != http.StatusTooManyRequests || second.policy != `"bench";q=1;w=60` || second.retryAfter == "" {
+			t.Fatalf("%s Caddy answered %d then %d with RateLimit-Policy %q, Retry-After %q; want 200, then 429 with the draft fields",
+				name, first.status, second.status, second.policy, second.retryAfter)
+		}
+		return c
+	}
 	cases := []benchCase{{name: "bare", caddy: bare}}
+	// bareHot is the control of the cases keyed by X-Key: hot, in the
+	// limiter and deny groups; it runs once.
+	bareHot := func() []benchCase {
+		if slices.ContainsFunc(cases, func(c benchCase) bool { return c.name == "bare-hot" }) {
+			return nil
+		}
+		return []benchCase{{name: "bare-hot", caddy: bare, headers: []string{"X-Key: hot"}, vs: []string{"bare"}}}
+	}
 	for _, g := range cfg.groups {
 		switch g {
 		case "limiter":
@@ -199,8 +226,22 @@ func TestBenchHTTP(t *testing.T) {
 				benchCase{name: "bare-keys", caddy: bare, keys: cfg.keys, vs: []string{"bare"}},
 				benchCase{name: "distinct", caddy: keyed, keys: cfg.keys, vs: []string{"bare-keys"}},
 				benchCase{name: "distinct-noheaders", caddy: quiet, keys: cfg.keys, vs: []string{"bare-keys"}},
-				benchCase{name: "bare-hot", caddy: bare, headers: hot, vs: []string{"bare"}},
-				benchCase{name: "hot", caddy: keyed, headers: hot, vs: []string{"bare-hot"}},
+			)
+			cases = append(cases, bareHot()...)
+			cases = append(cases, benchCase{name: "hot", caddy: keyed, headers: hot, vs: []string{"bare-hot"}})
+		case "deny":
+			hot := []string{"X-Key: hot"}
+			plain := startDeny("deny", "")
+			shaped := startDeny("deny-errors", benchDenyErrors)
+			elsewhere := startDeny("deny-errors-other", benchDenyOtherErrors)
+			if p := probe(t, shaped, "X-Key", "hot"); p.body != "429 caddymodule: rate limit exceeded" {
+				t.Fatalf("deny-errors Caddy answered %d %q; want the 429 shaped by handle_errors", p.status, p.body)
+			}
+			cases = append(cases, bareHot()...)
+			cases = append(cases,
+				benchCase{name: "deny", caddy: plain, headers: hot, vs: []string{"bare-hot", "bare"}, denied: true},
+				benchCase{name: "deny-errors", caddy: shaped, headers: hot, vs: []string{"bare-hot", "bare"}, denied: true},
+				benchCase{name: "deny-errors-other", caddy: elsewhere, headers: hot, vs: []string{"bare-hot", "bare"}, denied: true},
 			)
 		case "wasm":
 			composite, floor := benchWASMModules(t)
@@ -245,8 +286,8 @@ func TestBenchHTTP(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if r.non2xx != 0 {
-				t.Errorf("%s: %d responses were not 2xx: the limit should admit everything", c.name, r.non2xx)
+			if err := checkStatuses(c, r.requests, r.non2xx); err != nil {
+				t.Error(err)
 			}
 			got[c.name] = r
 			t.Logf("BENCH round=%d case=%s requests=%d rps=%.0f cpu=%v cpu_per_req=%v %s",
@@ -308,6 +349,49 @@ func benchLimitedSite(keying string) string {
 }
 respond "ok" 200`
 }
+
+// benchDenied is the least share of denied responses in a run of a deny
+// case: the bucket admits one request a minute.
+const benchDenied = 0.99
+
+// checkStatuses checks a run's responses: a deny case must be nearly all
+// denials, any other case all 2xx. rejected counts the others.
+func checkStatuses(c benchCase, requests, rejected int64) error {
+	if c.denied {
+		if float64(rejected) < benchDenied*float64(requests) {
+			return fmt.Errorf("%s: %d of %d responses were denied; want at least %.0f%%", c.name, rejected, requests, 100*benchDenied)
+		}
+		return nil
+	}
+	if rejected != 0 {
+		return fmt.Errorf("%s: %d responses were not 2xx: the limit should admit everything", c.name, rejected)
+	}
+	return nil
+}
+
+// benchDenySite is a site whose edge_limit admits one request a minute, in
+// front of respond, with the default (draft) RateLimit fields, plus
+// errorRoutes.
+func benchDenySite(errorRoutes string) string {
+	return `edge_limit bench {
+	key {http.request.header.X-Key}
+	rate 1/1m
+	burst 1
+}
+respond "ok" 200
+` + errorRoutes
+}
+
+// benchDenyErrors shapes denials from the error's placeholders, as a site
+// with handle_errors does.
+const benchDenyErrors = `handle_errors 429 {
+	respond "{err.status_code} {err.message}" 429
+}`
+
+// benchDenyOtherErrors has error routes that no denial matches.
+const benchDenyOtherErrors = `handle_errors 404 {
+	respond "not found" 404
+}`
 
 // benchWASMModules builds the wasm group's two guests into files: the
 // composite example policy from source, and testdata/host-floor.wat with
@@ -389,10 +473,13 @@ func runFixed(c benchCase, cfg benchConfig) (benchRun, error) {
 		return benchRun{}, err
 	}
 	n := l.Counts(0, 0, time.Hour)
-	if n.OK != n.Total() {
-		return benchRun{}, fmt.Errorf("%s at a fixed rate: %v: every request should get 200: %s", c.name, n, l.FirstErrors())
+	if n.Failed() != 0 {
+		return benchRun{}, fmt.Errorf("%s at a fixed rate: %v: every request should get 200 or 429: %s", c.name, n, l.FirstErrors())
 	}
-	return benchRun{requests: n.OK, rps: float64(n.OK) / cfg.fixedDuration.Seconds(), cpu: after - before}, nil
+	if err := checkStatuses(c, n.Total(), n.Limited); err != nil {
+		return benchRun{}, fmt.Errorf("at a fixed rate: %w", err)
+	}
+	return benchRun{requests: n.Total(), rps: float64(n.Total()) / cfg.fixedDuration.Seconds(), cpu: after - before}, nil
 }
 
 // runBench runs wrk with c's requests for d and measures Caddy's CPU time.

@@ -1,0 +1,131 @@
+package caddymodule
+
+import (
+	"net/http"
+	"sync"
+	"sync/atomic"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+// denyMode is how a denial reaches the client.
+//
+// Returning a caddyhttp.HandlerError hands the denial to Caddy's server,
+// which encodes the whole request, headers included, into its error
+// logger for every error (zap's With on the lazily built request field),
+// and, when no error route exists, logs the error with those headers at
+// error level if the status is 5xx: a client key in a header would reach
+// the log once per denied request. So the handler answers denials itself
+// wherever it can tell what Caddy would have done.
+type denyMode uint8
+
+const (
+	// denyReturn returns the HandlerError: the handler cannot tell what
+	// handles it (no server in the provisioning context, or a subroute
+	// with its own error routes, which only Caddy's error path runs).
+	denyReturn denyMode = iota
+	// denyWrite writes the status, as Caddy's server does for an error
+	// when the server has no error routes.
+	denyWrite
+	// denyRoutes runs the server's error routes (handle_errors) itself,
+	// with the request and the placeholders Caddy's server gives them.
+	denyRoutes
+)
+
+// denyModeOf finds, while the handler is provisioned, what would handle a
+// denial's error: the server being provisioned is in the context
+// (caddyhttp.ServerCtxKey), and its error routes are config, already
+// decoded; the enclosing modules are the context's ancestry.
+func denyModeOf(ctx caddy.Context) (denyMode, *caddyhttp.Server) {
+	for _, m := range ctx.Modules() {
+		if sr, ok := m.(*caddyhttp.Subroute); ok && sr.Errors != nil {
+			return denyReturn, nil
+		}
+	}
+	srv, _ := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	switch {
+	case srv == nil:
+		return denyReturn, nil
+	case srv.Errors == nil || len(srv.Errors.Routes) == 0:
+		return denyWrite, nil
+	}
+	return denyRoutes, srv
+}
+
+// deny answers a denied request with the handler's status; reason is the
+// error handle_errors sees ({err.message}).
+func (h *Handler) deny(w http.ResponseWriter, r *http.Request, reason error) error {
+	switch h.denyMode {
+	case denyWrite:
+		w.WriteHeader(h.status)
+		return nil
+	case denyRoutes:
+		// An edge_limit inside handle_errors: Caddy would log its error,
+		// with the request's headers, as a failed error route.
+		if r.Context().Value(caddyhttp.ErrorCtxKey) != nil {
+			w.WriteHeader(h.status)
+			return nil
+		}
+		return h.serveErrorRoutes(w, r, denyError(h.status, reason))
+	}
+	return denyError(h.status, reason)
+}
+
+// serveErrorRoutes does for a denial what Caddy's server does for a
+// handler error when it has error routes, minus the error log: that line
+// is at debug level and carries the request's headers, and its logger
+// encodes the whole request on every error, written or not, the costliest
+// step of Caddy's error path in a profile of a denial flood. logDenied
+// logs the denial instead.
+func (h *Handler) serveErrorRoutes(w http.ResponseWriter, r *http.Request, he caddyhttp.HandlerError) error {
+	// Caddy's server hands error routes the request as it arrived, before
+	// any rewrite (not the headers), restored in place: the replacer's
+	// {http.request.*} and the access log read this request and its URL.
+	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok {
+		r.Method, r.RemoteAddr, r.RequestURI = orig.Method, orig.RemoteAddr, orig.RequestURI
+		*r.URL = *orig.URL
+	}
+	r = h.srv.Errors.WithError(r, he)
+	if err := h.errorRoutes().ServeHTTP(w, r); err != nil {
+		h.routeErrLog.Error("an error route failed on a denied request; sent the bare status (logged at most once a second)",
+			zap.String("zone", h.Zone), zap.Int("status", h.status), zap.Error(err))
+		w.WriteHeader(h.status)
+	}
+	return nil
+}
+
+// compileErrorRoutes returns the server's error routes as one handler,
+// built on first use: Caddy provisions them after the main routes, so they
+// are not ready while this handler is provisioned. As in Caddy's server, a
+// denial that no error route answers gets the bare status.
+func compileErrorRoutes(srv *caddyhttp.Server, status int) func() caddyhttp.Handler {
+	return sync.OnceValue(func() caddyhttp.Handler {
+		return srv.Errors.Routes.Compile(caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
+			w.WriteHeader(status)
+			return nil
+		}))
+	})
+}
+
+// denyTrace is the Trace that caddyhttp.Error gives a denial: the caller's
+// line, found with runtime.Caller and formatted, the costliest part of
+// caddyhttp.Error. That line is always the one in denyError, so it is
+// looked up once.
+var denyTrace atomic.Pointer[string]
+
+// denyError is the HandlerError of a denial, with a fresh ID ({err.id}).
+func denyError(status int, reason error) caddyhttp.HandlerError {
+	he := caddyhttp.HandlerError{Err: reason, StatusCode: status}
+	t := denyTrace.Load()
+	if t != nil {
+		he.Trace = *t
+	}
+	he = caddyhttp.Error(status, he)
+	if t == nil {
+		tr := he.Trace
+		denyTrace.Store(&tr)
+	}
+	return he
+}
