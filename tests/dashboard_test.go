@@ -154,6 +154,22 @@ respond "ok" 200`, echo)))
 		}
 	}
 	prom.checkRules(t)
+
+	// The admin API's status shows the WASM module's pool and counters.
+	var st struct {
+		WASM []struct {
+			Module     string            `json:"module"`
+			Live       int               `json:"live"`
+			GuestCalls uint64            `json:"guest_calls"`
+			Errors     map[string]uint64 `json:"errors"`
+		} `json:"wasm"`
+	}
+	if code := adminJSON(t, c, http.MethodGet, "/edge-limit/status", nil, &st); code != http.StatusOK {
+		t.Fatalf("/edge-limit/status: %d", code)
+	}
+	if len(st.WASM) != 1 || st.WASM[0].Module != echo || st.WASM[0].Live < 1 || st.WASM[0].GuestCalls == 0 || st.WASM[0].Errors["guest_error"] == 0 {
+		t.Errorf("status of the WASM module: %+v", st.WASM)
+	}
 	mu.Lock()
 	t.Logf("DASHBOARD: %d of %d panel queries returned data; load: %d requests, %d failed", withData, len(exprs), sent, failed)
 	if failed > 0 {
