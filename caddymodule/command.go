@@ -25,7 +25,7 @@ func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "edge-limit",
 		Usage: "buckets list|get|put|delete [flags] | plans list|get|put|delete [flags] | policy test <module.wasm> [flags] | inspect <id> | inspect --zone <z> --key <k> | status",
-		Short: "Manages edgelimit's explicit buckets and plans in etcd and checks WASM policies",
+		Short: "Manages edgelimit's explicit buckets and plans in etcd, checks WASM policies, shows live state",
 		Long: `Manages the explicit buckets that every edge_limit instance enforces,
 and the plans that buckets can take their config from.
 
