@@ -6,11 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export PATH="/usr/local/go/bin:$HOME/go/bin:$PATH"
 
-# The end-to-end and WASM tests need real etcd, etcdctl, wrk and wat2wasm.
-# On a fresh Debian machine, install them (what .ci/run does) rather than
-# let those tests skip.
+# The end-to-end and WASM tests need real etcd, etcdctl, wrk and wat2wasm;
+# the alerting rules' tests and the dashboard's test need promtool and
+# prometheus. On a fresh Debian machine, install them (what .ci/run does)
+# rather than let those tests skip.
 missing=""
-for tool in etcd etcdctl wrk wat2wasm; do
+for tool in etcd etcdctl wrk wat2wasm promtool prometheus; do
 	command -v "$tool" >/dev/null || missing="$missing $tool"
 done
 if [ -n "$missing" ]; then
@@ -22,6 +23,16 @@ echo "== gofmt"
 unformatted="$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"
 if [ -n "$unformatted" ]; then
 	echo "gofmt needed on:"; echo "$unformatted"; exit 1
+fi
+
+echo "== promtool (alerting rules and their unit tests)"
+if command -v promtool >/dev/null; then
+	promtool check rules docs/prometheus/edgelimit-rules.yml
+	promtool test rules docs/prometheus/edgelimit-rules.test.yml
+elif [ -n "${CI:-}" ]; then
+	echo "promtool missing (tests/install-tools.sh installs Debian's prometheus package)"; exit 1
+else
+	echo "skipped: promtool missing (tests/install-tools.sh installs Debian's prometheus package)"
 fi
 
 echo "== go vet"

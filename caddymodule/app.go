@@ -286,6 +286,9 @@ func (a *App) claimZone(zone string, c zoneClaim) error {
 	case prev.policy != c.policy:
 		return fmt.Errorf("%w: zone %q is keyed by two policies, %s and %s; a zone is one table of buckets, so a client could aim a key of one policy at another client's bucket of the other; give each policy its own zone",
 			ErrInvalidConfig, zone, prev.policy, c.policy)
+	case c.logKey:
+		prev.logKey = true
+		a.zones.m[zone] = prev
 	}
 	return nil
 }

@@ -24,8 +24,8 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "edge-limit",
-		Usage: "buckets list|get|put|delete [flags] | plans list|get|put|delete [flags] | policy test <module.wasm> [flags]",
-		Short: "Manages edgelimit's explicit buckets and plans in etcd and checks WASM policies",
+		Usage: "buckets list|get|put|delete [flags] | plans list|get|put|delete [flags] | policy test <module.wasm> [flags] | inspect <id> | inspect --zone <z> --key <k> | status",
+		Short: "Manages edgelimit's explicit buckets and plans in etcd, checks WASM policies, shows live state",
 		Long: `Manages the explicit buckets that every edge_limit instance enforces,
 and the plans that buckets can take their config from.
 
@@ -53,11 +53,18 @@ prints its verdict for one request (no etcd needed):
   caddy edge-limit policy test apikey.wasm --config "acme=gold default=free" \
       --header "X-API-Key: acme_123"
 
+"inspect" and "status" ask a running Caddy's admin API (--address, as
+caddy reload takes it; localhost:2019 by default) for live state:
+
+  caddy edge-limit inspect acme                  # config, source, tokens; a global bucket's fleet shares
+  caddy edge-limit inspect --zone per_ip --key 203.0.113.7
+  caddy edge-limit status                        # etcd sync, global fleet, zones, WASM modules
+
 Connection flags default from EDGELIMIT_ETCD_ENDPOINTS, EDGELIMIT_ETCD_PREFIX,
 EDGELIMIT_ETCD_USERNAME and EDGELIMIT_ETCD_PASSWORD (prefer the variable to
 --password, which other users can see in the process list).`,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(newBucketsCommand(), newPlansCommand(), newPolicyCommand())
+			cmd.AddCommand(newBucketsCommand(), newPlansCommand(), newPolicyCommand(), newInspectCommand(), newStatusCommand())
 		},
 	})
 }

@@ -274,5 +274,6 @@ func (e *etcdState) fillMetrics(m *stateMetrics) {
 		m.hasGlobal = true
 		m.unleasedKeys, m.ignoredReports = float64(st.UnleasedKeys), float64(st.IgnoredReports)
 		m.ignoredWrites = float64(st.IgnoredWrites)
+		m.globalState, m.globalMembers = st.State, float64(len(st.Members))
 	}
 }

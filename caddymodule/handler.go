@@ -200,7 +200,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if maxBuckets == 0 {
 			maxBuckets = defaultMaxBuckets()
 		}
-		if err := app.claimZone(h.Zone, zoneClaim{config: tmpl, policy: keySpace(pm), maxBuckets: maxBuckets}); err != nil {
+		if err := app.claimZone(h.Zone, zoneClaim{config: tmpl, policy: keySpace(pm), maxBuckets: maxBuckets, logKey: h.LogKey}); err != nil {
 			return err
 		}
 		if h.Cost > tmpl.Burst {

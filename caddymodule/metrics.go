@@ -114,6 +114,10 @@ var (
 		"Members whose demand report is ignored (over the size bound, or not a report): they count with no demand.", nil, nil)
 	descIgnoredWrites = prometheus.NewDesc("edgelimit_global_ignored_member_writes_total",
 		"Values under the members prefix ignored so far (no lease, over the size bound, or not a report).", nil, nil)
+	descGlobalState = prometheus.NewDesc("edgelimit_global_state",
+		"1 for the global-limit state this instance is in, 0 for the others: joined (shares from the fleet's split), joining (never joined: rate/expected_members) or fallback (lease lost: rate/last known member count).", []string{"state"}, nil)
+	descGlobalMembers = prometheus.NewDesc("edgelimit_global_members",
+		"Members of the global-limit fleet in this instance's view.", nil, nil)
 	descGuestCalls = prometheus.NewDesc("edgelimit_wasm_guest_calls_total",
 		"Requests a WASM policy module was called for: those its verdict cache did not answer, by module file.", []string{"module"}, nil)
 	descWASMErrors = prometheus.NewDesc("edgelimit_wasm_errors_total",
@@ -135,7 +139,7 @@ type stateCollector struct{}
 
 func (*stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descExplicit, descDynamic, descEvictions, descDisplaced, descMaxBuckets, descConnected, descRevision, descSyncAge, descRejected,
-		descFirstSync, descUnleased, descIgnoredReports, descIgnoredWrites, descGuestCalls, descWASMErrors, descInstances, descReplaced, descPending, descRebuilt} {
+		descFirstSync, descUnleased, descIgnoredReports, descIgnoredWrites, descGlobalState, descGlobalMembers, descGuestCalls, descWASMErrors, descInstances, descReplaced, descPending, descRebuilt} {
 		ch <- d
 	}
 }
@@ -192,6 +196,14 @@ func (*stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descUnleased, prometheus.GaugeValue, m.unleasedKeys)
 		ch <- prometheus.MustNewConstMetric(descIgnoredReports, prometheus.GaugeValue, m.ignoredReports)
 		ch <- prometheus.MustNewConstMetric(descIgnoredWrites, prometheus.CounterValue, m.ignoredWrites)
+		for _, st := range globalStates {
+			v := 0.0
+			if st == m.globalState {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descGlobalState, prometheus.GaugeValue, v, st)
+		}
+		ch <- prometheus.MustNewConstMetric(descGlobalMembers, prometheus.GaugeValue, m.globalMembers)
 	}
 }
 
@@ -208,12 +220,33 @@ type stateMetrics struct {
 	// The global coordinator's view of the members prefix.
 	hasGlobal                                   bool
 	unleasedKeys, ignoredReports, ignoredWrites float64
+	globalState                                 string // global.Status.State
+	globalMembers                               float64
 }
+
+// globalStates are the values of global.Status.State, each a series of
+// edgelimit_global_state, so that an alert can test one for 1.
+var globalStates = []string{"joined", "joining", "fallback"}
 
 // collectWASM reports the loaded WASM policy modules. A module file loaded
 // with different options is several modules (during a reload, the old and
 // the new config's); their figures are summed per file.
 func collectWASM(ch chan<- prometheus.Metric) {
+	for path, st := range wasmModuleStats() {
+		ch <- prometheus.MustNewConstMetric(descGuestCalls, prometheus.CounterValue, float64(st.GuestCalls), path)
+		for kind, n := range st.ErrorKinds() {
+			ch <- prometheus.MustNewConstMetric(descWASMErrors, prometheus.CounterValue, float64(n), path, kind)
+		}
+		ch <- prometheus.MustNewConstMetric(descInstances, prometheus.GaugeValue, float64(st.Live), path)
+		ch <- prometheus.MustNewConstMetric(descReplaced, prometheus.CounterValue, float64(st.Replaced), path)
+		ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(st.Pending), path)
+		ch <- prometheus.MustNewConstMetric(descRebuilt, prometheus.CounterValue, float64(st.Rebuilt), path)
+	}
+}
+
+// wasmModuleStats returns the loaded WASM policy modules' stats, summed
+// per module file.
+func wasmModuleStats() map[string]*wasm.Stats {
 	mods := map[string]*wasm.Stats{}
 	wasmPool.Range(func(k, v any) bool {
 		key, ok1 := k.(wasmKey)
@@ -229,14 +262,5 @@ func collectWASM(ch chan<- prometheus.Metric) {
 		sum.Add(w.p.Stats())
 		return true
 	})
-	for path, st := range mods {
-		ch <- prometheus.MustNewConstMetric(descGuestCalls, prometheus.CounterValue, float64(st.GuestCalls), path)
-		for kind, n := range st.ErrorKinds() {
-			ch <- prometheus.MustNewConstMetric(descWASMErrors, prometheus.CounterValue, float64(n), path, kind)
-		}
-		ch <- prometheus.MustNewConstMetric(descInstances, prometheus.GaugeValue, float64(st.Live), path)
-		ch <- prometheus.MustNewConstMetric(descReplaced, prometheus.CounterValue, float64(st.Replaced), path)
-		ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(st.Pending), path)
-		ch <- prometheus.MustNewConstMetric(descRebuilt, prometheus.CounterValue, float64(st.Rebuilt), path)
-	}
+	return mods
 }

@@ -48,6 +48,9 @@ type zoneClaim struct {
 	config     limiter.Config
 	policy     string // keySpace of the policy
 	maxBuckets int
+	// logKey: some handler of the zone logs keys (log_key), so the admin
+	// API may take a key in a URI, which Caddy logs (see serveKey).
+	logKey bool
 }
 
 // zoneState is one zone's table of dynamic buckets.

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # install-tools.sh installs, from Debian's packages, the tools the tests run
-# as real processes: etcd and etcdctl, wrk (HTTP load) and wat2wasm (the
-# hostile WASM test modules). A policy-rc.d that exits 101 keeps the etcd
-# package from starting its own service during the install: the tests start
-# their own etcd processes, and stop only those, by PID.
+# as real processes: etcd and etcdctl, wrk (HTTP load), wat2wasm (the
+# hostile WASM test modules) and prometheus with its promtool (the
+# dashboard's queries and the alerting rules' tests). A policy-rc.d that
+# exits 101 keeps the etcd and prometheus packages from starting their own
+# services during the install: the tests start their own processes, and
+# stop only those, by PID.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -17,4 +19,4 @@ fi
 cleanup() { if [ -n "$own_policy" ]; then $sudo rm -f "$policy"; fi; }
 trap cleanup EXIT
 $sudo apt-get update
-$sudo apt-get install -y --no-install-recommends etcd-server etcd-client wrk wabt ca-certificates
+$sudo apt-get install -y --no-install-recommends etcd-server etcd-client wrk wabt prometheus ca-certificates
