@@ -32,15 +32,19 @@ var statePool = caddy.NewUsagePool()
 // etcd_server (namespace edge_limit.etcd_servers); caddymodule/embedetcd
 // provides "embedded". The app connects to it when no endpoints are given.
 // The app owns its lifecycle: it starts the server before its own state and
-// stops it after, so that leaving the fleet can still reach etcd.
+// stops it after, so that leaving the fleet can still reach etcd. The
+// methods are not named Start and Stop: Caddy treats every module with
+// those as an app and would stop the server itself, before the app's
+// Cleanup, leaving the lease to expire after its TTL.
 type EtcdServer interface {
 	caddy.Module
-	// ClientEndpoints are known from the config, before Start.
+	// ClientEndpoints are known from the config, before StartServer.
 	ClientEndpoints() []string
-	// Start starts the server or attaches to the running one.
-	Start() error
-	// Stop releases what Start took; the last user stops the server.
-	Stop() error
+	// StartServer starts the server or attaches to the running one.
+	StartServer() error
+	// StopServer releases what StartServer took; the last user stops the
+	// server.
+	StopServer() error
 }
 
 // App is the edge_limit app: the etcd connection, the instance identity,
@@ -221,7 +225,7 @@ func (a *App) Start() error { return a.start() }
 func (a *App) start() error {
 	a.started.once.Do(func() {
 		if a.server != nil {
-			if a.started.err = a.server.Start(); a.started.err != nil {
+			if a.started.err = a.server.StartServer(); a.started.err != nil {
 				return
 			}
 		}
@@ -257,7 +261,7 @@ func (a *App) Cleanup() error {
 		a.stateKey = ""
 	}
 	if a.server != nil {
-		errs = append(errs, a.server.Stop())
+		errs = append(errs, a.server.StopServer())
 	}
 	return errors.Join(errs...)
 }

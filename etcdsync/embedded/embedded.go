@@ -13,11 +13,13 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // ErrStart is returned, wrapped with the cause, when the server fails to
@@ -72,6 +74,8 @@ type Server struct {
 	mu  sync.Mutex
 	cfg Config // ports fixed after the first start, so Restart reuses them
 	etc *embed.Etcd
+	// stopping is set while Stop closes etcd (see quietStop).
+	stopping atomic.Bool
 }
 
 // Start starts a server and waits until it serves clients.
@@ -91,7 +95,11 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.StartTimeout == 0 {
 		cfg.StartTimeout = 30 * time.Second
 	}
-	s := &Server{cfg: cfg}
+	s := &Server{}
+	cfg.Logger = cfg.Logger.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
+		return quietStop{Core: c, stopping: &s.stopping}
+	}))
+	s.cfg = cfg
 	// A free port found by listening on :0 can be taken by someone else
 	// before etcd binds it; try a few fresh pairs before giving up.
 	var err error
@@ -151,9 +159,41 @@ func (s *Server) Stop() {
 	if s.etc == nil {
 		return
 	}
+	s.stopping.Store(true)
+	defer s.stopping.Store(false)
 	s.etc.Close()
 	<-s.etc.Server.StopNotify()
 	s.etc = nil
+}
+
+// stopNoise are the entries etcd writes, at warn and error level, for each
+// listener that Close shuts: a stop it asked for, not a failure.
+var stopNoise = map[string]bool{
+	"setting up serving from embedded etcd failed.": true,
+	"stopping insecure grpc server due to error":    true,
+	"stopped insecure grpc server due to error":     true,
+}
+
+// quietStop logs etcd's stopNoise at debug level while the server stops, so
+// that every stop does not read as a failure; the same entries at any other
+// time, and every other entry, keep their level.
+type quietStop struct {
+	zapcore.Core
+	stopping *atomic.Bool
+}
+
+func (q quietStop) With(fields []zapcore.Field) zapcore.Core {
+	return quietStop{Core: q.Core.With(fields), stopping: q.stopping}
+}
+
+func (q quietStop) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if q.stopping.Load() && stopNoise[e.Message] {
+		e.Level = zapcore.DebugLevel
+		if !q.Core.Enabled(e.Level) {
+			return ce
+		}
+	}
+	return q.Core.Check(e, ce)
 }
 
 // Restart stops the server if it runs, then starts it again on the same
