@@ -94,6 +94,7 @@ type App struct {
 	counted *handlerList
 }
 
+// handlerList holds a config's handlers until it starts.
 type handlerList struct {
 	mu sync.Mutex
 	hs []*Handler
