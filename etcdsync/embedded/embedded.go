@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -74,7 +75,7 @@ type Server struct {
 	mu  sync.Mutex
 	cfg Config // ports fixed after the first start, so Restart reuses them
 	etc *embed.Etcd
-	// stopping is set while Stop closes etcd (see quietStop).
+	// stopping is set while Stop closes etcd (see quiet).
 	stopping atomic.Bool
 }
 
@@ -97,7 +98,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s := &Server{}
 	cfg.Logger = cfg.Logger.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
-		return quietStop{Core: c, stopping: &s.stopping}
+		return quiet{Core: c, stopping: &s.stopping}
 	}))
 	s.cfg = cfg
 	// A free port found by listening on :0 can be taken by someone else
@@ -174,26 +175,55 @@ var stopNoise = map[string]bool{
 	"stopped insecure grpc server due to error":     true,
 }
 
-// quietStop logs etcd's stopNoise at debug level while the server stops, so
-// that every stop does not read as a failure; the same entries at any other
-// time, and every other entry, keep their level.
-type quietStop struct {
+// bootstrapNoise are the entries etcd writes, at warn and error level, when
+// its storage-version check runs on a fresh data dir before the raft term
+// and membership are on disk: a known etcd bug at bootstrap, and a later
+// pass of the check succeeds. Only with the errors bootstrapError matches.
+var bootstrapNoise = map[string]bool{
+	"failed to update storage version": true,
+	"Failed to detect schema version":  true,
+}
+
+func bootstrapError(fields []zapcore.Field) bool {
+	for _, f := range fields {
+		if err, ok := f.Interface.(error); ok && f.Key == "error" {
+			msg := err.Error()
+			return strings.Contains(msg, "missing term information") || strings.Contains(msg, "missing confstate information")
+		}
+	}
+	return false
+}
+
+// quiet is etcd's log core. It logs stopNoise while the server stops, and
+// bootstrapNoise with its bootstrap errors, at debug level, so that neither
+// a stop nor a first start reads as a failure; every other entry, and these
+// entries at any other time or with any other error, keep their level.
+type quiet struct {
 	zapcore.Core
 	stopping *atomic.Bool
 }
 
-func (q quietStop) With(fields []zapcore.Field) zapcore.Core {
-	return quietStop{Core: q.Core.With(fields), stopping: q.stopping}
+func (q quiet) With(fields []zapcore.Field) zapcore.Core {
+	return quiet{Core: q.Core.With(fields), stopping: q.stopping}
 }
 
-func (q quietStop) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+func (q quiet) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
 	if q.stopping.Load() && stopNoise[e.Message] {
 		e.Level = zapcore.DebugLevel
-		if !q.Core.Enabled(e.Level) {
-			return ce
-		}
+	}
+	if bootstrapNoise[e.Message] && q.Core.Enabled(e.Level) {
+		return ce.AddCore(e, q) // the error decides, in Write
 	}
 	return q.Core.Check(e, ce)
+}
+
+func (q quiet) Write(e zapcore.Entry, fields []zapcore.Field) error {
+	if bootstrapNoise[e.Message] && bootstrapError(fields) {
+		if e.Level = zapcore.DebugLevel; !q.Core.Enabled(e.Level) {
+			return nil
+		}
+	}
+	return q.Core.Write(e, fields)
 }
 
 // Restart stops the server if it runs, then starts it again on the same

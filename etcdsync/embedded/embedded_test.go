@@ -2,6 +2,8 @@ package embedded
 
 import (
 	"context"
+	"errors"
+	"sync/atomic"
 	"testing"
 
 	"go.uber.org/zap"
@@ -28,6 +30,42 @@ func TestStopLogsNoFailures(t *testing.T) {
 			if err := s.Restart(context.Background()); err != nil {
 				t.Fatal(err)
 			}
+		}
+	}
+}
+
+// TestQuietCore: the storage-version entries go to debug only with the
+// errors of a fresh data dir; stopNoise only while the server stops.
+func TestQuietCore(t *testing.T) {
+	core, logs := observer.New(zapcore.WarnLevel)
+	var stopping atomic.Bool
+	lg := zap.New(quiet{Core: core, stopping: &stopping}).With(zap.String("member", "m"))
+	bootstrap := errors.New("cannot detect storage schema version: missing term information")
+	other := errors.New("cannot create migration plan: version \"3.5.0\" is not supported")
+
+	lg.Error("failed to update storage version", zap.Error(bootstrap))
+	lg.Warn("Failed to detect schema version", zap.Error(errors.New("missing confstate information")))
+	lg.Error("failed to update storage version", zap.Error(other))
+	lg.Error("setting up serving from embedded etcd failed.", zap.Error(errors.New("mux: server closed")))
+	stopping.Store(true)
+	lg.Error("setting up serving from embedded etcd failed.", zap.Error(errors.New("mux: server closed")))
+	lg.Error("something else", zap.Error(other))
+
+	var got []string
+	for _, e := range logs.All() {
+		got = append(got, e.Level.String()+" "+e.Message)
+	}
+	want := []string{
+		"error failed to update storage version",
+		"error setting up serving from embedded etcd failed.",
+		"error something else",
+	}
+	if len(got) != len(want) {
+		t.Fatalf("logged %q, want %q", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("entry %d: %q, want %q", i, got[i], want[i])
 		}
 	}
 }
