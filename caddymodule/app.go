@@ -32,15 +32,19 @@ var statePool = caddy.NewUsagePool()
 // etcd_server (namespace edge_limit.etcd_servers); caddymodule/embedetcd
 // provides "embedded". The app connects to it when no endpoints are given.
 // The app owns its lifecycle: it starts the server before its own state and
-// stops it after, so that leaving the fleet can still reach etcd.
+// stops it after, so that leaving the fleet can still reach etcd. The
+// methods are not named Start and Stop: Caddy treats every module with
+// those as an app and would stop the server itself, before the app's
+// Cleanup, leaving the lease to expire after its TTL.
 type EtcdServer interface {
 	caddy.Module
-	// ClientEndpoints are known from the config, before Start.
+	// ClientEndpoints are known from the config, before StartServer.
 	ClientEndpoints() []string
-	// Start starts the server or attaches to the running one.
-	Start() error
-	// Stop releases what Start took; the last user stops the server.
-	Stop() error
+	// StartServer starts the server or attaches to the running one.
+	StartServer() error
+	// StopServer releases what StartServer took; the last user stops the
+	// server.
+	StopServer() error
 }
 
 // App is the edge_limit app: the etcd connection, the instance identity,
@@ -84,6 +88,16 @@ type App struct {
 	// (handlers provision concurrently only in theory, but the lock costs
 	// nothing here).
 	zones *zoneClaims
+
+	// counted are this config's handlers, given their metric series when
+	// the config starts (see countOnStart).
+	counted *handlerList
+}
+
+// handlerList holds a config's handlers until it starts.
+type handlerList struct {
+	mu sync.Mutex
+	hs []*Handler
 }
 
 type startOnce struct {
@@ -138,6 +152,7 @@ func (s *appState) metricsSnapshot() stateMetrics {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	a.zones = &zoneClaims{m: map[string]zoneClaim{}}
+	a.counted = new(handlerList)
 	a.started = new(startOnce)
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("edge_limit: registering metrics: %w", err)
@@ -220,8 +235,13 @@ func (a *App) Start() error { return a.start() }
 // that no request is decided before the explicit buckets are in force.
 func (a *App) start() error {
 	a.started.once.Do(func() {
+		a.counted.mu.Lock()
+		for _, h := range a.counted.hs {
+			h.counters = newZoneCounters(h.Zone)
+		}
+		a.counted.mu.Unlock()
 		if a.server != nil {
-			if a.started.err = a.server.Start(); a.started.err != nil {
+			if a.started.err = a.server.StartServer(); a.started.err != nil {
 				return
 			}
 		}
@@ -242,6 +262,15 @@ func (a *App) start() error {
 	return a.started.err
 }
 
+// countOnStart gives h its decision counters when the config starts, before
+// any request is decided: a config that fails to load never starts, so it
+// leaves no metric series for zones that never went live.
+func (a *App) countOnStart(h *Handler) {
+	a.counted.mu.Lock()
+	defer a.counted.mu.Unlock()
+	a.counted.hs = append(a.counted.hs, h)
+}
+
 // Stop does nothing: the state is released in Cleanup, after the next
 // config (if any) has taken it over.
 func (a *App) Stop() error { return nil }
@@ -257,7 +286,7 @@ func (a *App) Cleanup() error {
 		a.stateKey = ""
 	}
 	if a.server != nil {
-		errs = append(errs, a.server.Stop())
+		errs = append(errs, a.server.StopServer())
 	}
 	return errors.Join(errs...)
 }
@@ -265,30 +294,35 @@ func (a *App) Cleanup() error {
 // Explicit returns the table of explicit buckets (from etcd).
 func (a *App) Explicit() *limiter.Limiter { return a.state.explicit }
 
-// claimZone records a zone's template and key policy for this config and
-// rejects a second handler that gives the zone another template, or another
-// key policy: a zone is one table, and keys of one policy would count
-// against buckets of the other (a header-keyed handler would let a client
-// name another client's address and drain its per-IP bucket).
-func (a *App) claimZone(zone string, c zoneClaim) error {
-	a.zones.mu.Lock()
-	defer a.zones.mu.Unlock()
-	prev, ok := a.zones.m[zone]
+// claimZone records a zone's template and key policy for this config (see
+// zoneClaims.claim).
+func (a *App) claimZone(zone string, c zoneClaim) error { return a.zones.claim(zone, c) }
+
+// claim records a zone's template and key policy and rejects a second
+// handler that gives the zone another template, or another key policy: a
+// zone is one table, and keys of one policy would count against buckets of
+// the other (a header-keyed handler would let a client name another
+// client's address and drain its per-IP bucket). The error names both
+// handlers' values as their configs give them, and where they are if known.
+func (zc *zoneClaims) claim(zone string, c zoneClaim) error {
+	zc.mu.Lock()
+	defer zc.mu.Unlock()
+	prev, ok := zc.m[zone]
 	switch {
 	case !ok:
-		a.zones.m[zone] = c
+		zc.m[zone] = c
 	case prev.config != c.config:
-		return fmt.Errorf("%w: zone %q is defined twice, with %v burst %d and %v burst %d; give each limit its own zone",
-			ErrInvalidConfig, zone, prev.config.Rate, prev.config.Burst, c.config.Rate, c.config.Burst)
+		return fmt.Errorf("%w: zone %q is defined twice, with %s and %s; give each limit its own zone",
+			ErrInvalidConfig, zone, prev.at(prev.written), c.at(c.written))
 	case prev.maxBuckets != c.maxBuckets:
-		return fmt.Errorf("%w: zone %q is given two bucket caps, max_buckets %d and %d; a zone is one table",
-			ErrInvalidConfig, zone, prev.maxBuckets, c.maxBuckets)
+		return fmt.Errorf("%w: zone %q is given two bucket caps, %s and %s; a zone is one table",
+			ErrInvalidConfig, zone, prev.at(prev.maxBucketsText()), c.at(c.maxBucketsText()))
 	case prev.policy != c.policy:
 		return fmt.Errorf("%w: zone %q is keyed by two policies, %s and %s; a zone is one table of buckets, so a client could aim a key of one policy at another client's bucket of the other; give each policy its own zone",
-			ErrInvalidConfig, zone, prev.policy, c.policy)
+			ErrInvalidConfig, zone, prev.at(prev.policy), c.at(c.policy))
 	case c.logKey:
 		prev.logKey = true
-		a.zones.m[zone] = prev
+		zc.m[zone] = prev
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"fmt"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -22,9 +23,42 @@ func init() {
 
 func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	var hd Handler
-	err := hd.UnmarshalCaddyfile(h.Dispenser)
-	return &hd, err
+	if err := hd.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	// The zone conflicts Provision would find, found here where the file
+	// and line of both blocks are known (Caddy's provisioning gives a
+	// module no position) and the rates are as written.
+	var pm PolicyModule = &ClientIPPolicy{}
+	if hd.parsed != nil {
+		pm = hd.parsed
+	}
+	h.Reset()
+	h.Next()
+	claim, ok, err := hd.zoneClaim(pm, fmt.Sprintf("%s:%d", h.File(), h.Line()))
+	if err != nil {
+		return nil, h.Err(err.Error())
+	}
+	if ok {
+		zones, _ := h.State[zoneClaimsState].(*zoneClaims)
+		if zones == nil {
+			zones = &zoneClaims{m: map[string]zoneClaim{}}
+			h.State[zoneClaimsState] = zones
+		}
+		zone := hd.Zone
+		if zone == "" {
+			zone = DefaultZone
+		}
+		if err := zones.claim(zone, claim); err != nil {
+			return nil, h.Err(err.Error())
+		}
+	}
+	return &hd, nil
 }
+
+// zoneClaimsState keys the adapter's zone claims in the Caddyfile helper's
+// State, which all the site blocks of one Caddyfile share.
+const zoneClaimsState = "edge_limit.zones"
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
@@ -81,7 +115,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if _, err := policy.ParseTemplate(key); err != nil {
 				return d.Errf("key: %v", err)
 			}
-			h.PolicyRaw = caddyconfig.JSONModuleObject(PlaceholderPolicy{Key: key}, "source", "placeholder", nil)
+			h.parsed = &PlaceholderPolicy{Key: key}
+			h.PolicyRaw = caddyconfig.JSONModuleObject(h.parsed, "source", "placeholder", nil)
 		case "policy":
 			if !d.NextArg() {
 				return d.ArgErr()
@@ -92,6 +127,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.PolicyRaw = caddyconfig.JSONModuleObject(unm, "source", name, nil)
+			h.parsed, _ = unm.(PolicyModule)
 			continue // UnmarshalModule consumed the segment
 		case "rate":
 			var s string
@@ -102,7 +138,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return d.Err(err.Error())
 			}
-			h.Rate, h.Per = rate, caddyDuration(per)
+			h.Rate, h.Per, h.rateText = rate, caddyDuration(per), s
 		case "burst":
 			n, err := intArg(d, "burst")
 			if err != nil {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -174,4 +175,69 @@ func FuzzAppCaddyfile(f *testing.F) {
 			t.Fatalf("accepted etcd without endpoints: %q", body)
 		}
 	})
+}
+
+// TestCaddyfileZoneConflicts: blocks that give one zone different templates,
+// caps or key policies fail the adaptation, naming the rates as written and
+// the lines of both blocks, wherever they stand in the sites; blocks that
+// agree pass, however the rate is written.
+func TestCaddyfileZoneConflicts(t *testing.T) {
+	tests := []struct {
+		name, first, second string
+		want                []string // empty: adapts
+	}{
+		{"rates", "rate 20/1s\n\tburst 40", "rate 2/1s\n\tburst 5",
+			[]string{`zone "z" is defined twice, with rate 20/1s burst 40 (Caddyfile:2) and rate 2/1s burst 5 (Caddyfile:9)`, "at Caddyfile:9"}},
+		{"default burst", "rate 1000/h", "rate 1000/1h\n\tburst 10",
+			[]string{"rate 1000/h (Caddyfile:2)", "rate 1000/1h burst 10 (Caddyfile:9)"}},
+		{"caps", "rate 1/s\n\tmax_buckets 1000", "rate 1/s",
+			[]string{"max_buckets 1000 (Caddyfile:2) and the default max_buckets"}},
+		{"policies", "rate 1/s\n\tpolicy header X-K", "rate 1/s",
+			[]string{"header X-K (Caddyfile:2) and client_ip /32 /64 (Caddyfile:9)"}},
+		{"same limit written two ways", "rate 20/1s\n\tburst 40", "rate 40/2s\n\tburst 40", nil},
+		{"same header two ways", "rate 1/s\n\tpolicy header X-K", "rate 1/s\n\tkey {http.request.header.x-k}", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// The first block at line 2, the second inside a handle at line 9.
+			src := ":8080 {\n\tedge_limit z {\n\t\t" + tt.first + "\n\t}\n" +
+				strings.Repeat("\n", 3-strings.Count(tt.first, "\n")) +
+				"\thandle /b/* {\n\t\tedge_limit z {\n\t\t\t" + tt.second + "\n\t\t}\n\t\trespond 200\n\t}\n}\n"
+			_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), map[string]any{"filename": "Caddyfile"})
+			if tt.want == nil {
+				if err != nil {
+					t.Fatalf("adapting\n%s\nfailed: %v", src, err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("adapting\n%s\nsucceeded; want an error", src)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error = %q\nwant it to contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// TestTemplateText: a JSON config's template, in the Caddyfile's words, for
+// errors that cannot quote the Caddyfile (Provision's zone check).
+func TestTemplateText(t *testing.T) {
+	for _, tt := range []struct {
+		tmpl Template
+		want string
+	}{
+		{Template{Rate: 20, Per: caddyDuration(time.Second), Burst: 40}, "rate 20/1s burst 40"},
+		{Template{Rate: 0.5}, "rate 0.5/1s"},
+		{Template{Rate: 10, Per: caddyDuration(time.Minute)}, "rate 10/1m"},
+		{Template{Rate: 1000, Per: caddyDuration(time.Hour), Burst: 5}, "rate 1000/1h burst 5"},
+		{Template{Rate: 3, Per: caddyDuration(90 * time.Second)}, "rate 3/1m30s"},
+		{Template{Rate: 5, Per: caddyDuration(500 * time.Millisecond)}, "rate 5/500ms"},
+	} {
+		if got := tt.tmpl.text(""); got != tt.want {
+			t.Errorf("%+v: %q, want %q", tt.tmpl, got, tt.want)
+		}
+	}
 }

@@ -111,7 +111,13 @@ type Handler struct {
 	unknown  string
 	status   int
 	hdr      headerWriter
+	// counters are set when the app starts (App.countOnStart).
 	counters zoneCounters
+	// rateText is the rate as the Caddyfile wrote it, for the adapter's
+	// zone check; parsed is the policy as the Caddyfile gave it, nil for the
+	// default (client IP). Neither survives into JSON.
+	rateText string
+	parsed   PolicyModule
 	logger   *zap.Logger
 	// policyErrLog logs policy failures at most once per second: a broken
 	// WASM module fails every request, and the metric counts them all.
@@ -166,7 +172,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("edge_limit handler: registering metrics: %w", err)
 	}
-	h.counters = newZoneCounters(h.Zone)
+	app.countOnStart(h)
 
 	fallback, _ := policy.ParseFallback(h.EmptyKey) // checked above
 	env := PolicyEnv{Cost: h.Cost, Fallback: fallback, Lookup: caddyLookup, ClientAddr: caddyClientAddr, Logger: h.logger}
@@ -189,25 +195,20 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.polClose = c
 	}
 
-	var tmpl limiter.Config
-	hasTmpl := h.Rate > 0
+	claim, hasTmpl, err := h.zoneClaim(pm, "")
+	if err != nil {
+		return err
+	}
+	tmpl := claim.config
 	if hasTmpl {
-		tmpl, err = h.Template.config(false)
-		if err != nil {
-			return fmt.Errorf("edge_limit zone %q: %w", h.Zone, err)
-		}
-		maxBuckets := h.MaxBuckets
-		if maxBuckets == 0 {
-			maxBuckets = defaultMaxBuckets()
-		}
-		if err := app.claimZone(h.Zone, zoneClaim{config: tmpl, policy: keySpace(pm), maxBuckets: maxBuckets, logKey: h.LogKey}); err != nil {
+		if err := app.claimZone(h.Zone, claim); err != nil {
 			return err
 		}
 		if h.Cost > tmpl.Burst {
 			h.logger.Warn("cost exceeds the template's burst: keys without an explicit bucket are always denied",
 				zap.String("zone", h.Zone), zap.Int64("cost", h.Cost), zap.Int64("burst", tmpl.Burst))
 		}
-		key := zoneKey{name: h.Zone, config: tmpl, maxBuckets: maxBuckets}
+		key := zoneKey{name: h.Zone, config: tmpl, maxBuckets: claim.maxBuckets}
 		if h.zone, err = loadZone(key, h.logger); err != nil {
 			return err
 		}
@@ -219,6 +220,29 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.errorRoutes = compileErrorRoutes(h.srv, h.status)
 	}
 	return nil
+}
+
+// zoneClaim is what the handler claims of its zone (see zoneClaims.claim),
+// with pm its key policy and where its position if known; ok is false for a
+// handler without a template, which has no zone table. The Caddyfile
+// adapter calls it too, so that it finds the conflicts Provision would.
+func (h *Handler) zoneClaim(pm PolicyModule, where string) (c zoneClaim, ok bool, err error) {
+	if h.Rate <= 0 {
+		return zoneClaim{}, false, nil
+	}
+	tmpl, err := h.Template.config(false)
+	if err != nil {
+		return zoneClaim{}, false, fmt.Errorf("edge_limit zone %q: %w", h.Zone, err)
+	}
+	maxBuckets := h.MaxBuckets
+	if maxBuckets == 0 {
+		maxBuckets = defaultMaxBuckets()
+	}
+	return zoneClaim{
+		config: tmpl, policy: keySpace(pm), maxBuckets: maxBuckets,
+		written: h.Template.text(h.rateText), maxBucketsSet: h.MaxBuckets != 0, where: where,
+		logKey: h.LogKey,
+	}, true, nil
 }
 
 // check validates the plain fields; Validate repeats it for JSON configs.

@@ -36,7 +36,10 @@ func (m HeaderMode) validate() error {
 }
 
 // Canonical header names, written straight into the header map to skip
-// canonicalization on every request.
+// canonicalization on every request. The draft spells them RateLimit and
+// RateLimit-Policy; field names are case-insensitive, and a map key in that
+// spelling would be invisible to Header.Get (Caddy's header directive, its
+// placeholders, a later handler adding a list item).
 const (
 	hdrPolicy     = "Ratelimit-Policy"
 	hdrRateLimit  = "Ratelimit"

@@ -49,6 +49,35 @@ func (t Template) config(shadow bool) (limiter.Config, error) {
 	return c, nil
 }
 
+// text is the template in the Caddyfile's words, "rate 20/1s burst 40",
+// with rate as the config wrote it if given (else from Rate and Per), and
+// no burst where the config gives none.
+func (t Template) text(rate string) string {
+	if rate == "" {
+		per := time.Duration(t.Per)
+		if per == 0 {
+			per = time.Second
+		}
+		rate = strconv.FormatFloat(t.Rate, 'f', -1, 64) + "/" + shortDuration(per)
+	}
+	if t.Burst == 0 {
+		return "rate " + rate
+	}
+	return fmt.Sprintf("rate %s burst %d", rate, t.Burst)
+}
+
+// shortDuration writes d without zero minutes and seconds: 1m, 1h, 1h30m.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
+}
+
 // parseRate parses the Caddyfile form of a rate: "100/1s", "10/1m",
 // "2.5/s", "1000/1h", "5/500ms". A bare unit means one of it.
 func parseRate(s string) (rate float64, per time.Duration, err error) {

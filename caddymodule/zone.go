@@ -43,7 +43,7 @@ func (k zoneKey) String() string {
 
 // zoneClaim is what the handlers of one zone in one config must agree on:
 // the template of the table's buckets and the policy that makes its keys
-// (see App.claimZone).
+// (see zoneClaims.claim).
 type zoneClaim struct {
 	config     limiter.Config
 	policy     string // keySpace of the policy
@@ -51,6 +51,28 @@ type zoneClaim struct {
 	// logKey: some handler of the zone logs keys (log_key), so the admin
 	// API may take a key in a URI, which Caddy logs (see serveKey).
 	logKey bool
+	// For the error when handlers disagree: the template as the config
+	// wrote it ("rate 20/1s burst 40": config holds the reduced 1/50ms),
+	// whether max_buckets was given, and where the handler is
+	// ("Caddyfile:12"; empty where unknown, as when Caddy provisions).
+	written       string
+	maxBucketsSet bool
+	where         string
+}
+
+// at appends where the claim was made, if known.
+func (c zoneClaim) at(s string) string {
+	if c.where == "" {
+		return s
+	}
+	return s + " (" + c.where + ")"
+}
+
+func (c zoneClaim) maxBucketsText() string {
+	if c.maxBucketsSet {
+		return fmt.Sprintf("max_buckets %d", c.maxBuckets)
+	}
+	return fmt.Sprintf("the default max_buckets %d", c.maxBuckets)
 }
 
 // zoneState is one zone's table of dynamic buckets.

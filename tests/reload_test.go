@@ -2,8 +2,11 @@ package tests
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/edgelimit/edgelimit/tests/e2e"
 )
 
 // brokenConfigs are Caddyfile edits that must fail to load, each with the
@@ -21,7 +24,19 @@ var brokenConfigs = []struct {
 	{"bad rate", "rate 100/1s", "rate ten/1s", []string{"ten/1s", "not a positive number"}, true},
 	{"bad status", "\tburst 50\n", "\tburst 50\n\t\tstatus 200\n", []string{"status 200", "400..599"}, false},
 	{"bad global option", "\tinstance_id ", "\tinstanse_id ", []string{"instanse_id"}, true},
+	// Found by the adapter, which knows both blocks' lines, with the rates
+	// as written (Provision would see only 1/10ms and 1/500ms).
+	{"zone defined twice", "\trespond \"ok\" 200", "\tedge_limit /other/* tenants {\n\t\tkey {http.request.header.X-API-Key}\n\t\trate 2/1s\n\t\tburst 5\n\t}\n\trespond \"ok\" 200",
+		[]string{"tenants", "is defined twice", "rate 100/1s burst 50 (", "rate 2/1s burst 5 ("}, true},
+	// A config that fails after a new zone's handler provisioned (the more
+	// specific path comes first): the zone never goes live, and must leave
+	// no metric series.
+	{"new zone, then a bad status", "\trespond \"ok\" 200", "\tedge_limit /never/live/* " + neverLiveZone + " {\n\t\trate 5/1s\n\t}\n\tedge_limit /bad/* bad {\n\t\trate 5/1s\n\t\tstatus 200\n\t}\n\trespond \"ok\" 200",
+		[]string{"status 200", "400..599"}, false},
 }
+
+// neverLiveZone is a zone that only rejected configs name.
+const neverLiveZone = "never_live"
 
 // TestBrokenConfigKeepsRunning loads broken edge_limit configs with `caddy
 // reload` and with the admin API's /load: each fails with a message that
@@ -79,9 +94,36 @@ func TestBrokenConfigKeepsRunning(t *testing.T) {
 	if p := e.probe(t, "tenant-drained"); p.status != 429 {
 		t.Errorf("after a good reload the drained bucket got %v: tokens were refilled", p)
 	}
+	// No rejected config left a series behind. (Checked after the good
+	// reload: Caddy swaps the admin endpoint, and with it the registry that
+	// /metrics serves, before it provisions a config, and a rejected config
+	// leaves its own registry there.)
+	if s := zoneSeries(t, e.Caddy, neverLiveZone); len(s) != 0 {
+		t.Errorf("series for zone %q, which only rejected configs name:\n%s", neverLiveZone, strings.Join(s, "\n"))
+	}
+	if s := zoneSeries(t, e.Caddy, "tenants"); !slices.ContainsFunc(s, func(l string) bool { return strings.HasPrefix(l, "edgelimit_decisions_total{") }) {
+		t.Errorf("no decisions series for the live zone \"tenants\", so the check above proves nothing:\n%s", strings.Join(s, "\n"))
+	}
+
 	_, d := e.waitPolicy(t, "tenant-drained", ";q=4;", e.put(t, "tenant-drained", `{"rate":1,"per":"1m","burst":4}`))
 	checkLatency(t, "update-after-reload", d)
 	if !e.Proc().Running() {
 		t.Fatal("Caddy exited")
 	}
+}
+
+// zoneSeries returns the lines of Caddy's metrics with any label zone=zone.
+func zoneSeries(t *testing.T, c *e2e.Caddy, zone string) []string {
+	t.Helper()
+	body, err := c.AdminGet("/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, l := range strings.Split(body, "\n") {
+		if strings.Contains(l, fmt.Sprintf("zone=%q", zone)) {
+			lines = append(lines, l)
+		}
+	}
+	return lines
 }

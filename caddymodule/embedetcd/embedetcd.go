@@ -82,7 +82,7 @@ func (r running) Destruct() error { r.srv.Stop(); return nil }
 // Provision checks the config and fills in defaults. It starts nothing:
 // `caddy validate` provisions too, and must neither bind etcd's ports nor
 // touch its data dir while the config it checks may be running. The app
-// calls Start when Caddy starts it.
+// calls StartServer when Caddy starts it.
 func (s *Server) Provision(ctx caddy.Context) error {
 	s.logger = ctx.Logger()
 	if s.DataDir == "" {
@@ -112,9 +112,9 @@ func (s *Server) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Start starts the server, or attaches to the one a previous config
+// StartServer starts the server, or attaches to the one a previous config
 // started. Starting takes about a second; reloads skip it.
-func (s *Server) Start() error {
+func (s *Server) StartServer() error {
 	if s.key != "" {
 		return nil
 	}
@@ -167,11 +167,11 @@ func (s *Server) ClientEndpoints() []string {
 	return []string{"http://" + net.JoinHostPort(s.host, strconv.Itoa(s.clientPort))}
 }
 
-// Stop releases this config's hold on the server; the last config using it
-// stops it. The app calls it after it has left the fleet and stopped its
+// StopServer releases this config's hold on the server; the last config
+// using it stops it. The app calls it after it has left the fleet and stopped its
 // syncer, which need etcd to the end (a lease revoked on a stopped server
 // would only expire after its TTL).
-func (s *Server) Stop() error {
+func (s *Server) StopServer() error {
 	if s.key == "" {
 		return nil
 	}

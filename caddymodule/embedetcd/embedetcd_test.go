@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddytest"
@@ -177,5 +178,14 @@ func TestCaddyfileExampleAdapts(t *testing.T) {
 	}
 	if !bytes.Equal(buf.Bytes(), want) {
 		t.Errorf("Caddyfile.example adapts to\n%s\nwant\n%s", buf.Bytes(), want)
+	}
+}
+
+// TestServerIsNotACaddyApp: Caddy starts and stops every loaded module that
+// has Start and Stop as an app of its own, in no fixed order; the server
+// would then stop before the edge_limit app had revoked its lease.
+func TestServerIsNotACaddyApp(t *testing.T) {
+	if _, ok := any(new(Server)).(caddy.App); ok {
+		t.Fatal("embedetcd.Server implements caddy.App: Caddy would stop it before the edge_limit app's Cleanup")
 	}
 }

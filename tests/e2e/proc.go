@@ -153,16 +153,24 @@ func (p *Proc) Kill() {
 // Stop sends SIGTERM to the process group, waits for the exit, and kills the
 // group if it has not exited after stopGrace.
 func (p *Proc) Stop() error {
+	_, err := p.StopWith(syscall.SIGTERM)
+	return err
+}
+
+// StopWith sends sig to the process group and waits for the exit, like
+// Stop, and returns how long the exit took.
+func (p *Proc) StopWith(sig syscall.Signal) (time.Duration, error) {
 	if !p.Running() {
-		return nil
+		return 0, nil
 	}
-	_ = syscall.Kill(-p.PID(), syscall.SIGTERM)
+	start := time.Now()
+	_ = syscall.Kill(-p.PID(), sig)
 	select {
 	case <-p.done:
-		return nil
+		return time.Since(start), nil
 	case <-time.After(stopGrace):
 		p.Kill()
-		return fmt.Errorf("e2e: %s ignored SIGTERM for %v and was killed", p.Name, stopGrace)
+		return time.Since(start), fmt.Errorf("e2e: %s ignored %v for %v and was killed", p.Name, sig, stopGrace)
 	}
 }
 
