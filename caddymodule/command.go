@@ -257,7 +257,7 @@ if it does not.`,
 			case update:
 				err = a.UpdateBucket(ctx, args[0], spec)
 			default:
-				err = upsert(ctx, a, args[0], spec)
+				err = a.PutBucket(ctx, args[0], spec)
 			}
 			if err != nil {
 				return err
@@ -506,26 +506,6 @@ func checkSpecFlags(cmd *cobra.Command, per time.Duration, alt string) error {
 		return etcdsync.CheckPer(per)
 	}
 	return nil
-}
-
-// upsert writes spec whether or not the bucket exists, with compare-and-swap
-// so that a concurrent writer is never overwritten blindly. An invalid value
-// in etcd is replaced (that is how one repairs it).
-func upsert(ctx context.Context, a *etcdsync.Admin, id string, spec etcdsync.Spec) error {
-	for range 5 {
-		_, rev, err := a.GetBucket(ctx, id)
-		switch {
-		case errors.Is(err, etcdsync.ErrBucketNotFound):
-			rev = 0
-		case err != nil && !errors.Is(err, etcdsync.ErrInvalidSpec):
-			return err
-		}
-		err = a.CompareAndSwap(ctx, id, spec, rev)
-		if !errors.Is(err, etcdsync.ErrRevisionMismatch) {
-			return err
-		}
-	}
-	return fmt.Errorf("edge-limit: bucket %q keeps changing under concurrent writers: %w", id, etcdsync.ErrRevisionMismatch)
 }
 
 func printBuckets(out io.Writer, bs []etcdsync.Bucket, asJSON bool) error {

@@ -68,16 +68,16 @@ func (a *Admin) key(id string) (string, error) {
 	return a.prefix + id, nil
 }
 
-// putBucket writes a bucket value if cond holds and, for a bucket on a
+// putBucket writes a bucket value if conds hold and, for a bucket on a
 // plan, if the plan is in etcd: one transaction, so that no bucket is
 // written naming a plan deleted meanwhile. On failure, bucketKVs holds the
 // bucket's key (keys only), if it exists.
-func (a *Admin) putBucket(ctx context.Context, action, id string, spec Spec, cond clientv3.Cmp) (ok bool, bucketKVs int, curRev int64, err error) {
+func (a *Admin) putBucket(ctx context.Context, action, id string, spec Spec, conds ...clientv3.Cmp) (ok bool, bucketKVs int, curRev int64, err error) {
 	key, val, err := a.keyValue(id, spec)
 	if err != nil {
 		return false, 0, 0, err
 	}
-	cmps := []clientv3.Cmp{cond}
+	cmps := conds
 	orElse := []clientv3.Op{clientv3.OpGet(key, clientv3.WithKeysOnly())}
 	if spec.Plan != "" {
 		pk := a.plansPrefix + spec.Plan
@@ -154,6 +154,15 @@ func (a *Admin) CompareAndSwap(ctx context.Context, id string, spec Spec, modRev
 		return fmt.Errorf("%w: bucket %q is at revision %d, not %d", ErrRevisionMismatch, id, cur, modRevision)
 	}
 	return nil
+}
+
+// PutBucket creates the bucket or replaces its value, whatever that value
+// is (a value the syncers reject is repaired this way). A bucket on a plan
+// fails with ErrPlanNotFound unless the plan is in etcd, checked in the
+// same transaction as the write.
+func (a *Admin) PutBucket(ctx context.Context, id string, spec Spec) error {
+	_, _, _, err := a.putBucket(ctx, "putting", id, spec)
+	return err
 }
 
 // DeleteBucket deletes a bucket, or fails with ErrBucketNotFound.

@@ -271,3 +271,36 @@ func TestAdminRejectsValuesThatLookWrong(t *testing.T) {
 		t.Errorf("UpdateBucket with per %v: %v", MinPer, err)
 	}
 }
+
+// TestAdminPutBucket: PutBucket creates, replaces and repairs a value the
+// syncers reject, and refuses a plan etcd does not hold.
+func TestAdminPutBucket(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	a := NewAdmin(cli, testPrefix)
+	ctx := ctxT(t)
+	for _, want := range []Spec{spec(1, 2), spec(3, 4)} { // create, then replace
+		if err := a.PutBucket(ctx, "p", want); err != nil {
+			t.Fatal(err)
+		}
+		if got, _, err := a.GetBucket(ctx, "p"); err != nil || got != want {
+			t.Fatalf("after PutBucket(%v): %v, %v", want, got, err)
+		}
+	}
+	mustPut(t, cli, bkey("p"), `{"rate":1,"brust":2}`)
+	if _, _, err := a.GetBucket(ctx, "p"); !errors.Is(err, ErrInvalidSpec) {
+		t.Fatalf("the broken value reads as %v, want ErrInvalidSpec", err)
+	}
+	if err := a.PutBucket(ctx, "p", spec(5, 6)); err != nil {
+		t.Fatalf("repairing an invalid value: %v", err)
+	}
+	if got, _, err := a.GetBucket(ctx, "p"); err != nil || got != spec(5, 6) {
+		t.Fatalf("after the repair: %v, %v", got, err)
+	}
+	if err := a.PutBucket(ctx, "p", Spec{Plan: "nosuch"}); !errors.Is(err, ErrPlanNotFound) {
+		t.Fatalf("a missing plan: %v, want ErrPlanNotFound", err)
+	}
+	if got, _, _ := a.GetBucket(ctx, "p"); got != spec(5, 6) {
+		t.Fatalf("a refused put changed the bucket to %v", got)
+	}
+}

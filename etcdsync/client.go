@@ -29,8 +29,7 @@ const DefaultDialTimeout = 5 * time.Second
 // minutes, so after a long outage an edge could go on serving its last
 // known configs (and the safe share of global buckets) for up to 2 minutes
 // after etcd came back, and even after a 10 s outage the next attempt can
-// be 4-6 s away (a slow rejoin failed TestGlobalLimits/etcd-stopped once:
-// 7.2 s). Capped at 2 s, a returning etcd is reached within ~2 s. One
+// be 4-6 s away. Capped at 2 s, a returning etcd is reached within ~2 s. One
 // attempt per endpoint per 2 s is nothing for etcd, and the jitter keeps a
 // fleet from reconnecting in step.
 var reconnectBackoff = grpc.ConnectParams{
