@@ -104,8 +104,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.Args(&h.Zone) {
 				return d.ArgErr()
 			}
-			if !zoneName.MatchString(h.Zone) {
-				return d.Errf("zone %q: want 1-64 letters, digits, '_', '.', ':' or '-'", h.Zone)
+			if err := checkZone(h.Zone); err != nil {
+				return d.Err(err.Error())
 			}
 		case "key":
 			var key string
@@ -197,11 +197,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return err
 		}
 	}
-	if h.Zone != "" && !zoneName.MatchString(h.Zone) {
-		return d.Errf("zone %q: want 1-64 letters, digits, '_', '.', ':' or '-'", h.Zone)
-	}
-	if h.Rate == 0 && (h.Unknown == "" || h.Unknown == UnknownDefault) {
-		return d.Err("rate is required (e.g. rate 100/1s), unless unknown is allow or deny")
+	if err := h.checkRate(); err != nil {
+		return d.Err(err.Error())
 	}
 	return nil
 }

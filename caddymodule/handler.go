@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -245,15 +246,32 @@ func (h *Handler) zoneClaim(pm PolicyModule, where string) (c zoneClaim, ok bool
 	}, true, nil
 }
 
+// checkZone tells whether z is a valid zone name (see zoneName).
+func checkZone(z string) error {
+	if !zoneName.MatchString(z) {
+		return fmt.Errorf("%w: zone %q: want 1-64 letters, digits, '_', '.', ':' or '-'", ErrInvalidConfig, z)
+	}
+	return nil
+}
+
+// checkRate requires a template rate unless unknown keys are allowed or
+// denied outright (then the handler needs no template).
+func (h *Handler) checkRate() error {
+	if h.Rate <= 0 && (h.Unknown == "" || h.Unknown == UnknownDefault) {
+		return fmt.Errorf("%w: zone %q: a rate is required (e.g. rate 100/1s) unless unknown is allow or deny", ErrInvalidConfig, cmp.Or(h.Zone, DefaultZone))
+	}
+	return nil
+}
+
 // check validates the plain fields; Validate repeats it for JSON configs.
 func (h *Handler) check() error {
-	if !zoneName.MatchString(h.Zone) {
-		return fmt.Errorf("%w: zone %q: want 1-64 letters, digits, '_', '.', ':' or '-'", ErrInvalidConfig, h.Zone)
+	if err := checkZone(h.Zone); err != nil {
+		return err
 	}
 	switch h.Unknown {
 	case "", UnknownDefault:
-		if h.Rate <= 0 {
-			return fmt.Errorf("%w: zone %q: a rate is required unless unknown is allow or deny", ErrInvalidConfig, h.Zone)
+		if err := h.checkRate(); err != nil {
+			return err
 		}
 	case UnknownAllow, UnknownDeny:
 	default:
