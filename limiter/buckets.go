@@ -112,7 +112,7 @@ func (e *engine) attach(id string, ci uint32, mode putMode, credit int64) (creat
 	}
 	old := uint32(sl.meta & cfgMask)
 	if old != ci {
-		dropped, added = sh.setConfig(e, sl, ci, e.cfgs.entries[ci].p, e.now(), credit)
+		dropped, added = sh.setConfig(e, sl, ci, e.cfgs.entries[ci].p, e.exactNow(), credit)
 	}
 	e.cfgs.release(old, 1)
 	return false, dropped, added, nil
