@@ -213,12 +213,19 @@ func (c *Coordinator) follow(sctx context.Context, s *concurrency.Session, lease
 			case len(dirty.ids) > 0: // none if a relist already reapplied all
 				c.reapplyLocked(dirty.ids, true)
 			}
+			c.claimLocked(dirty.freed) // after the raises this batch holds back
 			c.armRaiseLocked(raise)
 			c.mu.Unlock()
 			dirty = dirtySet{}
 			armed = false
 		case <-raise.C:
 			raise.fired()
+			if armed && len(dirty.freed) > 0 {
+				// Releases are on their way to the raise: it waits for
+				// the batch (a raise may always come later), which arms
+				// the timer again.
+				continue
+			}
 			c.mu.Lock()
 			c.raiseDueLocked(time.Now())
 			c.armRaiseLocked(raise)
@@ -244,7 +251,7 @@ func (c *Coordinator) follow(sctx context.Context, s *concurrency.Session, lease
 // view, moves to joined if the lease is still trusted, and reapplies every
 // share. It returns the revision.
 func (c *Coordinator) relist(ctx context.Context, lease clientv3.LeaseID) (int64, error) {
-	v := view{reports: map[string]map[string]uint64{}}
+	v := view{reports: map[string]map[string]uint64{}, seqs: map[string]uint64{}}
 	var keys []memberKey
 	key, end := c.members, clientv3.GetPrefixRangeEnd(c.members)
 	var rev int64
@@ -282,7 +289,8 @@ func (c *Coordinator) relist(ctx context.Context, lease clientv3.LeaseID) (int64
 			continue
 		}
 		v.members = append(v.members, k.id)
-		v.reports[k.id] = c.reportLocked(k)
+		rep := c.reportLocked(k)
+		v.reports[k.id], v.seqs[k.id] = rep.demand, rep.seq
 	}
 	// Keys deleted while no watch ran (before a relist) are ignored no more.
 	for id := range c.ignored {

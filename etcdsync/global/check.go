@@ -1,0 +1,104 @@
+package global
+
+import (
+	"math"
+	"time"
+)
+
+// Between ticks, an instance checks its demand every checkInterval: if a
+// bucket's demand has clearly moved from what its report says, and
+// reporting it would move this instance's share by at least a twentieth of
+// the bucket's rate, the instance writes its report at once instead of at
+// the next tick. A load that moves between instances is then followed
+// within one to three check windows plus the batch delay and the raise
+// guard (a quarter of an interval), not one to two intervals. Steady demand
+// does not trigger it: random arrivals are not a clear move, and a move
+// that leaves the shares where they are (every member above its share, or
+// spare to go round) is left to the ticks.
+//
+// A rise is reported after one window, a fall only after fallWindows in a
+// row: a client or a process that stalls for a window or two makes a busy
+// bucket look idle for that long, and reporting it would move the shares
+// away and back (and clamp away the tokens the stall saved). A member whose
+// traffic ended keeps its share a little longer; one whose traffic grew
+// gets more at once.
+
+// fallWindows is how many check windows in a row must show a fall.
+const fallWindows = 3
+
+// checkInterval is the width of a check window: a twentieth of the
+// interval, like the batch delay. Each check reads every global bucket's
+// demand counter (tens of ns each).
+func (c *Coordinator) checkInterval() time.Duration { return c.opts.SyncInterval / 20 }
+
+// checkDemandLocked measures every bucket over the check window that ends
+// now. For each whose demand moved (see demandMovedLocked), it sets the
+// demand to report to the rate over the window (the windows of a fall),
+// and starts the bucket's next interval measure where they start.
+// It reports whether any moved. It requires c.mu.
+func (c *Coordinator) checkDemandLocked(now time.Time) bool {
+	joined := c.state == stateJoined
+	moved := false
+	for id, gb := range c.buckets {
+		req, ok := c.lim.Demand(id)
+		if !ok {
+			continue
+		}
+		fromReq, fromAt := gb.checkReq, gb.checkAt
+		gb.checkReq, gb.checkAt = req, now
+		elapsed := now.Sub(fromAt)
+		if !joined || fromAt.IsZero() || req < fromReq || elapsed < c.checkInterval()/2 {
+			gb.fell = 0
+			continue
+		}
+		d, rose, fell := c.demandMovedLocked(id, gb, req-fromReq, elapsed)
+		if !fell {
+			gb.fell = 0
+		} else {
+			if gb.fell == 0 { // the first window of a fall: it starts here
+				gb.fellReq, gb.fellAt = fromReq, fromAt
+			}
+			if gb.fell++; gb.fell < fallWindows {
+				continue
+			}
+			gb.fell = 0
+			fromReq, fromAt = gb.fellReq, gb.fellAt
+			d = demandRate(req-fromReq, now.Sub(fromAt))
+		}
+		if rose || fell {
+			gb.demand = d
+			gb.lastReq, gb.lastAt = fromReq, fromAt
+			moved = true
+		}
+	}
+	return moved
+}
+
+// demandMovedLocked reports whether seen requests over elapsed are a demand
+// clearly above (rose) or below (fell) the one reported for gb, and one
+// that moves this instance's share by at least a twentieth of the bucket's
+// rate; it returns that demand. Clearly above: more than four standard
+// deviations (of a Poisson count) plus two requests over the count the
+// reported rate gives; clearly below: at most a quarter of that count, and
+// it is at least four. So random arrivals seldom trigger a write (and two
+// windows of a fall in a row almost never). It requires c.mu.
+func (c *Coordinator) demandMovedLocked(id string, gb *gbucket, seen uint64, elapsed time.Duration) (d uint64, rose, fell bool) {
+	if gb.target.Burst == 0 {
+		return 0, false, false // no share computed yet
+	}
+	expected, n := float64(gb.demand)/DemandScale*elapsed.Seconds(), float64(seen)
+	rose = n >= expected+4*math.Sqrt(max(expected, 1))+2
+	fell = expected >= 4 && n <= expected/4
+	if !rose && !fell {
+		return 0, false, false
+	}
+	d = demandRate(seen, elapsed)
+	share, err := c.shareLocked(id, gb, &d)
+	if err != nil {
+		return 0, false, false
+	}
+	if math.Abs(share.Rate.PerSecondFloat()-gb.target.Rate.PerSecondFloat()) < gb.global.Rate.PerSecondFloat()/20 {
+		return 0, false, false
+	}
+	return d, rose, fell
+}
