@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -203,6 +204,29 @@ func TestReshareBucketMovesTokens(t *testing.T) {
 	runSteps(t, l, "k", []step{{0, 5, true, 5, 0, 50 * time.Millisecond, nil}})
 	reshare(Config{Rate: PerSecond(100), Burst: 11}, -3, 0, 0)
 	runSteps(t, l, "k", []step{{0, 0, true, 5, 0, 60 * time.Millisecond, nil}})
+}
+
+// TestRaiseDoesNotRefillThePast checks that a config change takes effect
+// no earlier than a request dated by time.Now() just before it: a bucket
+// emptied at t and raised to a million tokens/s right after holds nothing
+// at t. Dated by the coarse clock (up to a ms behind), the raise would
+// refill the bucket for the time between, up to its burst.
+func TestRaiseDoesNotRefillThePast(t *testing.T) {
+	l := New()
+	defer l.Close()
+	for i := range 20 {
+		id := fmt.Sprintf("k%d", i)
+		must(t, l.CreateBucketConfig(id, Config{Rate: PerSecond(1), Burst: 10}))
+		l.Allow(id) // the engine clock runs from here
+		at := time.Now()
+		if d, err := l.AllowN(id, at, 9); err != nil || !d.Allowed {
+			t.Fatalf("taking the burst: %+v, %v", d, err)
+		}
+		must(t, l.UpdateBucketConfig(id, Config{Rate: PerSecond(1_000_000), Burst: 10}))
+		if d, _ := l.AllowN(id, at, 1); d.Allowed {
+			t.Fatalf("attempt %d: a request dated before the raise took a token the raise refilled: %+v", i, d)
+		}
+	}
 }
 
 func must(t testing.TB, err error) {
