@@ -7,9 +7,10 @@ import (
 
 // Between ticks, an instance checks its demand every checkInterval: if a
 // bucket's demand has clearly moved from what its report says, and
-// reporting it would move this instance's share by at least a twentieth of
-// the bucket's rate, the instance writes its report at once instead of at
-// the next tick. A load that moves between instances is then followed
+// reporting it would move this instance's share by at least a fortieth of
+// the bucket's rate (so that a share ends within 2.5% of the rate of where
+// the demand puts it), the instance writes its report at once instead of
+// at the next tick. A load that moves between instances is then followed
 // within one to three check windows plus the batch delay and the raise
 // guard (a quarter of an interval), not one to two intervals. Steady demand
 // does not trigger it: random arrivals are not a clear move, and a move
@@ -21,7 +22,10 @@ import (
 // bucket look idle for that long, and reporting it would move the shares
 // away and back (and clamp away the tokens the stall saved). A member whose
 // traffic ended keeps its share a little longer; one whose traffic grew
-// gets more at once.
+// gets more at once. But a fall seen while another member has reported a
+// rise of the same bucket since the last tick is the other side of a load
+// that moved: it is reported after one window, so that the member that
+// gained gets the whole share about a window after its rise.
 
 // fallWindows is how many check windows in a row must show a fall.
 const fallWindows = 3
@@ -58,7 +62,7 @@ func (c *Coordinator) checkDemandLocked(now time.Time) bool {
 			if gb.fell == 0 { // the first window of a fall: it starts here
 				gb.fellReq, gb.fellAt = fromReq, fromAt
 			}
-			if gb.fell++; gb.fell < fallWindows {
+			if gb.fell++; gb.fell < fallWindows && !gb.othersRose {
 				continue
 			}
 			gb.fell = 0
@@ -76,12 +80,12 @@ func (c *Coordinator) checkDemandLocked(now time.Time) bool {
 
 // demandMovedLocked reports whether seen requests over elapsed are a demand
 // clearly above (rose) or below (fell) the one reported for gb, and one
-// that moves this instance's share by at least a twentieth of the bucket's
+// that moves this instance's share by at least a fortieth of the bucket's
 // rate; it returns that demand. Clearly above: more than four standard
 // deviations (of a Poisson count) plus two requests over the count the
 // reported rate gives; clearly below: at most a quarter of that count, and
-// it is at least four. So random arrivals seldom trigger a write (and two
-// windows of a fall in a row almost never). It requires c.mu.
+// it is at least four. So random arrivals seldom trigger a write (and
+// fallWindows of a fall in a row almost never). It requires c.mu.
 func (c *Coordinator) demandMovedLocked(id string, gb *gbucket, seen uint64, elapsed time.Duration) (d uint64, rose, fell bool) {
 	if gb.target.Burst == 0 {
 		return 0, false, false // no share computed yet
@@ -97,7 +101,7 @@ func (c *Coordinator) demandMovedLocked(id string, gb *gbucket, seen uint64, ela
 	if err != nil {
 		return 0, false, false
 	}
-	if math.Abs(share.Rate.PerSecondFloat()-gb.target.Rate.PerSecondFloat()) < gb.global.Rate.PerSecondFloat()/20 {
+	if math.Abs(share.Rate.PerSecondFloat()-gb.target.Rate.PerSecondFloat()) < gb.global.Rate.PerSecondFloat()/40 {
 		return 0, false, false
 	}
 	return d, rose, fell

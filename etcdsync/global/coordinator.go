@@ -122,6 +122,8 @@ type gbucket struct {
 	checkReq, fellReq uint64
 	checkAt, fellAt   time.Time
 	fell              int
+	// othersRose: another member reported more demand since the last tick.
+	othersRose bool
 	// target is this instance's share as last computed, since changedAt;
 	// applied may lag it while a raise is held back.
 	target    Share

@@ -139,6 +139,11 @@ func (c *Coordinator) applyEventLocked(ev *mvccpb.Event, dirty *dirtySet) {
 		if old[b] != d {
 			dirty.add(b)
 		}
+		if d > old[b] && k.id != c.opts.InstanceID {
+			if gb, ok := c.buckets[b]; ok {
+				gb.othersRose = true // see checkDemandLocked
+			}
+		}
 	}
 	for b := range old {
 		if _, ok := rep[b]; !ok {
