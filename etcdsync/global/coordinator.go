@@ -116,12 +116,13 @@ type gbucket struct {
 	lastReq uint64         // limiter.Demand at lastAt
 	lastAt  time.Time
 	demand  uint64 // last measured, 1/DemandScale tokens per second
-	// checkReq and checkAt start the current check window; fellReq and
-	// fellAt start the fell windows in a row before it that saw a fall
-	// (see check.go).
-	checkReq, fellReq uint64
-	checkAt, fellAt   time.Time
-	fell              int
+	// checkReq and checkAt start the current check window; moveReq and
+	// moveAt start the moving windows in a row before it that saw demand
+	// move, up if movingUp (see check.go).
+	checkReq, moveReq uint64
+	checkAt, moveAt   time.Time
+	moving            int
+	movingUp          bool
 	// othersRose: another member reported more demand since the last tick.
 	othersRose bool
 	// target is this instance's share as last computed, since changedAt;

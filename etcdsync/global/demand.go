@@ -38,6 +38,6 @@ func (c *Coordinator) measureLocked(now time.Time) {
 		}
 		gb.demand = demandRate(delta, now.Sub(gb.lastAt))
 		gb.lastReq, gb.lastAt = req, now
-		gb.checkReq, gb.checkAt, gb.fell, gb.othersRose = req, now, 0, false
+		gb.checkReq, gb.checkAt, gb.moving, gb.othersRose = req, now, 0, false
 	}
 }

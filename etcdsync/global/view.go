@@ -120,7 +120,10 @@ func (c *Coordinator) applyEventLocked(ev *mvccpb.Event, dirty *dirtySet) {
 	rep := full.demand
 	// A release counts once, and only from a member seen before it: a
 	// member's first report (at a relist too) only sets where it stands.
-	if present && full.seq > v.seqs[k.id] && k.id != c.opts.InstanceID {
+	// This instance takes its part of its own releases too: when the
+	// allocation swings back, the member that gave tokens up gets some
+	// back, and the parts of all members still add up to the release.
+	if present && full.seq > v.seqs[k.id] {
 		for b, tokens := range full.freed {
 			dirty.free(b, tokens)
 		}
