@@ -60,22 +60,39 @@ func (l *Limiter) PutBucketConfig(bucketID string, c Config) (created bool, err 
 }
 
 func (l *Limiter) putConfig(bucketID string, c Config, mode putMode) (bool, error) {
+	created, _, _, err := l.reconfigure(bucketID, c, mode, 0)
+	return created, err
+}
+
+// ReshareBucket updates an existing explicit bucket's config as
+// UpdateBucketConfig does, then adds up to credit whole tokens to it,
+// within the new burst. It returns the whole tokens the update took away
+// (those above the new burst) and those the credit added (the last one may
+// be part of a token). Both are counted down, so a caller that moves the
+// tokens one bucket drops into another never moves more than were there.
+func (l *Limiter) ReshareBucket(bucketID string, c Config, credit int64) (dropped, added int64, err error) {
+	_, dropped, added, err = l.reconfigure(bucketID, c, putUpdate, max(credit, 0))
+	return dropped, added, err
+}
+
+func (l *Limiter) reconfigure(bucketID string, c Config, mode putMode, credit int64) (created bool, dropped, added int64, err error) {
 	if err := ValidateBucketID(bucketID); err != nil {
-		return false, err
+		return false, 0, 0, err
 	}
 	e := l.e
 	e.admin.Lock()
 	defer e.admin.Unlock()
 	ci, err := e.cfgs.intern(c)
 	if err != nil {
-		return false, err
+		return false, 0, 0, err
 	}
-	return e.attach(bucketID, ci, mode)
+	return e.attach(bucketID, ci, mode, credit)
 }
 
 // attach puts the bucket on config index ci, whose reference the caller
-// took (attach gives it back if it is not used). The caller holds admin.
-func (e *engine) attach(id string, ci uint32, mode putMode) (created bool, err error) {
+// took (attach gives it back if it is not used), adding up to credit
+// tokens to an existing bucket (see ReshareBucket). The caller holds admin.
+func (e *engine) attach(id string, ci uint32, mode putMode, credit int64) (created bool, dropped, added int64, err error) {
 	h := e.hash(id)
 	sh := e.explicit.shard(h)
 	k := ekey{h: nonzero(h), id: id}
@@ -85,20 +102,20 @@ func (e *engine) attach(id string, ci uint32, mode putMode) (created bool, err e
 	switch {
 	case sl == nil && mode == putUpdate:
 		e.cfgs.release(ci, 1)
-		return false, fmt.Errorf("%w: %q", ErrBucketNotFound, id)
+		return false, 0, 0, fmt.Errorf("%w: %q", ErrBucketNotFound, id)
 	case sl == nil:
 		e.explicit.insert(e, sh, &k, ci)
-		return true, nil
+		return true, 0, 0, nil
 	case mode == putCreate:
 		e.cfgs.release(ci, 1)
-		return false, fmt.Errorf("%w: %q", ErrBucketExists, id)
+		return false, 0, 0, fmt.Errorf("%w: %q", ErrBucketExists, id)
 	}
 	old := uint32(sl.meta & cfgMask)
 	if old != ci {
-		sh.setConfig(e, sl, ci, e.cfgs.entries[ci].p, e.now())
+		dropped, added = sh.setConfig(e, sl, ci, e.cfgs.entries[ci].p, e.exactNow(), credit)
 	}
 	e.cfgs.release(old, 1)
-	return false, nil
+	return false, dropped, added, nil
 }
 
 // DeleteBucket removes an explicit bucket. Creating it again starts it full.
@@ -223,7 +240,7 @@ func (s *explicitSet) repoint(e *engine, from, to uint32, q *params, now int64) 
 			for j := range t.slots {
 				sl := &t.slots[j]
 				if sl.h != 0 && uint32(sl.meta&cfgMask) == from {
-					sh.setConfig(e, sl, to, q, now)
+					sh.setConfig(e, sl, to, q, now, 0)
 					moved++
 				}
 			}

@@ -8,7 +8,11 @@ import "math/big"
 // than one unit), so an update never refills. A debt (fewer than zero
 // tokens, from requests dated after now) is carried over, up to 2^62 units.
 // It runs under the bucket's mutex, off the hot path, so it uses math/big.
-func convert(a, b *params, st tat, now int64) tat {
+//
+// Then up to credit whole tokens are added, within b's burst. dropped is
+// the whole tokens the clamp to b's burst took away, added those the credit
+// put in (the last one may be part of a token, counted down).
+func convert(a, b *params, st tat, now, credit int64) (next tat, dropped, added int64) {
 	// diff = max(TAT - now, 0) in a's units: the bucket holds
 	// (a.w - diff)/a.p tokens.
 	var diff big.Int
@@ -22,7 +26,8 @@ func convert(a, b *params, st tat, now int64) tat {
 		}
 	}
 	if diff.Sign() == 0 {
-		return tat{s: sFull} // full stays full (clamped to the new burst)
+		// Full stays full (clamped to the new burst).
+		return tat{s: sFull}, max(a.burst-b.burst, 0), 0
 	}
 	// Under b the same tokens leave TAT - now = (b.burst - tokens) * b.p
 	// units = (b.w*a.p - (a.w - diff)*b.p) / a.p, rounded up.
@@ -36,10 +41,25 @@ func convert(a, b *params, st tat, now int64) tat {
 		x.Add(&x, big.NewInt(1))
 	}
 	if x.Sign() <= 0 {
-		return tat{s: sFull} // more tokens than b's burst: full
+		// More tokens than b's burst: full. The excess, a.w - diff -
+		// b.burst*a.p units of a, is what the clamp takes.
+		var over big.Int
+		over.Sub(big.NewInt(a.w), &diff)
+		over.Sub(&over, new(big.Int).Mul(big.NewInt(b.burst), big.NewInt(a.p)))
+		over.Quo(&over, big.NewInt(a.p))
+		return tat{s: sFull}, over.Int64(), 0
+	}
+	if credit > 0 {
+		// x units of b are missing from a full bucket; each token is b.p.
+		c := new(big.Int).Mul(big.NewInt(credit), big.NewInt(b.p))
+		if c.Cmp(&x) >= 0 {
+			return tat{s: sFull}, 0, new(big.Int).Quo(&x, big.NewInt(b.p)).Int64()
+		}
+		x.Sub(&x, c)
+		added = credit
 	}
 	if x.Cmp(big.NewInt(1<<62)) > 0 {
 		x.SetInt64(1 << 62) // keeps the state on the fast path
 	}
-	return tat{base: now, s: x.Int64()}
+	return tat{base: now, s: x.Int64()}, 0, added
 }

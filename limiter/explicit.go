@@ -392,17 +392,19 @@ func moveSlot(dst, src *eslot) {
 }
 
 // setConfig moves the slot to config index ci (params q) at time now,
-// keeping its tokens. The caller holds the shard's mutex.
-func (sh *eshard) setConfig(e *engine, sl *eslot, ci uint32, q *params, now int64) {
+// keeping its tokens, then adds up to credit whole tokens within q's burst
+// (see convert for dropped and added). The caller holds the shard's mutex.
+func (sh *eshard) setConfig(e *engine, sl *eslot, ci uint32, q *params, now, credit int64) (dropped, added int64) {
 	meta := sl.meta
 	p := e.cfgs.get(meta & cfgMask)
 	sh.seq.Add(1)
 	defer sh.seq.Add(1)
 	if p.cfg == q.cfg { // the same config under another index: same units
 		atomic.StoreUint64(&sl.meta, meta&^cfgMask|uint64(ci))
-		return
+		return 0, 0
 	}
 	v := uint64(0)
+	dropped = max(p.burst-q.burst, 0) // a full bucket stays full
 	if sh.ready.Load() && sl.s != 0 {
 		floor := sh.floor.Load()
 		now = max(now, floor)
@@ -411,7 +413,8 @@ func (sh *eshard) setConfig(e *engine, sl *eslot, ci uint32, q *params, now int6
 			floor = sh.floor.Load()
 		}
 		if sl.s > uint64(now-floor)*uint64(p.t) { // not full: carry the tokens over
-			next := convert(p, q, tat{base: floor, s: int64(sl.s)}, now)
+			var next tat
+			next, dropped, added = convert(p, q, tat{base: floor, s: int64(sl.s)}, now, credit)
 			if next.s != sFull {
 				v = uint64(now-floor)*uint64(q.t) + uint64(next.s)
 			}
@@ -419,4 +422,5 @@ func (sh *eshard) setConfig(e *engine, sl *eslot, ci uint32, q *params, now int6
 	}
 	atomic.StoreUint64(&sl.s, v)
 	atomic.StoreUint64(&sl.meta, meta&^cfgMask|uint64(ci))
+	return dropped, added
 }

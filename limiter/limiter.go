@@ -193,6 +193,18 @@ func (e *engine) now() int64 {
 	return e.clk.read()
 }
 
+// exactNow is the engine's clock read exactly, not from the coarse clock,
+// which lags by up to a few ms. A config change takes effect at it: dated
+// by the coarse clock, a change would come before requests that callers
+// dated with time.Now() a moment earlier, and a higher rate would refill
+// the bucket for the time in between, tokens no config allowed.
+func (e *engine) exactNow() int64 {
+	if e.clockFn != nil {
+		return e.nanos(e.clockFn())
+	}
+	return e.nanos(time.Now())
+}
+
 func (e *engine) hash(id string) uint64 { return maphash.String(e.seed, id) }
 
 // fingerprint is the second hash that confirms an explicit bucket's ID

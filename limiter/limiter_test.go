@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -162,6 +163,69 @@ func TestUpdateKeepsTokens(t *testing.T) {
 	}
 	if c, ok := l.BucketConfig("p"); !ok || !c.Shadow {
 		t.Fatal(c, ok)
+	}
+}
+
+// TestReshareBucketMovesTokens checks what ReshareBucket reports and does:
+// the tokens a lower burst takes away, and a credit that adds tokens only
+// up to the new burst, never to a full bucket.
+func TestReshareBucketMovesTokens(t *testing.T) {
+	const s = time.Second
+	now := t0
+	l := New(WithClock(func() time.Time { return now }))
+	defer l.Close()
+	reshare := func(c Config, credit, wantDropped, wantAdded int64) {
+		t.Helper()
+		dropped, added, err := l.ReshareBucket("k", c, credit)
+		if err != nil || dropped != wantDropped || added != wantAdded {
+			t.Fatalf("ReshareBucket(%v, %d) = %d, %d, %v; want %d, %d", c, credit, dropped, added, err, wantDropped, wantAdded)
+		}
+	}
+	if _, _, err := l.ReshareBucket("k", Config{Rate: PerSecond(1), Burst: 1}, 0); !errors.Is(err, ErrBucketNotFound) {
+		t.Fatalf("a missing bucket: %v", err)
+	}
+	must(t, l.CreateBucket("k", 50, 50))
+	// Full: a lower burst drops the difference; a credit adds nothing.
+	reshare(Config{Rate: PerSecond(1), Burst: 2}, 7, 48, 0)
+	runSteps(t, l, "k", []step{{0, 0, true, 2, 0, 0, nil}})
+	// Empty: the credit goes in whole.
+	runSteps(t, l, "k", []step{{0, 2, true, 0, 0, 2 * s, nil}})
+	reshare(Config{Rate: PerSecond(100), Burst: 100}, 30, 0, 30)
+	runSteps(t, l, "k", []step{{0, 0, true, 30, 0, 700 * time.Millisecond, nil}})
+	// A credit above the room fills the bucket and counts what fit.
+	reshare(Config{Rate: PerSecond(100), Burst: 40}, 0, 0, 0)
+	reshare(Config{Rate: PerSecond(100), Burst: 50}, 100, 0, 20)
+	runSteps(t, l, "k", []step{{0, 0, true, 50, 0, 0, nil}})
+	// Part of a bucket: a lower burst drops only what is above it.
+	runSteps(t, l, "k", []step{{0, 20, true, 30, 0, 200 * time.Millisecond, nil}})
+	reshare(Config{Rate: PerSecond(100), Burst: 10}, 0, 20, 0)
+	runSteps(t, l, "k", []step{{0, 0, true, 10, 0, 0, nil}})
+	// A credit is never negative.
+	runSteps(t, l, "k", []step{{0, 5, true, 5, 0, 50 * time.Millisecond, nil}})
+	reshare(Config{Rate: PerSecond(100), Burst: 11}, -3, 0, 0)
+	runSteps(t, l, "k", []step{{0, 0, true, 5, 0, 60 * time.Millisecond, nil}})
+}
+
+// TestRaiseDoesNotRefillThePast checks that a config change takes effect
+// no earlier than a request dated by time.Now() just before it: a bucket
+// emptied at t and raised to a million tokens/s right after holds nothing
+// at t. Dated by the coarse clock (up to a ms behind), the raise would
+// refill the bucket for the time between, up to its burst.
+func TestRaiseDoesNotRefillThePast(t *testing.T) {
+	l := New()
+	defer l.Close()
+	for i := range 20 {
+		id := fmt.Sprintf("k%d", i)
+		must(t, l.CreateBucketConfig(id, Config{Rate: PerSecond(1), Burst: 10}))
+		l.Allow(id) // the engine clock runs from here
+		at := time.Now()
+		if d, err := l.AllowN(id, at, 9); err != nil || !d.Allowed {
+			t.Fatalf("taking the burst: %+v, %v", d, err)
+		}
+		must(t, l.UpdateBucketConfig(id, Config{Rate: PerSecond(1_000_000), Burst: 10}))
+		if d, _ := l.AllowN(id, at, 1); d.Allowed {
+			t.Fatalf("attempt %d: a request dated before the raise took a token the raise refilled: %+v", i, d)
+		}
 	}
 }
 

@@ -104,7 +104,8 @@ func (l *Limiter) PutBucketPlan(bucketID, plan string) (created bool, err error)
 		return false, fmt.Errorf("%w: %q (bucket %q)", ErrPlanNotFound, plan, bucketID)
 	}
 	e.cfgs.entries[ci].refs++
-	return e.attach(bucketID, ci, putAny)
+	created, _, _, err = e.attach(bucketID, ci, putAny, 0)
+	return created, err
 }
 
 // BucketPlan returns the plan an explicit bucket is on; ok is false for a

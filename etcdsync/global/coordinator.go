@@ -66,6 +66,8 @@ type Coordinator struct {
 	// leaseLost wakes the session loop when the reporter finds that the
 	// lease would have expired, or etcd says it has.
 	leaseLost chan struct{}
+	// writeNow wakes the reporter to write a release at once.
+	writeNow chan struct{}
 
 	// mu guards everything below. It is held while shares are applied to
 	// the limiter (no I/O), never across an etcd call.
@@ -84,8 +86,18 @@ type Coordinator struct {
 	reported        int // buckets in the report
 	omitted         int // active buckets left out by MaxReportBytes
 	writes, joins   uint64
-	entries         []demandEntry // scratch for measureLocked
-	demands         []uint64      // scratch for shareLocked
+	// events counts the writes outside the ticks since the last tick
+	// (bounded by maxEventWrites); eventWrites counts them all.
+	events      int
+	eventWrites uint64
+	// relPending holds the tokens given up since the last release written;
+	// relNote is the latest release, which every report repeats (see
+	// release.go). released and credited count tokens given up and taken.
+	relPending         map[string]uint64
+	relNote            releaseNote
+	released, credited uint64
+	entries            []demandEntry // scratch for measureLocked
+	demands            []uint64      // scratch for shareLocked
 	// ignored holds the keys under the members prefix that are not used
 	// in full now, and why (see readMemberKey); ignoredWrites counts every
 	// value ignored. logWindow, logLines and logSuppressed bound the log
@@ -104,8 +116,26 @@ type gbucket struct {
 	lastReq uint64         // limiter.Demand at lastAt
 	lastAt  time.Time
 	demand  uint64 // last measured, 1/DemandScale tokens per second
-	// raiseAt is when a held-back raise of the share is due; zero if none.
+	// checkReq and checkAt start the current check window; moveReq and
+	// moveAt start the moving windows in a row before it that saw demand
+	// move, up if movingUp (see check.go).
+	checkReq, moveReq uint64
+	checkAt, moveAt   time.Time
+	moving            int
+	movingUp          bool
+	// othersRose: another member reported more demand since the last tick.
+	othersRose bool
+	// target is this instance's share as last computed, since changedAt;
+	// applied may lag it while a raise is held back.
+	target    Share
+	changedAt time.Time
+	// raiseAt is when a held-back raise of the share is due, to raiseTo;
+	// zero if none.
 	raiseAt time.Time
+	raiseTo limiter.Config
+	// credit is the tokens other members gave up that the held-back raise
+	// adds (see release.go).
+	credit int64
 }
 
 // New returns a Coordinator for this instance. inner receives local specs
@@ -121,15 +151,17 @@ func New(client *clientv3.Client, inner etcdsync.Target, lim *limiter.Limiter, o
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &Coordinator{
 		inner: inner, lim: lim, opts: opts,
-		log:       opts.Logger.With(zap.String("instance", opts.InstanceID)),
-		members:   MembersPrefix(opts.Prefix),
-		key:       MemberKey(opts.Prefix, opts.InstanceID),
-		ctx:       ctx,
-		cancel:    cancel,
-		joined:    make(chan struct{}),
-		leaseLost: make(chan struct{}, 1),
-		buckets:   map[string]*gbucket{},
-		ignored:   map[string]ignoreReason{},
+		log:        opts.Logger.With(zap.String("instance", opts.InstanceID)),
+		members:    MembersPrefix(opts.Prefix),
+		key:        MemberKey(opts.Prefix, opts.InstanceID),
+		ctx:        ctx,
+		cancel:     cancel,
+		joined:     make(chan struct{}),
+		leaseLost:  make(chan struct{}, 1),
+		writeNow:   make(chan struct{}, 1),
+		relPending: map[string]uint64{},
+		buckets:    map[string]*gbucket{},
+		ignored:    map[string]ignoreReason{},
 	}
 	c.cli.Store(client)
 	return c, nil
@@ -219,6 +251,7 @@ func (c *Coordinator) Put(id string, spec etcdsync.Spec) error {
 		// local before, are not this interval's arrivals.
 		gb.lastReq, _ = c.lim.Demand(id)
 		gb.lastAt = time.Now()
+		gb.checkReq, gb.checkAt = gb.lastReq, gb.lastAt
 		c.buckets[id] = gb
 	}
 	return nil
@@ -245,41 +278,68 @@ func (c *Coordinator) DeletePlan(name string) error {
 
 // applyLocked sets gb's share on the limiter if it changed. With guard set,
 // only the parts of the change that lower the share apply now; a raise waits
-// for raiseGuard (see raise.go). It requires c.mu.
+// for raiseGuard (see raise.go). A lower burst applied with guard while
+// joined is a release: the tokens it takes away are reported (release.go).
+// It requires c.mu.
 func (c *Coordinator) applyLocked(id string, gb *gbucket, guard bool) error {
-	share, err := c.shareLocked(id, gb)
+	share, err := c.shareLocked(id, gb, nil)
 	if err != nil {
 		return err
+	}
+	if share != gb.target {
+		gb.target, gb.changedAt = share, time.Now()
 	}
 	cfg := share.Config(gb.shadow)
 	if guard && gb.applied.Burst != 0 {
 		now, raise := lowered(gb.applied, cfg)
 		if raise {
-			c.scheduleRaiseLocked(gb)
+			c.scheduleRaiseLocked(gb, cfg)
 		}
 		cfg = now
 	} else {
-		gb.raiseAt = time.Time{}
+		gb.raiseAt, gb.credit = time.Time{}, 0
 	}
+	return c.setLocked(id, gb, cfg, 0, guard)
+}
+
+// setLocked puts cfg on gb's bucket, adding up to credit tokens within its
+// burst, and counts a release if asked to. It requires c.mu.
+func (c *Coordinator) setLocked(id string, gb *gbucket, cfg limiter.Config, credit int64, release bool) error {
 	if cfg == gb.applied {
 		return nil
 	}
-	if _, err := c.lim.PutBucketConfig(id, cfg); err != nil {
+	var (
+		dropped, added int64
+		err            error
+	)
+	if gb.applied.Burst == 0 {
+		_, err = c.lim.PutBucketConfig(id, cfg)
+	} else if dropped, added, err = c.lim.ReshareBucket(id, cfg, credit); errors.Is(err, limiter.ErrBucketNotFound) {
+		_, err = c.lim.PutBucketConfig(id, cfg) // deleted behind our back: start it again
+	}
+	if err != nil {
 		return fmt.Errorf("global: applying share %v burst %d of bucket %q: %w", cfg.Rate, cfg.Burst, id, err)
 	}
 	gb.applied = cfg
+	c.credited += uint64(added)
+	if release && c.state == stateJoined {
+		c.noteReleaseLocked(id, gb, dropped)
+	}
 	return nil
 }
 
 // shareLocked is this instance's share of gb: its part of the allocation
-// while joined and in the member view, the safe share otherwise. It
-// requires c.mu.
-func (c *Coordinator) shareLocked(id string, gb *gbucket) (Share, error) {
+// while joined and in the member view, the safe share otherwise. If own is
+// not nil, it stands for this instance's reported demand. It requires c.mu.
+func (c *Coordinator) shareLocked(id string, gb *gbucket, own *uint64) (Share, error) {
 	if c.state == stateJoined {
 		if self, ok := slices.BinarySearch(c.view.members, c.opts.InstanceID); ok {
 			d := c.demands[:0]
 			for _, m := range c.view.members {
 				d = append(d, c.view.reports[m][id])
+			}
+			if own != nil {
+				d[self] = *own
 			}
 			c.demands = d
 			shares, err := AllocateBucket(gb.global, d)

@@ -245,8 +245,6 @@ func TestManyBucketsOneWritePerInterval(t *testing.T) {
 		}
 	}()
 	defer func() { close(stop); <-done }()
-	w0 := fleet[0].coord.Status().ReportWrites
-	start := time.Now()
 	waitFor(t, 20*time.Second, "every bucket reported and reallocated", func() (bool, string) {
 		st := fleet[0].coord.Status()
 		if st.ReportedBuckets != n {
@@ -259,12 +257,49 @@ func TestManyBucketsOneWritePerInterval(t *testing.T) {
 		}
 		return true, ""
 	})
-	waitFor(t, 10*time.Second, "4 intervals", func() (bool, string) { return time.Since(start) >= 4*testInterval, "" })
-	writes := fleet[0].coord.Status().ReportWrites - w0
+	// From here the demand is steady: only the ticks write.
+	st0 := fleet[0].coord.Status()
+	start := time.Now()
+	sleepFor(t, 4*testInterval)
+	st := fleet[0].coord.Status()
+	writes, events := st.ReportWrites-st0.ReportWrites, st.EventWrites-st0.EventWrites
 	intervals := time.Since(start).Seconds() / testInterval.Seconds()
-	t.Logf("%d busy buckets: %d report writes in %.1f intervals (%d bytes each)", n, writes, intervals, fleet[0].coord.Status().ReportBytes)
-	if float64(writes) > intervals+1 {
-		t.Errorf("%d writes in %.1f intervals: more than one per interval", writes, intervals)
+	t.Logf("%d busy buckets: %d report writes in %.1f intervals (%d bytes each), %d between ticks", n, writes, intervals, st.ReportBytes, events)
+	if float64(writes) > intervals+1 || events != 0 {
+		t.Errorf("%d writes in %.1f intervals, %d between ticks: want at most one per interval, at ticks", writes, intervals, events)
+	}
+}
+
+// TestSteadyDemandWritesOnlyAtTicks checks that demand which does not move
+// costs no report writes between ticks: two members loaded above their
+// shares and one below its share, steadily, make at most one write per
+// interval each, and none of them outside a tick.
+func TestSteadyDemandWritesOnlyAtTicks(t *testing.T) {
+	fleet := startFleet(t, etcdtest.Start(t), 3)
+	putAll(t, fleet, "api", globalSpec)
+	startLoad(t, fleet[0], "api", 200)
+	startLoad(t, fleet[1], "api", 200)
+	startLoad(t, fleet[2], "api", 40)
+	waitFor(t, 10*time.Second, "the split of 40/s and the rest", func() (bool, string) {
+		s := shares(t, fleet, "api")
+		return near(s[2], 40, 4) && near(s[0], s[1], 2), fmt.Sprint(s)
+	})
+	sleepFor(t, 2*testInterval)
+	var w0, e0 []uint64
+	for _, m := range fleet {
+		st := m.coord.Status()
+		w0, e0 = append(w0, st.ReportWrites), append(e0, st.EventWrites)
+	}
+	start := time.Now()
+	sleepFor(t, 6*testInterval)
+	intervals := time.Since(start).Seconds() / testInterval.Seconds()
+	for i, m := range fleet {
+		st := m.coord.Status()
+		writes, events := st.ReportWrites-w0[i], st.EventWrites-e0[i]
+		t.Logf("%s: %d report writes in %.1f intervals, %d of them between ticks", m.id, writes, intervals, events)
+		if float64(writes) > intervals+1 || events != 0 {
+			t.Errorf("%s: %d writes in %.1f intervals, %d between ticks; want at most one per interval, at ticks", m.id, writes, intervals, events)
+		}
 	}
 }
 

@@ -20,15 +20,16 @@ func demandRate(delta uint64, elapsed time.Duration) uint64 {
 	return q
 }
 
-// measureLocked samples every global bucket's cumulative demand and returns
-// the arrival rate since the previous sample, for the report. It counts
-// denied requests too: a member whose share is too small still shows how
-// much it wants. It requires c.mu.
-func (c *Coordinator) measureLocked(now time.Time) []demandEntry {
-	entries := c.entries[:0]
+// measureLocked samples every global bucket's cumulative demand and sets
+// its demand to the arrival rate since the previous sample, for the report.
+// It counts denied requests too: a member whose share is too small still
+// shows how much it wants. It starts a new check window too. It requires
+// c.mu.
+func (c *Coordinator) measureLocked(now time.Time) {
 	for id, gb := range c.buckets {
 		req, ok := c.lim.Demand(id)
 		if !ok {
+			gb.demand = 0
 			continue
 		}
 		delta := req - gb.lastReq
@@ -37,10 +38,6 @@ func (c *Coordinator) measureLocked(now time.Time) []demandEntry {
 		}
 		gb.demand = demandRate(delta, now.Sub(gb.lastAt))
 		gb.lastReq, gb.lastAt = req, now
-		if gb.demand > 0 {
-			entries = append(entries, demandEntry{id: id, demand: gb.demand})
-		}
+		gb.checkReq, gb.checkAt, gb.moving, gb.othersRose = req, now, 0, false
 	}
-	c.entries = entries
-	return entries
 }

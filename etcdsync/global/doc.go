@@ -6,7 +6,10 @@
 // <prefix>members/<instanceID> under it; a key there without a lease is not
 // a member, and a report over 512 KiB counts as no demand. Every sync
 // interval an instance writes its demand per active global bucket into its
-// key: one write per instance per interval, whatever the bucket count. Every
+// key: one write per instance per interval, whatever the bucket count; when
+// its demand clearly moves, it writes at once (at most three more times per
+// interval), and a member whose share shrinks reports the burst tokens it
+// gave up, which the members whose shares grow add to their buckets. Every
 // instance watches the member keys and runs the same pure function,
 // Allocate, on the same data: a max-min fair split of each bucket's rate and
 // burst by demand, with a small floor for every member so that an idle

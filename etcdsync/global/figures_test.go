@@ -71,6 +71,38 @@ func sleepFor(t *testing.T, d time.Duration) {
 	waitFor(t, d+10*time.Second, fmt.Sprintf("%v elapsed", d), func() (bool, string) { return time.Since(start) >= d, "" })
 }
 
+// checkCredits logs the tokens the members released and took from each
+// other, and fails if they took more than was released: a token moved
+// between members is admitted at most once.
+func checkCredits(t *testing.T, fleet []*member) {
+	t.Helper()
+	var released, credited, events uint64
+	for _, m := range fleet {
+		st := m.coord.Status()
+		released += st.ReleasedTokens
+		credited += st.CreditedTokens
+		events += st.EventWrites
+	}
+	t.Logf("tokens released %d, credited %d; report writes between ticks %d", released, credited, events)
+	if credited > released {
+		t.Errorf("members were credited %d tokens, more than the %d released", credited, released)
+	}
+}
+
+// loadedOnEdge0 starts a fleet of three with the load on edge-0, and
+// returns once edge-0 holds the rate (but its floor for the others).
+func loadedOnEdge0(t *testing.T) ([]*member, *load) {
+	t.Helper()
+	fleet := startFleet(t, etcdtest.Start(t), 3)
+	putAll(t, fleet, "api", globalSpec)
+	la := startLoad(t, fleet[0], "api", 900)
+	waitFor(t, 10*time.Second, "edge-0 holding the rate", func() (bool, string) {
+		s := shares(t, fleet, "api")
+		return s[0] >= 297, fmt.Sprint(s)
+	})
+	return fleet, la
+}
+
 func admitted(loads []*load) int64 {
 	var n int64
 	for _, l := range loads {
@@ -109,6 +141,7 @@ func TestAdmissionFigures(t *testing.T) {
 		if smp.excess > 1 {
 			t.Errorf("even: %v", smp)
 		}
+		checkCredits(t, fleet)
 	})
 
 	t.Run("skewed", func(t *testing.T) {
@@ -123,7 +156,7 @@ func TestAdmissionFigures(t *testing.T) {
 		sleepFor(t, window)
 		steady := float64(l.allowed.Load() - a0)
 		smp.halt()
-		t.Logf("skewed: from full buckets admitted %v in %v, allowed %v: ratio %.3f (the idle members' burst is not transferable)",
+		t.Logf("skewed: from full buckets admitted %v in %v, allowed %v: ratio %.3f (the idle members release their burst to the busy one)",
 			fresh, window, allowed, fresh/allowed)
 		t.Logf("skewed: after convergence admitted %v in %v, rate*window %v: ratio %.3f; %v",
 			steady, window, rate*window.Seconds(), steady/(rate*window.Seconds()), smp)
@@ -133,16 +166,11 @@ func TestAdmissionFigures(t *testing.T) {
 		if smp.excess > 1 {
 			t.Errorf("skewed: %v", smp)
 		}
+		checkCredits(t, fleet)
 	})
 
 	t.Run("shifting", func(t *testing.T) {
-		fleet := startFleet(t, etcdtest.Start(t), 3)
-		putAll(t, fleet, "api", globalSpec)
-		la := startLoad(t, fleet[0], "api", 900)
-		waitFor(t, 10*time.Second, "edge-0 holding the rate", func() (bool, string) {
-			s := shares(t, fleet, "api")
-			return s[0] >= 297, fmt.Sprint(s)
-		})
+		fleet, la := loadedOnEdge0(t)
 		smp := startSampler(t, fleet, "api", rate)
 		a0 := la.allowed.Load()
 		la.halt()
@@ -150,6 +178,7 @@ func TestAdmissionFigures(t *testing.T) {
 		sleepFor(t, window)
 		got := float64(la.allowed.Load() - a0 + lb.allowed.Load())
 		smp.halt()
+
 		bound := rate*window.Seconds() + burst
 		t.Logf("shifting: admitted %v in the %v after the shift, rate*window %v: ratio %.3f; bound rate*window+burst %v; %v",
 			got, window, rate*window.Seconds(), got/(rate*window.Seconds()), bound, smp)
@@ -161,5 +190,68 @@ func TestAdmissionFigures(t *testing.T) {
 		if smp.excess > 5 {
 			t.Errorf("shifting: %v", smp)
 		}
+		checkCredits(t, fleet)
+	})
+
+	// The whole load moves to a member that was idle, after a rest in which
+	// every member's bucket filled: a single bucket would hold its whole
+	// burst, so the fleet may admit up to rate*window + burst, and should
+	// come close to it.
+	t.Run("full-shift", func(t *testing.T) {
+		fleet, la := loadedOnEdge0(t)
+		la.halt()
+		sleepFor(t, 3*time.Second)
+		smp := startSampler(t, fleet, "api", rate)
+		lc := startLoad(t, fleet[2], "api", 900)
+		// Within 5% of the share it ends with (rate less the others' floors).
+		took := waitFor(t, 10*time.Second, "edge-2 within 5% of its final share", func() (bool, string) {
+			s := shares(t, fleet, "api")
+			return s[2] >= 0.95*297, fmt.Sprint(s)
+		})
+		sleepFor(t, window-took)
+		got := float64(lc.allowed.Load())
+		smp.halt()
+		t.Logf("full-shift: admitted %v in the %v after the shift to an idle member, allowed rate*window+burst %v: ratio %.3f; share within 5%% of its final value after %v (%.2f intervals); %v",
+			got, window, allowed, got/allowed, took, took.Seconds()/testInterval.Seconds(), smp)
+		if got > allowed {
+			t.Errorf("full-shift: over-admitted: %v > %v", got, allowed)
+		}
+		checkCredits(t, fleet)
+	})
+
+	// The load jumps between members, each time to one that was idle for a
+	// while, and sometimes rests: every jump moves burst tokens, and none
+	// may be admitted twice. From full buckets, over the whole run the
+	// fleet admits at most rate*T + burst.
+	t.Run("alternating", func(t *testing.T) {
+		fleet := startFleet(t, etcdtest.Start(t), 3)
+		putAll(t, fleet, "api", globalSpec)
+		smp := startSampler(t, fleet, "api", rate)
+		start := time.Now()
+		var loads []*load
+		for i, at := range []int{0, 2, -1, 1, 0, -1, 2, 1, 0, 2} {
+			if at >= 0 {
+				loads = append(loads, startLoad(t, fleet[at], "api", 900))
+			}
+			sleepFor(t, time.Duration(i+1)*700*time.Millisecond-time.Since(start))
+			if at >= 0 {
+				loads[len(loads)-1].halt()
+			}
+		}
+		elapsed := time.Since(start)
+		smp.halt()
+		got, bound := float64(admitted(loads)), rate*elapsed.Seconds()+burst
+		t.Logf("alternating: admitted %v in %v from full buckets, bound rate*T+burst %.0f: ratio %.3f; %v",
+			got, elapsed.Round(time.Millisecond), bound, got/bound, smp)
+		// A request dated by time.Now() a moment before a share is lowered
+		// is decided after, against the lower share refilled from an
+		// instant later than its date: up to about a token per member.
+		if got > bound+float64(len(fleet)) {
+			t.Errorf("alternating: over-admitted: %v > %.0f + %d", got, bound, len(fleet))
+		}
+		if smp.excess > 5 {
+			t.Errorf("alternating: %v", smp)
+		}
+		checkCredits(t, fleet)
 	})
 }

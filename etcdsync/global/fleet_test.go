@@ -158,7 +158,12 @@ func startLoad(t *testing.T, m *member, id string, perSecond int) *load {
 			select {
 			case <-l.stop:
 				return
-			case now := <-tk.C:
+			case <-tk.C:
+				// Requests are dated when they are made, as a server
+				// dates them, not when the tick was due: a request dated
+				// tens of ms back, on a busy machine, would be decided
+				// against a share changed since.
+				now := time.Now()
 				due := int64(now.Sub(start)) * int64(perSecond) / int64(time.Second)
 				for ; sent < due; sent++ {
 					d, err := m.lim.AllowN(id, now, 1)

@@ -58,7 +58,8 @@ type Options struct {
 	// follows the bucket ID rules and may not contain '/'.
 	InstanceID string
 	// SyncInterval is how often this instance reports its demand; zero
-	// means DefaultSyncInterval.
+	// means DefaultSyncInterval. Demand that moves is reported at once,
+	// checked every twentieth of it.
 	SyncInterval time.Duration
 	// LeaseTTL is the lease time to live, in whole seconds; zero means
 	// DefaultLeaseTTL.

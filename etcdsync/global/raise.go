@@ -45,26 +45,54 @@ func rateLess(a, b limiter.Rate) bool {
 	return ahi < bhi || (ahi == bhi && alo < blo)
 }
 
-// scheduleRaiseLocked holds a raise of gb back for raiseGuard. A raise that
-// is already due keeps its time, so that a stream of changes cannot
-// postpone it forever. It requires c.mu.
-func (c *Coordinator) scheduleRaiseLocked(gb *gbucket) {
+// scheduleRaiseLocked holds a raise of gb to cfg back for raiseGuard. A
+// raise that is already due keeps its time and its config, so that a
+// stream of changes cannot postpone it forever (see raiseDueLocked). It
+// requires c.mu.
+func (c *Coordinator) scheduleRaiseLocked(gb *gbucket, cfg limiter.Config) {
 	if gb.raiseAt.IsZero() {
-		gb.raiseAt = time.Now().Add(c.raiseGuard())
+		gb.raiseAt, gb.raiseTo = time.Now().Add(c.raiseGuard()), cfg
 	}
 }
 
-// raiseDueLocked applies, in full, the share of every bucket whose raise is
-// due, recomputed now. It requires c.mu.
+// raiseDueLocked applies the held-back raise of every bucket whose raise is
+// due, with the tokens credited to it (release.go). A raise goes up to the
+// share computed last, except where that share is younger than the guard
+// (a batch that came while the raise waited): there, only up to the config
+// the raise was scheduled for, which is the guard old, and the rest waits
+// for the guard from that batch. It requires c.mu.
 func (c *Coordinator) raiseDueLocked(now time.Time) {
 	for id, gb := range c.buckets {
 		if gb.raiseAt.IsZero() || gb.raiseAt.After(now) {
 			continue
 		}
-		if err := c.applyLocked(id, gb, false); err != nil { // clears raiseAt
+		cur := gb.target.Config(gb.shadow)
+		safe := cur
+		if now.Before(gb.changedAt.Add(c.raiseGuard())) {
+			safe = lowerOf(gb.raiseTo, cur)
+		}
+		credit := max(min(gb.credit, safe.Burst-gb.applied.Burst), 0)
+		if safe == cur {
+			gb.raiseAt, gb.credit = time.Time{}, 0
+		} else {
+			// The credit left may still go in, up to the raise left.
+			gb.raiseAt, gb.raiseTo = gb.changedAt.Add(c.raiseGuard()), cur
+			gb.credit = min(gb.credit-credit, cur.Burst-safe.Burst)
+		}
+		if err := c.setLocked(id, gb, safe, credit, false); err != nil {
 			c.log.Error("global: applying share", zap.String("bucket", id), zap.Error(err))
 		}
 	}
+}
+
+// lowerOf returns the lower of a's and b's rates and of their bursts, with
+// b's shadow flag.
+func lowerOf(a, b limiter.Config) limiter.Config {
+	if rateLess(a.Rate, b.Rate) {
+		b.Rate = a.Rate
+	}
+	b.Burst = min(a.Burst, b.Burst)
+	return b
 }
 
 // armRaiseLocked sets t to fire at the earliest held-back raise, if any. It

@@ -39,6 +39,32 @@ func TestReportRoundTrip(t *testing.T) {
 	}
 }
 
+func TestReportWithRelease(t *testing.T) {
+	rel := releaseNote{seq: 3, tokens: []demandEntry{{"b", 7}, {"a", 49}}}
+	value, n := encodeReportWith([]demandEntry{{"a", 5}}, rel, 1<<20)
+	if want := `{"v":1,"d":{"a":5},"s":3,"r":{"a":49,"b":7}}`; string(value) != want || n != 1 {
+		t.Errorf("encodeReportWith = %s, %d; want %s, 1", value, n, want)
+	}
+	got, err := decodeFullReport(value)
+	if err != nil || got.demand["a"] != 5 || got.seq != 3 || got.freed["a"] != 49 || got.freed["b"] != 7 {
+		t.Errorf("decodeFullReport = %+v, %v", got, err)
+	}
+	// The release takes at most an eighth of the bound; demand the rest.
+	var many []demandEntry
+	for i := range 5000 {
+		many = append(many, demandEntry{fmt.Sprintf("tenant-%04d", i), uint64(i + 1)})
+	}
+	const max = 16 << 10
+	value, n = encodeReportWith(many, releaseNote{seq: 1, tokens: many}, max)
+	got, err = decodeFullReport(value)
+	if err != nil || len(value) > max || n == 0 || len(got.demand) != n {
+		t.Fatalf("%d bytes, %d entries, decoded %d: %v", len(value), n, len(got.demand), err)
+	}
+	if tail := len(value) - strings.Index(string(value), `,"s":`); len(got.freed) == 0 || tail > max/8+1 {
+		t.Errorf("%d released entries in %d bytes of a %d-byte report", len(got.freed), tail, max)
+	}
+}
+
 func TestReportBound(t *testing.T) {
 	// 10,000 buckets with 200-byte IDs do not fit in 64 KiB: the report
 	// keeps the busiest ones and stays under the bound.

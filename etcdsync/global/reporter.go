@@ -10,13 +10,15 @@ import (
 	"go.uber.org/zap"
 )
 
-// reporter runs once per sync interval: it measures demand and writes the
-// report if it changed. Between ticks it watches the lease deadline, so
-// that the fallback happens when the lease would expire, not up to an
-// interval later.
+// reporter runs once per sync interval (a tick): it measures demand and
+// writes the report if it changed. Between ticks it checks for demand that
+// moved (check.go) and writes releases (release.go) at once, and watches
+// the lease deadline, so that the fallback happens when the lease would
+// expire, not up to an interval later.
 func (c *Coordinator) reporter() {
 	defer c.wg.Done()
-	t := time.NewTimer(untilTick(time.Now(), c.opts.SyncInterval))
+	at, tick := c.nextRun(time.Now())
+	t := time.NewTimer(time.Until(at))
 	defer t.Stop()
 	deadline := time.NewTimer(time.Hour)
 	defer deadline.Stop()
@@ -25,8 +27,15 @@ func (c *Coordinator) reporter() {
 		case <-c.ctx.Done():
 			return
 		case now := <-t.C:
-			c.tick(now)
-			t.Reset(untilTick(time.Now(), c.opts.SyncInterval))
+			if tick {
+				c.tick(now)
+			} else {
+				c.check(now)
+			}
+			at, tick = c.nextRun(time.Now())
+			t.Reset(time.Until(at))
+		case <-c.writeNow:
+			c.publish(time.Now(), true)
 		case now := <-deadline.C:
 			c.mu.Lock()
 			c.checkLeaseLocked(now)
@@ -45,6 +54,18 @@ func (c *Coordinator) reporter() {
 	}
 }
 
+// nextRun returns the reporter's next instant after now, and whether it is
+// a tick (else a check): the next multiple of the interval or of the check
+// interval on the wall clock, whichever comes first.
+func (c *Coordinator) nextRun(now time.Time) (time.Time, bool) {
+	tick := now.Add(untilTick(now, c.opts.SyncInterval))
+	check := now.Add(untilTick(now, c.checkInterval()))
+	if check.Before(tick) {
+		return check, false
+	}
+	return tick, true
+}
+
 // untilTick is the time from now to the next multiple of interval on the
 // wall clock. Every member ticks at the same instants (to within clock
 // sync, milliseconds with NTP), so their reports measure the same window
@@ -57,14 +78,49 @@ func untilTick(now time.Time, interval time.Duration) time.Duration {
 
 func (c *Coordinator) tick(now time.Time) {
 	c.mu.Lock()
-	entries := c.measureLocked(now)
-	value, n := encodeReport(entries, c.opts.MaxReportBytes)
+	c.measureLocked(now)
+	c.events = 0
+	c.mu.Unlock()
+	c.publish(now, false)
+}
+
+// check writes the report at once if demand moved (see check.go).
+func (c *Coordinator) check(now time.Time) {
+	c.mu.Lock()
+	moved := c.checkDemandLocked(now)
+	c.mu.Unlock()
+	if moved {
+		c.publish(now, true)
+	}
+}
+
+// publish encodes the report from the demand last measured and the latest
+// release, and writes it if it changed. An event write (between ticks)
+// counts against maxEventWrites; over it, the report waits for the tick.
+func (c *Coordinator) publish(now time.Time, event bool) {
+	c.mu.Lock()
+	if event && (c.events >= maxEventWrites || c.state != stateJoined) {
+		c.mu.Unlock()
+		return
+	}
+	entries := c.entries[:0]
+	for id, gb := range c.buckets {
+		if gb.demand > 0 {
+			entries = append(entries, demandEntry{id: id, demand: gb.demand})
+		}
+	}
+	c.entries = entries
+	value, n := encodeReportWith(entries, c.releaseLocked(), c.opts.MaxReportBytes)
 	c.report, c.reported, c.omitted = value, n, len(entries)-n
 	c.checkLeaseLocked(now)
 	lease, joined := c.lease, c.state == stateJoined
 	unchanged := bytes.Equal(value, c.written)
 	if joined && unchanged {
 		c.lastReport = now
+	}
+	if event && !unchanged {
+		c.events++
+		c.eventWrites++
 	}
 	c.mu.Unlock()
 	// An unchanged report is not written again: the key keeps it under the

@@ -31,6 +31,13 @@ type Status struct {
 	ReportedBuckets, OmittedBuckets int
 	// ReportWrites counts the reports written to etcd; Joins counts joins.
 	ReportWrites, Joins uint64
+	// EventWrites counts the reports written between ticks (moved demand,
+	// releases); they are part of ReportWrites.
+	EventWrites uint64
+	// ReleasedTokens counts the tokens this instance's lowered bursts took
+	// away and it reported; CreditedTokens those its raises added from
+	// other members' releases.
+	ReleasedTokens, CreditedTokens uint64
 	// UnleasedKeys is how many keys under the members prefix have no lease
 	// now: they are not counted as members. IgnoredReports is how many
 	// members' reports are not used now (over 512 KiB, or not a report):
@@ -70,6 +77,9 @@ func (c *Coordinator) Status() Status {
 		OmittedBuckets:  c.omitted,
 		ReportWrites:    c.writes,
 		Joins:           c.joins,
+		EventWrites:     c.eventWrites,
+		ReleasedTokens:  c.released,
+		CreditedTokens:  c.credited,
 		IgnoredWrites:   c.ignoredWrites,
 		Buckets:         make(map[string]BucketStatus, len(c.buckets)),
 	}

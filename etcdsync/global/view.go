@@ -1,6 +1,7 @@
 package global
 
 import (
+	"math"
 	"slices"
 	"strings"
 
@@ -12,13 +13,16 @@ import (
 type view struct {
 	members []string                     // sorted
 	reports map[string]map[string]uint64 // member -> bucket -> demand; nil map: no report yet
+	seqs    map[string]uint64            // member -> number of its latest release seen
 }
 
 // dirtySet collects the buckets whose inputs changed since the last flush;
-// all means every bucket (the member set changed).
+// all means every bucket (the member set changed). freed sums the tokens
+// other members released since then, per bucket.
 type dirtySet struct {
-	all bool
-	ids map[string]struct{}
+	all   bool
+	ids   map[string]struct{}
+	freed map[string]uint64
 }
 
 func (d *dirtySet) add(id string) {
@@ -28,7 +32,14 @@ func (d *dirtySet) add(id string) {
 	d.ids[id] = struct{}{}
 }
 
-func (d *dirtySet) empty() bool { return !d.all && len(d.ids) == 0 }
+func (d *dirtySet) free(id string, tokens uint64) {
+	if d.freed == nil {
+		d.freed = map[string]uint64{}
+	}
+	d.freed[id] = min(d.freed[id]+min(tokens, math.MaxUint32), math.MaxUint64/2)
+}
+
+func (d *dirtySet) empty() bool { return !d.all && len(d.ids) == 0 && len(d.freed) == 0 }
 
 // memberID returns the instance ID of a member key, or false if the key is
 // not a member key.
@@ -67,18 +78,19 @@ func (c *Coordinator) readMemberKey(kv *mvccpb.KeyValue) (memberKey, bool) {
 	return memberKey{id: id, value: kv.Value}, true
 }
 
-// reportLocked returns the demand of a member key that counts as a member.
-// A report that is too large or does not decode counts as no demand: a bad
-// writer must not take the fleet's limits down. It requires c.mu.
-func (c *Coordinator) reportLocked(k memberKey) map[string]uint64 {
+// reportLocked returns the report of a member key that counts as a member.
+// A report that is too large or does not decode counts as no demand and no
+// release: a bad writer must not take the fleet's limits down. It requires
+// c.mu.
+func (c *Coordinator) reportLocked(k memberKey) report {
 	if k.reason != ignoreNone {
 		c.ignoreLocked(k.id, k.reason, nil)
-		return nil
+		return report{}
 	}
-	rep, err := decodeReport(k.value)
+	rep, err := decodeFullReport(k.value)
 	if err != nil {
 		c.ignoreLocked(k.id, ignoreUndecodable, err)
-		return nil
+		return report{}
 	}
 	delete(c.ignored, k.id)
 	return rep
@@ -104,7 +116,19 @@ func (c *Coordinator) applyEventLocked(ev *mvccpb.Event, dirty *dirtySet) {
 		}
 		return
 	}
-	rep := c.reportLocked(k)
+	full := c.reportLocked(k)
+	rep := full.demand
+	// A release counts once, and only from a member seen before it: a
+	// member's first report (at a relist too) only sets where it stands.
+	// This instance takes its part of its own releases too: when the
+	// allocation swings back, the member that gave tokens up gets some
+	// back, and the parts of all members still add up to the release.
+	if present && full.seq > v.seqs[k.id] {
+		for b, tokens := range full.freed {
+			dirty.free(b, tokens)
+		}
+	}
+	v.seqs[k.id] = full.seq
 	if !present {
 		v.members = slices.Insert(v.members, i, k.id)
 		v.reports[k.id] = rep
@@ -117,6 +141,11 @@ func (c *Coordinator) applyEventLocked(ev *mvccpb.Event, dirty *dirtySet) {
 	for b, d := range rep {
 		if old[b] != d {
 			dirty.add(b)
+		}
+		if d > old[b] && k.id != c.opts.InstanceID {
+			if gb, ok := c.buckets[b]; ok {
+				gb.othersRose = true // see checkDemandLocked
+			}
 		}
 	}
 	for b := range old {
@@ -132,6 +161,7 @@ func (c *Coordinator) removeMemberLocked(i int, dirty *dirtySet) {
 	id := v.members[i]
 	v.members = slices.Delete(v.members, i, i+1)
 	delete(v.reports, id)
+	delete(v.seqs, id)
 	dirty.all = true
 	if id == c.opts.InstanceID {
 		// Someone deleted our key, overwrote it without our lease, or the

@@ -1,0 +1,95 @@
+package global
+
+import (
+	"maps"
+	"slices"
+)
+
+// Releases move burst tokens between members. When demand moves, the
+// members whose shares shrink clamp their buckets to the lower bursts and
+// the tokens above them are lost, while the members whose shares grow start
+// from the few tokens their old, small bursts held: without more, a load
+// that moves to an idle member loses most of the bucket's burst. So a
+// member that lowers a burst by a significant part of the bucket's reports
+// the whole tokens the clamp took away (a release) at once, and a member
+// whose raise is held back by the guard adds its part of them to its bucket
+// when the raise applies.
+//
+// This keeps the bound rate*T + burst. The guard holds the raise back until
+// every member has applied the lowers, so, as before, the applied bursts
+// never add up to more than the bucket's. A member takes, from each
+// release, tokens in proportion to its target burst (target/burst), so all
+// members of one allocation together take at most what was released, and
+// each takes at most the raise still held back (target - applied burst).
+// The tokens held plus the credits still to be added thus never exceed the
+// sum of the target bursts, the bucket's burst: a released token is
+// admitted at most once, wherever it lands, and nothing else adds tokens.
+// A release that arrives after the raise applied is dropped (tokens are
+// lost, as before, never created).
+
+// maxEventWrites bounds the report writes an instance makes between two
+// ticks on top of the tick's own: moved demand (check.go) and releases.
+// A shift needs one or two of them on the members it touches: a moved
+// demand (two if the first window saw only part of the new load) and a
+// release.
+const maxEventWrites = 3
+
+// releaseMin is the smallest release worth a write: a twentieth of the
+// bucket's burst (at least one token). Smaller ones are dropped, so the
+// small lowers of a steady fleet whose demand wobbles cost no writes.
+func releaseMin(b Bucket) int64 { return max(b.Burst/20, 1) }
+
+// noteReleaseLocked records the tokens a lower of gb's burst took away and
+// wakes the reporter to write them, if they are worth it. It requires c.mu.
+func (c *Coordinator) noteReleaseLocked(id string, gb *gbucket, dropped int64) {
+	if dropped < releaseMin(gb.global) {
+		return
+	}
+	c.relPending[id] += uint64(dropped)
+	c.released += uint64(dropped)
+	select {
+	case c.writeNow <- struct{}{}:
+	default:
+	}
+}
+
+// releaseLocked returns the release the next report carries: the pending
+// tokens as a new release if there are any, else the latest one again. It
+// requires c.mu.
+func (c *Coordinator) releaseLocked() releaseNote {
+	if len(c.relPending) > 0 {
+		var tokens []demandEntry
+		for _, id := range slices.Sorted(maps.Keys(c.relPending)) {
+			tokens = append(tokens, demandEntry{id: id, demand: c.relPending[id]})
+		}
+		c.relNote = releaseNote{seq: c.relNote.seq + 1, tokens: tokens}
+		clear(c.relPending)
+	}
+	return c.relNote
+}
+
+// claimLocked credits this instance with its part of the tokens other
+// members released (bucket -> whole tokens), for each bucket whose raise
+// is held back: in proportion to its target burst, up to the raise. It
+// runs after a batch is applied, so the raise the batch holds back is
+// known; a raise that falls due while a batch with releases is gathered
+// waits for it (see follow). It requires c.mu.
+func (c *Coordinator) claimLocked(freed map[string]uint64) {
+	if c.state != stateJoined {
+		return
+	}
+	for id, tokens := range freed {
+		gb, ok := c.buckets[id]
+		if !ok || gb.raiseAt.IsZero() {
+			continue
+		}
+		room := gb.target.Burst - gb.applied.Burst
+		if room <= 0 {
+			continue
+		}
+		// tokens is capped at the burst (a report may claim anything), so
+		// the product stays below 2^60.
+		part := int64(min(tokens, uint64(gb.global.Burst))) * gb.target.Burst / gb.global.Burst
+		gb.credit = min(gb.credit+part, room)
+	}
+}
