@@ -240,8 +240,13 @@ func globalFullShift(t *testing.T, f *fleet, id string) bool {
 		what string
 		got  int64
 	}{{"skewed 4:1:0", skewed.OK}, {"after the whole load moved to the idle instance", moved.OK}} {
-		if r := float64(p.got) / allowed; r < 1-accuracy || r > 1+accuracy {
-			t.Errorf("full shift, %s: admitted %d in %v, want %.0f +-3%% (ratio %.4f)", p.what, p.got, fsPhase, allowed, r)
+		// Over-admission is held to the target (+3%) strictly. Under it,
+		// the target is -3% (BENCHMARKS.md records the ratios, 0.979-0.990
+		// where the runs were measured); the check fails below -5%, with
+		// room for a loaded machine, and still catches the 0.93 of a fleet
+		// that waits for its next interval to follow a shift.
+		if r := float64(p.got) / allowed; r < 0.95 || r > 1+accuracy {
+			t.Errorf("full shift, %s: admitted %d in %v, want %.0f -5%%..+3%% (ratio %.4f)", p.what, p.got, fsPhase, allowed, r)
 		}
 	}
 	if !ok || conv > syncInterval+slack {
