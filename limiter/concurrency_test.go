@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"fmt"
+	"math/big"
 	"math/rand/v2"
 	"runtime"
 	"sync"
@@ -301,5 +302,186 @@ func TestInsertAfterEvictingEverything(t *testing.T) {
 	n, ev, _, _ := d.stats()
 	if ev != 48 || n != 12 {
 		t.Fatalf("live %d, evictions %d", n, ev)
+	}
+}
+
+// Many goroutines take tokens from one explicit bucket while its shard
+// grows and shrinks (buckets created and deleted around it, moving its
+// slot and replacing its table, on and off the slab), its floor moves
+// (the rate's t is near 1e9, so the floor's range is ~4.6 s), its plan
+// changes and it is updated off and back onto the plan. Every config has
+// the same rate and burst in different words, so the changes carry its
+// tokens over unchanged and the admitted total must be exactly what the
+// exact model admits, never above burst + rate·elapsed. Time advances in
+// phases, each once a denial shows the bucket was drained; requests are
+// dated at their phase and config changes at the clock, which is never
+// ahead of a later request's date.
+func TestConcurrentHotBucketUnderChurn(t *testing.T) {
+	const tokens, burst = 499_999_993, 64 // t = 499999993: the floor moves often
+	cfgs := []Config{
+		{Rate: Rate{Tokens: tokens, Per: time.Second}, Burst: burst},
+		{Rate: Rate{Tokens: 2 * tokens, Per: 2 * time.Second}, Burst: burst},
+		{Rate: Rate{Tokens: tokens, Per: time.Second}, Burst: burst, Shadow: true},
+	}
+	phases, workers := 1500, 8
+	if raceEnabled || testing.Short() {
+		phases = 300
+	}
+	var (
+		clockMu sync.RWMutex // held for writing while time advances
+		date    atomic.Int64 // the current phase's date, ns after t0
+		phase   atomic.Int64
+		drained atomic.Int64 // the last phase in which a request was denied
+	)
+	drained.Store(-1)
+	l := New(WithClock(func() time.Time { return t0.Add(time.Duration(date.Load())) }))
+	defer l.Close()
+	if _, err := l.PutPlan("p", cfgs[0]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.PutBucketPlan("hot", "p"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := l.Demand("hot"); !ok { // counts every request from now on
+		t.Fatal("no demand counter")
+	}
+	// Other buckets in hot's shard: 3000 make its table larger than
+	// slabMinBytes.
+	shard := l.e.hash("hot") >> (64 - eShardBits)
+	var others []string
+	for i := 0; len(others) < 3000; i++ {
+		if id := fmt.Sprint("k", i); l.e.hash(id)>>(64-eShardBits) == shard {
+			others = append(others, id)
+		}
+	}
+
+	var admitted, requested atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				clockMu.RLock()
+				ph, now := phase.Load(), t0.Add(time.Duration(date.Load()))
+				d, err := l.AllowN("hot", now, 1)
+				if err == nil && !d.Allowed {
+					drained.Store(ph) // under the lock: never a past phase
+				}
+				clockMu.RUnlock()
+				requested.Add(1)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if d.Allowed {
+					admitted.Add(1)
+				}
+			}
+		}()
+	}
+	var changes, onSlab atomic.Int64
+	sh := &l.e.explicit.shards[shard]
+	wg.Add(1)
+	go func() { // churn
+		defer wg.Done()
+		r := rand.New(rand.NewPCG(3, 4))
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			n := r.IntN(len(others) + 1)
+			for _, id := range others[:n] {
+				if r.IntN(2) == 0 {
+					must(t, l.CreateBucketConfig(id, cfgs[r.IntN(len(cfgs))]))
+				} else if _, err := l.PutBucketPlan(id, "p"); err != nil {
+					t.Error(err)
+				}
+			}
+			if tab := sh.tab.Load(); tab != nil && tab.win != nil {
+				onSlab.Add(1)
+			}
+			for _, j := range r.Perm(n) {
+				must(t, l.DeleteBucket(others[j]))
+				if j%64 == 0 {
+					if _, err := l.PutPlan("p", cfgs[r.IntN(len(cfgs))]); err != nil {
+						t.Error(err)
+					}
+				}
+				if j%97 == 0 {
+					if r.IntN(2) == 0 {
+						must(t, l.UpdateBucketConfig("hot", cfgs[r.IntN(len(cfgs))]))
+					} else if _, err := l.PutBucketPlan("hot", "p"); err != nil {
+						t.Error(err)
+					}
+				}
+			}
+			changes.Add(1)
+		}
+	}()
+
+	for drained.Load() != 0 { // the first decision sets the shard's floor
+		runtime.Gosched()
+	}
+	floor0 := sh.floor.Load()
+	ref := &refBucket{cfg: cfgs[0]}
+	want, last := int64(0), int64(0)
+	r := rand.New(rand.NewPCG(1, 2))
+	deadline := time.Now().Add(2 * time.Minute)
+	for ph := int64(0); ; ph++ {
+		for drained.Load() != ph {
+			if time.Now().After(deadline) {
+				t.Fatalf("phase %d never drained", ph)
+			}
+			runtime.Gosched()
+		}
+		// Every request of this phase was dated last: the model admits
+		// until its first denial there.
+		for ref.allowN(last, 1).allowed {
+			want++
+		}
+		if ph == int64(phases) {
+			break
+		}
+		step := r.Int64N(40) // ns: 0-40 tokens
+		if ph%50 == 49 {
+			step = int64(600*time.Millisecond) + r.Int64N(int64(600*time.Millisecond))
+		}
+		clockMu.Lock()
+		last += step
+		date.Store(last)
+		phase.Add(1)
+		clockMu.Unlock()
+	}
+	close(stop)
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	got := admitted.Load()
+	bound := new(big.Rat).Mul(big.NewRat(tokens, int64(time.Second)), rat(last))
+	bound.Add(bound, rat(burst))
+	if rat(got).Cmp(bound) > 0 {
+		t.Fatalf("admitted %d > burst + rate·elapsed = %s", got, bound.FloatString(1))
+	}
+	if got != want {
+		t.Fatalf("admitted %d, the exact model admits %d", got, want)
+	}
+	if dem, _ := l.Demand("hot"); dem != uint64(requested.Load()) {
+		t.Fatalf("demand %d, requests %d", dem, requested.Load())
+	}
+	t.Logf("%d phases, %d admitted of %d requests, %d churn rounds (%d on the slab)",
+		phases, got, requested.Load(), changes.Load(), onSlab.Load())
+	if changes.Load() == 0 || onSlab.Load() == 0 || sh.floor.Load() < floor0+int64(time.Second) {
+		t.Fatalf("the shard did not change enough alongside: %d rounds, %d on the slab, floor moved %v",
+			changes.Load(), onSlab.Load(), time.Duration(sh.floor.Load()-floor0))
 	}
 }
