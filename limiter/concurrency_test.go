@@ -452,7 +452,7 @@ func TestConcurrentHotBucketUnderChurn(t *testing.T) {
 			break
 		}
 		step := r.Int64N(40) // ns: 0-40 tokens
-		if ph%50 == 49 {
+		if ph%10 == 9 {
 			step = int64(600*time.Millisecond) + r.Int64N(int64(600*time.Millisecond))
 		}
 		clockMu.Lock()
@@ -483,5 +483,79 @@ func TestConcurrentHotBucketUnderChurn(t *testing.T) {
 	if changes.Load() == 0 || onSlab.Load() == 0 || sh.floor.Load() < floor0+int64(time.Second) {
 		t.Fatalf("the shard did not change enough alongside: %d rounds, %d on the slab, floor moved %v",
 			changes.Load(), onSlab.Load(), time.Duration(sh.floor.Load()-floor0))
+	}
+}
+
+// A decision that holds a slot's state word (between its CAS and its
+// store) holds up every writer that converts, moves or copies the slot,
+// and what it stores is what they carry over.
+func TestSlotLockHoldsWriters(t *testing.T) {
+	cfg := Config{Rate: PerSecond(1), Burst: 10}
+	now := t0
+	for _, w := range []struct {
+		name  string
+		write func(l *Limiter, same []string)
+		check bool // the tokens the holder took are still taken at now
+	}{
+		{"update", func(l *Limiter, _ []string) {
+			must(t, l.UpdateBucketConfig("hot", Config{Rate: PerSecond(1), Burst: 10, Shadow: true}))
+		}, true},
+		{"plan", func(l *Limiter, _ []string) {
+			if _, err := l.PutPlan("p", Config{Rate: PerSecond(1), Burst: 10, Shadow: true}); err != nil {
+				t.Error(err)
+			}
+		}, true},
+		{"grow", func(l *Limiter, same []string) { // the 13th bucket grows the table
+			for _, id := range same[:12] {
+				must(t, l.CreateBucketConfig(id, cfg))
+			}
+		}, true},
+		{"rebase", func(l *Limiter, same []string) { // a request 80 years on moves the floor
+			must(t, l.CreateBucketConfig(same[0], cfg))
+			l.AllowN(same[0], now.Add(80*365*24*time.Hour), 1)
+		}, false},
+	} {
+		t.Run(w.name, func(t *testing.T) {
+			l := New(WithClock(func() time.Time { return now }))
+			defer l.Close()
+			if _, err := l.PutPlan("p", cfg); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := l.PutBucketPlan("hot", "p"); err != nil {
+				t.Fatal(err)
+			}
+			if d, _ := l.AllowN("hot", now, 1); !d.Allowed {
+				t.Fatal("denied")
+			}
+			e := l.e
+			h := e.hash("hot")
+			var same []string
+			for i := 0; len(same) < 12; i++ {
+				if id := fmt.Sprint("k", i); e.hash(id)>>(64-eShardBits) == h>>(64-eShardBits) {
+					same = append(same, id)
+				}
+			}
+			sh := e.explicit.shard(h)
+			sh.mu.Lock()
+			sl := sh.lookup(e, &ekey{h: nonzero(h), id: "hot"})
+			sh.mu.Unlock()
+			p := e.cfgs.get(sl.meta & cfgMask)
+			s := sl.lock() // a decision that took the lock before the writer began
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				w.write(l, same)
+			}()
+			select {
+			case <-done:
+				t.Fatal("the writer did not wait for the slot")
+			case <-time.After(50 * time.Millisecond):
+			}
+			sl.unlock(s + 3*uint64(p.p)) // it takes 3 tokens
+			<-done
+			if d, _ := l.AllowN("hot", now, 0); w.check && d.Remaining != 6 {
+				t.Fatalf("%d tokens left, want 10 - 1 - 3", d.Remaining)
+			}
+		})
 	}
 }
