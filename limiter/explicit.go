@@ -52,9 +52,9 @@ import (
 // the word, computes the new state, clears sLive by CAS (taking the lock),
 // then checks that the sequence number is still the one its reads were made
 // under, and stores the new state with sLive set (or, if the number moved,
-// the state it found). Every writer that changes what a slot's state means
-// (its place, its config, the floor it is relative to) or that a table
-// slot's memory is reused for takes the same lock first, so:
+// the state it found). Every writer that moves a slot, converts its state
+// (to a new config or floor) or retires it with its table takes the same
+// lock first, so:
 //
 //   - a decision whose check passed took the lock before the writer bumped
 //     the number, so the writer waits for its store and then converts or
