@@ -248,7 +248,8 @@ func (s *explicitSet) decideFast(e *engine, sh *eshard, sl *eslot, k *ekey, now,
 				return r, nil, false, false
 			}
 		case w&sLive == 0 || !atomic.CompareAndSwapUint64(&sl.s, w, w&^sLive):
-			continue // another decision is storing: read again
+			backOff() // another decision is storing: read again, later
+			continue
 		case sh.seq.Load() != seq:
 			atomic.StoreUint64(&sl.s, w)
 			return r, nil, false, false
@@ -264,6 +265,21 @@ func (s *explicitSet) decideFast(e *engine, sh *eshard, sl *eslot, k *ekey, now,
 // fastTries bounds decideFast's retries under contention; past it, the
 // decision queues on the mutex instead.
 const fastTries = 64
+
+// backOff spins for a few hundred ns without touching shared memory. A
+// decision that lost the race for a slot waits, so that the winner stores
+// and decides again while the slot's cache line is still in its core:
+// retrying at once moves the line back and forth for every decision
+// (BENCHMARKS.md: about half the CPU per admission on one key from two
+// cores).
+//
+//go:noinline
+func backOff() (x int) {
+	for i := range 400 {
+		x += i ^ x
+	}
+	return x
+}
 
 // decideLocked decides under the shard's mutex. hint, if not nil, is the
 // bucket's slot as found by an optimistic read at sequence number seq.
