@@ -493,27 +493,27 @@ func (sh *eshard) setConfig(e *engine, sl *eslot, ci uint32, q *params, now int6
 	p := e.cfgs.get(meta & cfgMask)
 	sh.seq.Add(1)
 	defer sh.seq.Add(1)
-	if p.cfg == q.cfg { // the same config under another index: same units
+	// The same config under another index has the same units, and a full
+	// bucket stays full: neither changes the state. A decision that locks
+	// the slot after this read sees the odd sequence number and puts back
+	// what it found.
+	if p.cfg == q.cfg || !sh.ready.Load() || atomic.LoadUint64(&sl.s) == sLive {
 		atomic.StoreUint64(&sl.meta, meta&^cfgMask|uint64(ci))
 		return
 	}
-	// raiseFloor locks the slots it converts, so this one is taken after.
+	floor := sh.floor.Load()
+	now = max(now, floor)
+	if lim := min(p.lim, q.lim) / 2; uint64(now-floor) > uint64(lim) {
+		sh.raiseFloor(e, now-lim)
+		floor = sh.floor.Load()
+	}
+	// After raiseFloor, which locks the slots it converts.
 	v := uint64(0)
-	if sh.ready.Load() && atomic.LoadUint64(&sl.s) != sLive {
-		floor := sh.floor.Load()
-		now = max(now, floor)
-		if lim := min(p.lim, q.lim) / 2; uint64(now-floor) > uint64(lim) {
-			sh.raiseFloor(e, now-lim)
-			floor = sh.floor.Load()
+	if s := sl.lock(); s > uint64(now-floor)*uint64(p.t) { // not full: carry the tokens over
+		next := convert(p, q, tat{base: floor, s: int64(s)}, now)
+		if next.s != sFull {
+			v = uint64(now-floor)*uint64(q.t) + uint64(next.s)
 		}
-		if s := sl.lock(); s > uint64(now-floor)*uint64(p.t) { // not full: carry the tokens over
-			next := convert(p, q, tat{base: floor, s: int64(s)}, now)
-			if next.s != sFull {
-				v = uint64(now-floor)*uint64(q.t) + uint64(next.s)
-			}
-		}
-	} else {
-		sl.lock()
 	}
 	atomic.StoreUint64(&sl.meta, meta&^cfgMask|uint64(ci))
 	sl.unlock(v)
