@@ -269,9 +269,8 @@ const fastTries = 64
 // backOff spins for a few hundred ns without touching shared memory. A
 // decision that lost the race for a slot waits, so that the winner stores
 // and decides again while the slot's cache line is still in its core:
-// retrying at once moves the line back and forth for every decision
-// (BENCHMARKS.md: about half the CPU per admission on one key from two
-// cores).
+// retrying at once moves the line back and forth on every attempt
+// (BENCHMARKS.md, the hot-key rows).
 //
 //go:noinline
 func backOff() (x int) {
