@@ -323,17 +323,15 @@ func TestConcurrentHotBucketUnderChurn(t *testing.T) {
 		{Rate: Rate{Tokens: 2 * tokens, Per: 2 * time.Second}, Burst: burst},
 		{Rate: Rate{Tokens: tokens, Per: time.Second}, Burst: burst, Shadow: true},
 	}
-	phases, workers := 1500, 8
+	phases, workers := 20000, 8
 	if raceEnabled || testing.Short() {
-		phases = 300
+		phases = 3000
 	}
 	var (
 		clockMu sync.RWMutex // held for writing while time advances
 		date    atomic.Int64 // the current phase's date, ns after t0
 		phase   atomic.Int64
-		drained atomic.Int64 // the last phase in which a request was denied
 	)
-	drained.Store(-1)
 	l := New(WithClock(func() time.Time { return t0.Add(time.Duration(date.Load())) }))
 	defer l.Close()
 	if _, err := l.PutPlan("p", cfgs[0]); err != nil {
@@ -348,11 +346,45 @@ func TestConcurrentHotBucketUnderChurn(t *testing.T) {
 	// Other buckets in hot's shard: 3000 make its table larger than
 	// slabMinBytes.
 	shard := l.e.hash("hot") >> (64 - eShardBits)
+	sh := &l.e.explicit.shards[shard]
 	var others []string
 	for i := 0; len(others) < 3000; i++ {
 		if id := fmt.Sprint("k", i); l.e.hash(id)>>(64-eShardBits) == shard {
 			others = append(others, id)
 		}
+	}
+
+	// The first denial in a phase ends it: no request dated at the phase
+	// can be admitted after one, so the model, fed the phase's date until
+	// its first denial, admits what the phase did.
+	ref := &refBucket{cfg: cfgs[0]}
+	r := rand.New(rand.NewPCG(1, 2))
+	var want, last, floor0 int64 // guarded by clockMu
+	finished := make(chan struct{})
+	endPhase := func(ph int64) {
+		clockMu.Lock()
+		defer clockMu.Unlock()
+		if phase.Load() != ph {
+			return // ended by another denial
+		}
+		for ref.allowN(last, 1).allowed {
+			want++
+		}
+		if ph == 0 { // the first decision set the shard's floor
+			floor0 = sh.floor.Load()
+		}
+		if ph == int64(phases) {
+			close(finished)
+		}
+		step := r.Int64N(40) // ns: 0-40 tokens
+		if ph%10 == 9 {
+			step = int64(600*time.Millisecond) + r.Int64N(int64(600*time.Millisecond))
+		}
+		if ph < int64(phases) {
+			last += step
+			date.Store(last)
+		}
+		phase.Add(1)
 	}
 
 	var admitted, requested atomic.Int64
@@ -371,28 +403,26 @@ func TestConcurrentHotBucketUnderChurn(t *testing.T) {
 				clockMu.RLock()
 				ph, now := phase.Load(), t0.Add(time.Duration(date.Load()))
 				d, err := l.AllowN("hot", now, 1)
-				if err == nil && !d.Allowed {
-					drained.Store(ph) // under the lock: never a past phase
-				}
 				clockMu.RUnlock()
 				requested.Add(1)
-				if err != nil {
+				switch {
+				case err != nil:
 					t.Error(err)
 					return
-				}
-				if d.Allowed {
+				case d.Allowed:
 					admitted.Add(1)
+				default:
+					endPhase(ph)
 				}
 			}
 		}()
 	}
 	var changes, onSlab atomic.Int64
-	sh := &l.e.explicit.shards[shard]
 	wg.Add(1)
 	go func() { // churn
 		defer wg.Done()
 		r := rand.New(rand.NewPCG(3, 4))
-		for i := 0; ; i++ {
+		for {
 			select {
 			case <-stop:
 				return
@@ -427,45 +457,18 @@ func TestConcurrentHotBucketUnderChurn(t *testing.T) {
 			changes.Add(1)
 		}
 	}()
-
-	for drained.Load() != 0 { // the first decision sets the shard's floor
-		runtime.Gosched()
-	}
-	floor0 := sh.floor.Load()
-	ref := &refBucket{cfg: cfgs[0]}
-	want, last := int64(0), int64(0)
-	r := rand.New(rand.NewPCG(1, 2))
-	deadline := time.Now().Add(2 * time.Minute)
-	for ph := int64(0); ; ph++ {
-		for drained.Load() != ph {
-			if time.Now().After(deadline) {
-				t.Fatalf("phase %d never drained", ph)
-			}
-			runtime.Gosched()
-		}
-		// Every request of this phase was dated last: the model admits
-		// until its first denial there.
-		for ref.allowN(last, 1).allowed {
-			want++
-		}
-		if ph == int64(phases) {
-			break
-		}
-		step := r.Int64N(40) // ns: 0-40 tokens
-		if ph%10 == 9 {
-			step = int64(600*time.Millisecond) + r.Int64N(int64(600*time.Millisecond))
-		}
-		clockMu.Lock()
-		last += step
-		date.Store(last)
-		phase.Add(1)
-		clockMu.Unlock()
+	select {
+	case <-finished:
+	case <-time.After(2 * time.Minute):
+		t.Errorf("stuck in phase %d", phase.Load())
 	}
 	close(stop)
 	wg.Wait()
 	if t.Failed() {
 		return
 	}
+	// The phase after the last is never ended: its requests come after
+	// the last phase's denial, at the same date, so none was admitted.
 	got := admitted.Load()
 	bound := new(big.Rat).Mul(big.NewRat(tokens, int64(time.Second)), rat(last))
 	bound.Add(bound, rat(burst))
