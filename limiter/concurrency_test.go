@@ -308,7 +308,7 @@ func TestInsertAfterEvictingEverything(t *testing.T) {
 // Many goroutines take tokens from one explicit bucket while its shard
 // grows and shrinks (buckets created and deleted around it, moving its
 // slot and replacing its table, on and off the slab), its floor moves
-// (the rate's t is near 1e9, so the floor's range is ~4.6 s), its plan
+// (the rate's t is 5·10⁸, so the floor's range is ~4.6 s), its plan
 // changes and it is updated off and back onto the plan. Every config has
 // the same rate and burst in different words, so the changes carry its
 // tokens over unchanged and the admitted total must be exactly what the
