@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"fmt"
+	"math/big"
 	"math/rand/v2"
 	"runtime"
 	"sync"
@@ -301,5 +302,263 @@ func TestInsertAfterEvictingEverything(t *testing.T) {
 	n, ev, _, _ := d.stats()
 	if ev != 48 || n != 12 {
 		t.Fatalf("live %d, evictions %d", n, ev)
+	}
+}
+
+// Many goroutines take tokens from one explicit bucket while its shard
+// grows and shrinks (buckets created and deleted around it, moving its
+// slot and replacing its table, on and off the slab), its floor moves
+// (the rate's t is 5·10⁸, so the floor's range is ~4.6 s), its plan
+// changes and it is updated off and back onto the plan. Every config has
+// the same rate and burst in different words, so the changes carry its
+// tokens over unchanged and the admitted total must be exactly what the
+// exact model admits, never above burst + rate·elapsed. Time advances in
+// phases, each once a denial shows the bucket was drained; requests are
+// dated at their phase and config changes at the clock, which is never
+// ahead of a later request's date.
+func TestConcurrentHotBucketUnderChurn(t *testing.T) {
+	const tokens, burst = 499_999_993, 64 // t = 499999993: the floor moves often
+	cfgs := []Config{
+		{Rate: Rate{Tokens: tokens, Per: time.Second}, Burst: burst},
+		{Rate: Rate{Tokens: 2 * tokens, Per: 2 * time.Second}, Burst: burst},
+		{Rate: Rate{Tokens: tokens, Per: time.Second}, Burst: burst, Shadow: true},
+	}
+	phases, workers := 20000, 8
+	if raceEnabled || testing.Short() {
+		phases = 3000
+	}
+	var (
+		clockMu sync.RWMutex // held for writing while time advances
+		date    atomic.Int64 // the current phase's date, ns after t0
+		phase   atomic.Int64
+	)
+	l := New(WithClock(func() time.Time { return t0.Add(time.Duration(date.Load())) }))
+	defer l.Close()
+	if _, err := l.PutPlan("p", cfgs[0]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.PutBucketPlan("hot", "p"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := l.Demand("hot"); !ok { // counts every request from now on
+		t.Fatal("no demand counter")
+	}
+	// Other buckets in hot's shard: 3000 make its table larger than
+	// slabMinBytes.
+	shard := l.e.hash("hot") >> (64 - eShardBits)
+	sh := &l.e.explicit.shards[shard]
+	var others []string
+	for i := 0; len(others) < 3000; i++ {
+		if id := fmt.Sprint("k", i); l.e.hash(id)>>(64-eShardBits) == shard {
+			others = append(others, id)
+		}
+	}
+
+	// The first denial in a phase ends it: no request dated at the phase
+	// can be admitted after one, so the model, fed the phase's date until
+	// its first denial, admits what the phase did.
+	ref := &refBucket{cfg: cfgs[0]}
+	r := rand.New(rand.NewPCG(1, 2))
+	var want, last, floor0 int64 // guarded by clockMu
+	finished := make(chan struct{})
+	endPhase := func(ph int64) {
+		clockMu.Lock()
+		defer clockMu.Unlock()
+		if phase.Load() != ph {
+			return // ended by another denial
+		}
+		for ref.allowN(last, 1).allowed {
+			want++
+		}
+		if ph == 0 { // the first decision set the shard's floor
+			floor0 = sh.floor.Load()
+		}
+		if ph == int64(phases) {
+			close(finished)
+		}
+		step := r.Int64N(40) // ns: 0-40 tokens
+		if ph%10 == 9 {
+			step = int64(600*time.Millisecond) + r.Int64N(int64(600*time.Millisecond))
+		}
+		if ph < int64(phases) {
+			last += step
+			date.Store(last)
+		}
+		phase.Add(1)
+	}
+
+	var admitted, requested atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				clockMu.RLock()
+				ph, now := phase.Load(), t0.Add(time.Duration(date.Load()))
+				d, err := l.AllowN("hot", now, 1)
+				clockMu.RUnlock()
+				requested.Add(1)
+				switch {
+				case err != nil:
+					t.Error(err)
+					return
+				case d.Allowed:
+					admitted.Add(1)
+				default:
+					endPhase(ph)
+				}
+			}
+		}()
+	}
+	var changes, onSlab atomic.Int64
+	wg.Add(1)
+	go func() { // churn
+		defer wg.Done()
+		r := rand.New(rand.NewPCG(3, 4))
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			n := r.IntN(len(others) + 1)
+			for _, id := range others[:n] {
+				if r.IntN(2) == 0 {
+					must(t, l.CreateBucketConfig(id, cfgs[r.IntN(len(cfgs))]))
+				} else if _, err := l.PutBucketPlan(id, "p"); err != nil {
+					t.Error(err)
+				}
+			}
+			if tab := sh.tab.Load(); tab != nil && tab.win != nil {
+				onSlab.Add(1)
+			}
+			for _, j := range r.Perm(n) {
+				must(t, l.DeleteBucket(others[j]))
+				if j%64 == 0 {
+					if _, err := l.PutPlan("p", cfgs[r.IntN(len(cfgs))]); err != nil {
+						t.Error(err)
+					}
+				}
+				if j%97 == 0 {
+					if r.IntN(2) == 0 {
+						must(t, l.UpdateBucketConfig("hot", cfgs[r.IntN(len(cfgs))]))
+					} else if _, err := l.PutBucketPlan("hot", "p"); err != nil {
+						t.Error(err)
+					}
+				}
+			}
+			changes.Add(1)
+		}
+	}()
+	select {
+	case <-finished:
+	case <-time.After(2 * time.Minute):
+		t.Errorf("stuck in phase %d", phase.Load())
+	}
+	close(stop)
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	// The phase after the last is never ended: its requests come after
+	// the last phase's denial, at the same date, so none was admitted.
+	got := admitted.Load()
+	bound := new(big.Rat).Mul(big.NewRat(tokens, int64(time.Second)), rat(last))
+	bound.Add(bound, rat(burst))
+	if rat(got).Cmp(bound) > 0 {
+		t.Fatalf("admitted %d > burst + rate·elapsed = %s", got, bound.FloatString(1))
+	}
+	if got != want {
+		t.Fatalf("admitted %d, the exact model admits %d", got, want)
+	}
+	if dem, _ := l.Demand("hot"); dem != uint64(requested.Load()) {
+		t.Fatalf("demand %d, requests %d", dem, requested.Load())
+	}
+	t.Logf("%d phases, %d admitted of %d requests, %d churn rounds (%d on the slab)",
+		phases, got, requested.Load(), changes.Load(), onSlab.Load())
+	if changes.Load() == 0 || onSlab.Load() == 0 || sh.floor.Load() < floor0+int64(time.Second) {
+		t.Fatalf("the shard did not change enough alongside: %d rounds, %d on the slab, floor moved %v",
+			changes.Load(), onSlab.Load(), time.Duration(sh.floor.Load()-floor0))
+	}
+}
+
+// A decision that holds a slot's state word (between its CAS and its
+// store) holds up every writer that converts, moves or copies the slot,
+// and what it stores is what they carry over.
+func TestSlotLockHoldsWriters(t *testing.T) {
+	cfg := Config{Rate: PerSecond(1), Burst: 10}
+	now := t0
+	for _, w := range []struct {
+		name  string
+		write func(l *Limiter, same []string)
+		check bool // the tokens the holder took are still taken at now
+	}{
+		{"update", func(l *Limiter, _ []string) {
+			must(t, l.UpdateBucketConfig("hot", Config{Rate: PerSecond(1), Burst: 10, Shadow: true}))
+		}, true},
+		{"plan", func(l *Limiter, _ []string) {
+			if _, err := l.PutPlan("p", Config{Rate: PerSecond(1), Burst: 10, Shadow: true}); err != nil {
+				t.Error(err)
+			}
+		}, true},
+		{"grow", func(l *Limiter, same []string) { // the 13th bucket grows the table
+			for _, id := range same[:12] {
+				must(t, l.CreateBucketConfig(id, cfg))
+			}
+		}, true},
+		{"rebase", func(l *Limiter, same []string) { // a request 80 years on moves the floor
+			must(t, l.CreateBucketConfig(same[0], cfg))
+			l.AllowN(same[0], now.Add(80*365*24*time.Hour), 1)
+		}, false},
+	} {
+		t.Run(w.name, func(t *testing.T) {
+			l := New(WithClock(func() time.Time { return now }))
+			defer l.Close()
+			if _, err := l.PutPlan("p", cfg); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := l.PutBucketPlan("hot", "p"); err != nil {
+				t.Fatal(err)
+			}
+			if d, _ := l.AllowN("hot", now, 1); !d.Allowed {
+				t.Fatal("denied")
+			}
+			e := l.e
+			h := e.hash("hot")
+			var same []string
+			for i := 0; len(same) < 12; i++ {
+				if id := fmt.Sprint("k", i); e.hash(id)>>(64-eShardBits) == h>>(64-eShardBits) {
+					same = append(same, id)
+				}
+			}
+			sh := e.explicit.shard(h)
+			sh.mu.Lock()
+			sl := sh.lookup(e, &ekey{h: nonzero(h), id: "hot"})
+			sh.mu.Unlock()
+			p := e.cfgs.get(sl.meta & cfgMask)
+			s := sl.lock() // a decision that took the lock before the writer began
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				w.write(l, same)
+			}()
+			select {
+			case <-done:
+				t.Fatal("the writer did not wait for the slot")
+			case <-time.After(50 * time.Millisecond):
+			}
+			sl.unlock(s + 3*uint64(p.p)) // it takes 3 tokens
+			<-done
+			if d, _ := l.AllowN("hot", now, 0); w.check && d.Remaining != 6 {
+				t.Fatalf("%d tokens left, want 10 - 1 - 3", d.Remaining)
+			}
+		})
 	}
 }

@@ -97,9 +97,12 @@
 // first reads optimistically, without the mutex: a denial or a query whose
 // sequence number did not change meanwhile is answered from shared memory
 // only read, so a hot key that is being denied scales across cores. A
-// request that takes tokens redoes its lookup under the mutex. Changes to
-// explicit buckets, plans and the config table are serialized by one admin
-// mutex, taken before any shard mutex and never on the request path.
+// request that takes tokens from a dynamic bucket redoes its lookup under
+// the mutex; one that takes them from an explicit bucket locks only the
+// bucket's state word (one CAS; explicit.go shows why that is exact).
+// Changes to explicit buckets, plans and the config table are serialized
+// by one admin mutex, taken before any shard mutex and never on the
+// request path.
 // Shards are padded to 128 bytes.
 //
 // A decision never allocates, except to build an ErrInvalidCost error.

@@ -3,6 +3,7 @@ package limiter
 import (
 	"math"
 	"math/bits"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -38,13 +39,37 @@ import (
 // before the floor is decided as if dated at the floor, which never admits
 // more.
 //
-// Concurrency, as in the dynamic tables: a shard's mutex serializes
-// writers (admitted requests, config changes, inserts and deletes) and a
-// sequence number, odd while a writer restructures the table or changes a
-// slot's config, lets a denial or a query decide without writing shared
-// memory. An insert fills a slot's state before its h, so a reader that
-// sees the h sees the rest. Structural changes (admin operations) are
-// serialized by engine.admin, taken before any shard mutex.
+// Concurrency. A shard's mutex serializes writers (config changes,
+// inserts, deletes, moving the floor) and a sequence number, odd while a
+// writer restructures the table, moves the floor or changes a slot's
+// config, lets a decision read the shard without the mutex. An insert
+// fills a slot's state before its h, so a reader that sees the h sees the
+// rest. Structural changes (admin operations) are serialized by
+// engine.admin, taken before any shard mutex.
+//
+// An admitted request does not take the mutex either: the top bit of a
+// slot's state word (sLive) is a lock. A decision that takes tokens reads
+// the word, computes the new state, clears sLive by CAS (taking the lock),
+// then checks that the sequence number is still the one its reads were made
+// under, and stores the new state with sLive set (or, if the number moved,
+// the state it found). Every writer that moves a slot, converts its state
+// (to a new config or floor) or retires it with its table takes the same
+// lock first, so:
+//
+//   - a decision whose check passed took the lock before the writer bumped
+//     the number, so the writer waits for its store and then converts or
+//     moves the state it wrote: nothing is lost;
+//   - a decision whose check failed puts back exactly what it found, which
+//     nobody can have changed while it held the lock: nothing is changed;
+//   - within one sequence number a state only grows, so a CAS cannot
+//     succeed on a value that came back (no ABA).
+//
+// A decision may hold a stale pointer, into a table that was replaced and
+// whose memory was reused. That is safe because a word whose sLive is clear
+// can never be locked: empty slots, slots of a replaced table (its writer
+// locks every live one and never unlocks them) and freshly cleared memory
+// all have it clear, so a stale decision can lock only a live slot of some
+// current table, and then only restores it, as above.
 
 const (
 	eShardBits = 6
@@ -58,8 +83,29 @@ const (
 type eslot struct {
 	h    uint64 // 0: empty; atomic access
 	meta uint64 // fingerprint<<fpShift | demandFlag | config index; atomic access
-	s    uint64 // TAT = floor + s/t ns; atomic access
+	s    uint64 // sLive | state; TAT = floor + state/t ns; atomic access
 }
+
+// sLive is set in the state word of a live slot that nobody holds. States
+// stay below 2^62 (now-floor and the window are each below 2^61 units).
+const sLive = 1 << 63
+
+// lock takes the slot's state word and returns the state. The slot must be
+// live; whoever else holds it (a decision) lets go within a few
+// instructions, unless it is descheduled, hence the yield.
+func (sl *eslot) lock() uint64 {
+	for i := 0; ; i++ {
+		if w := atomic.LoadUint64(&sl.s); w&sLive != 0 && atomic.CompareAndSwapUint64(&sl.s, w, w&^sLive) {
+			return w &^ sLive
+		}
+		if i >= 16 {
+			runtime.Gosched()
+		}
+	}
+}
+
+// unlock stores state v and lets the slot go.
+func (sl *eslot) unlock(v uint64) { atomic.StoreUint64(&sl.s, v|sLive) }
 
 type etable struct {
 	slots []eslot
@@ -166,7 +212,7 @@ func (s *explicitSet) decide(e *engine, h uint64, id string, now, n int64) (r re
 			}
 		case !sh.ready.Load(): // the shard's first decision sets its floor
 		default:
-			if r, p, over, ok := s.decideRead(e, sh, sl, &k, now, n, seq); ok {
+			if r, p, over, ok := s.decideFast(e, sh, sl, &k, now, n, seq); ok {
 				return r, p, over
 			}
 			hint = sl
@@ -175,10 +221,11 @@ func (s *explicitSet) decide(e *engine, h uint64, id string, now, n int64) (r re
 	return s.decideLocked(e, sh, &k, now, n, hint, seq)
 }
 
-// decideRead is the optimistic attempt: it answers a denial or a query
-// from a read of the slot, valid if the sequence number is still seq. ok
-// is false if the decision needs the mutex.
-func (s *explicitSet) decideRead(e *engine, sh *eshard, sl *eslot, k *ekey, now, n int64, seq uint64) (r result, p *params, over, ok bool) {
+// decideFast decides without the mutex: a denial or a query from a read of
+// the slot, valid if the sequence number is still seq; an admission by
+// locking the slot's state word (see the top of this file). ok is false if
+// the decision needs the mutex.
+func (s *explicitSet) decideFast(e *engine, sh *eshard, sl *eslot, k *ekey, now, n int64, seq uint64) (r result, p *params, over, ok bool) {
 	meta := atomic.LoadUint64(&sl.meta)
 	p = e.cfgs.get(meta & cfgMask)
 	floor := sh.floor.Load()
@@ -190,12 +237,47 @@ func (s *explicitSet) decideRead(e *engine, sh *eshard, sl *eslot, k *ekey, now,
 	if m > p.burst {
 		m, over = 0, true
 	}
-	r, _ = p.take(atomic.LoadUint64(&sl.s), uint64(now-floor)*uint64(p.t), m)
-	if (r.allowed && m > 0) || sh.seq.Load() != seq {
-		return r, nil, false, false
+	nowU := uint64(now-floor) * uint64(p.t)
+	for range fastTries {
+		w := atomic.LoadUint64(&sl.s)
+		r, next := p.take(w&^sLive, nowU, m)
+		switch {
+		case !r.allowed || m == 0:
+			// A held word still holds the last stored state.
+			if sh.seq.Load() != seq {
+				return r, nil, false, false
+			}
+		case w&sLive == 0 || !atomic.CompareAndSwapUint64(&sl.s, w, w&^sLive):
+			backOff() // another decision is storing: read again, later
+			continue
+		case sh.seq.Load() != seq:
+			atomic.StoreUint64(&sl.s, w)
+			return r, nil, false, false
+		default:
+			sl.unlock(next)
+		}
+		s.countDemand(meta, k, n)
+		return r, p, over, true
 	}
-	s.countDemand(meta, k, n)
-	return r, p, over, true
+	return r, nil, false, false
+}
+
+// fastTries bounds decideFast's retries under contention; past it, the
+// decision queues on the mutex instead.
+const fastTries = 64
+
+// backOff spins for a few hundred ns without touching shared memory. A
+// decision that lost the race for a slot waits, so that the winner stores
+// and decides again while the slot's cache line is still in its core:
+// retrying at once moves the line back and forth on every attempt
+// (BENCHMARKS.md, the hot-key rows).
+//
+//go:noinline
+func backOff() (x int) {
+	for i := range 400 {
+		x += i ^ x
+	}
+	return x
 }
 
 // decideLocked decides under the shard's mutex. hint, if not nil, is the
@@ -232,10 +314,8 @@ func (s *explicitSet) decideLocked(e *engine, sh *eshard, k *ekey, now, n int64,
 		m, over = 0, true
 	}
 	var next uint64
-	r, next = p.take(sl.s, uint64(now-floor)*uint64(p.t), m)
-	if next != sl.s {
-		atomic.StoreUint64(&sl.s, next)
-	}
+	r, next = p.take(sl.lock(), uint64(now-floor)*uint64(p.t), m)
+	sl.unlock(next)
 	sh.mu.Unlock()
 	s.countDemand(meta, k, n)
 	return r, p, over
@@ -275,19 +355,22 @@ func (sh *eshard) raiseFloor(e *engine, floor int64) {
 	}
 	for i := range t.slots {
 		sl := &t.slots[i]
-		if sl.h == 0 || sl.s == 0 {
+		// A full bucket stays full. A decision that locks it after this
+		// read sees the odd sequence number and puts it back.
+		if sl.h == 0 || atomic.LoadUint64(&sl.s) == sLive {
 			continue
 		}
+		s := sl.lock()
 		p := e.cfgs.get(sl.meta & cfgMask)
 		hi, delta := bits.Mul64(dt, uint64(p.t))
 		if hi != 0 {
 			delta = math.MaxUint64
 		}
 		v := uint64(0)
-		if sl.s > delta {
-			v = sl.s - delta
+		if s > delta {
+			v = s - delta
 		}
-		atomic.StoreUint64(&sl.s, v)
+		sl.unlock(v)
 	}
 }
 
@@ -318,7 +401,7 @@ func (s *explicitSet) insert(e *engine, sh *eshard, k *ekey, ci uint32) {
 		}
 	}
 	// State before h: a reader that sees h sees the rest.
-	atomic.StoreUint64(&t.slots[i].s, 0)
+	t.slots[i].unlock(0)
 	atomic.StoreUint64(&t.slots[i].meta, fp<<fpShift|uint64(ci))
 	atomic.StoreUint64(&t.slots[i].h, h)
 	sh.n++
@@ -333,7 +416,8 @@ func (s *explicitSet) resize(sh *eshard, n int) {
 	slots, win := s.slabs.alloc(size)
 	t := &etable{slots: slots, win: win}
 	if old != nil {
-		for _, sl := range old.slots {
+		for j := range old.slots {
+			sl := &old.slots[j]
 			if sl.h != 0 {
 				i := t.home(sl.h)
 				for t.slots[i].h != 0 {
@@ -341,7 +425,11 @@ func (s *explicitSet) resize(sh *eshard, n int) {
 						i = 0
 					}
 				}
-				t.slots[i] = sl // t is not published yet
+				// t is not published yet. The old slot stays locked: no
+				// decision can store into it after its state was copied,
+				// nor into its memory once that is reused.
+				t.slots[i].h, t.slots[i].meta = sl.h, sl.meta
+				t.slots[i].unlock(sl.lock())
 			}
 		}
 	}
@@ -361,6 +449,9 @@ func (s *explicitSet) remove(sh *eshard, sl *eslot) uint64 {
 	hole := int((uintptr(unsafe.Pointer(sl)) - uintptr(unsafe.Pointer(&t.slots[0]))) / unsafe.Sizeof(eslot{}))
 	meta := sl.meta
 	sh.seq.Add(1)
+	// The hole is locked, and so is every slot moved out of: a decision
+	// that found one of them stores nothing into it.
+	sl.lock()
 	for j := (hole + 1) % n; t.slots[j].h != 0; j = (j + 1) % n {
 		home := t.home(t.slots[j].h)
 		if (j-home+n)%n >= (j-hole+n)%n {
@@ -385,10 +476,13 @@ func (s *explicitSet) remove(sh *eshard, sl *eslot) uint64 {
 	return meta
 }
 
+// moveSlot moves src's bucket into dst, which the caller holds, and
+// leaves src held.
 func moveSlot(dst, src *eslot) {
+	s := src.lock()
 	atomic.StoreUint64(&dst.h, src.h)
 	atomic.StoreUint64(&dst.meta, src.meta)
-	atomic.StoreUint64(&dst.s, src.s)
+	dst.unlock(s)
 }
 
 // setConfig moves the slot to config index ci (params q) at time now,
@@ -399,28 +493,35 @@ func (sh *eshard) setConfig(e *engine, sl *eslot, ci uint32, q *params, now, cre
 	p := e.cfgs.get(meta & cfgMask)
 	sh.seq.Add(1)
 	defer sh.seq.Add(1)
-	if p.cfg == q.cfg { // the same config under another index: same units
+	// The same config under another index has the same units, and a full
+	// bucket stays full: neither changes the state. A decision that locks
+	// the slot after this read sees the odd sequence number and puts back
+	// what it found.
+	if p.cfg == q.cfg {
 		atomic.StoreUint64(&sl.meta, meta&^cfgMask|uint64(ci))
 		return 0, 0
 	}
-	v := uint64(0)
 	dropped = max(p.burst-q.burst, 0) // a full bucket stays full
-	if sh.ready.Load() && sl.s != 0 {
-		floor := sh.floor.Load()
-		now = max(now, floor)
-		if lim := min(p.lim, q.lim) / 2; uint64(now-floor) > uint64(lim) {
-			sh.raiseFloor(e, now-lim)
-			floor = sh.floor.Load()
-		}
-		if sl.s > uint64(now-floor)*uint64(p.t) { // not full: carry the tokens over
-			var next tat
-			next, dropped, added = convert(p, q, tat{base: floor, s: int64(sl.s)}, now, credit)
-			if next.s != sFull {
-				v = uint64(now-floor)*uint64(q.t) + uint64(next.s)
-			}
+	if !sh.ready.Load() || atomic.LoadUint64(&sl.s) == sLive {
+		atomic.StoreUint64(&sl.meta, meta&^cfgMask|uint64(ci))
+		return dropped, 0
+	}
+	floor := sh.floor.Load()
+	now = max(now, floor)
+	if lim := min(p.lim, q.lim) / 2; uint64(now-floor) > uint64(lim) {
+		sh.raiseFloor(e, now-lim)
+		floor = sh.floor.Load()
+	}
+	// After raiseFloor, which locks the slots it converts.
+	v := uint64(0)
+	if s := sl.lock(); s > uint64(now-floor)*uint64(p.t) { // not full: carry the tokens over
+		var next tat
+		next, dropped, added = convert(p, q, tat{base: floor, s: int64(s)}, now, credit)
+		if next.s != sFull {
+			v = uint64(now-floor)*uint64(q.t) + uint64(next.s)
 		}
 	}
-	atomic.StoreUint64(&sl.s, v)
 	atomic.StoreUint64(&sl.meta, meta&^cfgMask|uint64(ci))
+	sl.unlock(v)
 	return dropped, added
 }
