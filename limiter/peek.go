@@ -4,6 +4,7 @@ import (
 	"math"
 	"math/bits"
 	"runtime"
+	"sync/atomic"
 	"time"
 )
 
@@ -63,9 +64,10 @@ func (s *explicitSet) peek(e *engine, h uint64, id string) (p *params, tat uint6
 	if sl == nil {
 		return nil, 0, 0, false
 	}
-	// Before the shard's first decision every bucket in it is full (s is
-	// 0, whatever the floor).
-	return e.cfgs.get(sl.meta & cfgMask), sl.s, sh.floor.Load(), true
+	// Before the shard's first decision every bucket in it is full (the
+	// state is 0, whatever the floor). The word's sLive bit is the slot's
+	// lock, not state; a decision holding it leaves the last stored state.
+	return e.cfgs.get(sl.meta & cfgMask), atomic.LoadUint64(&sl.s) &^ sLive, sh.floor.Load(), true
 }
 
 // peek returns a dynamic bucket's TAT and its shard's floor; held is false
