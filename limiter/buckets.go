@@ -215,17 +215,23 @@ func (s *explicitSet) setDemand(k slotKey, c *demandCounter) {
 // configOf returns the config index and params of the bucket named id;
 // p is nil if there is no such bucket.
 func (s *explicitSet) configOf(e *engine, id string) (ci uint32, p *params) {
-	h := e.hash(id)
+	s.withSlot(e, e.hash(id), id, func(_ *eshard, sl *eslot) {
+		ci = uint32(sl.meta & cfgMask)
+		p = e.cfgs.get(uint64(ci))
+	})
+	return ci, p
+}
+
+// withSlot calls fn with the slot of the bucket named id (hash h), under
+// its shard's mutex, if there is one.
+func (s *explicitSet) withSlot(e *engine, h uint64, id string, fn func(*eshard, *eslot)) {
 	sh := s.shard(h)
 	k := ekey{h: nonzero(h), id: id}
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	sl := sh.lookup(e, &k)
-	if sl == nil {
-		return 0, nil
+	if sl := sh.lookup(e, &k); sl != nil {
+		fn(sh, sl)
 	}
-	ci = uint32(sl.meta & cfgMask)
-	return ci, e.cfgs.get(uint64(ci))
 }
 
 // repoint moves every bucket on config index from to index to (params q)

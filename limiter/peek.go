@@ -56,18 +56,14 @@ func (l *Limiter) Peek(bucketID string, now time.Time) (st BucketState, ok bool)
 
 // peek returns an explicit bucket's config, TAT and shard floor.
 func (s *explicitSet) peek(e *engine, h uint64, id string) (p *params, tat uint64, floor int64, ok bool) {
-	sh := s.shard(h)
-	k := ekey{h: nonzero(h), id: id}
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	sl := sh.lookup(e, &k)
-	if sl == nil {
-		return nil, 0, 0, false
-	}
-	// Before the shard's first decision every bucket in it is full (the
-	// state is 0, whatever the floor). The word's sLive bit is the slot's
-	// lock, not state; a decision holding it leaves the last stored state.
-	return e.cfgs.get(sl.meta & cfgMask), atomic.LoadUint64(&sl.s) &^ sLive, sh.floor.Load(), true
+	s.withSlot(e, h, id, func(sh *eshard, sl *eslot) {
+		// Before the shard's first decision every bucket in it is full
+		// (the state is 0, whatever the floor). The word's sLive bit is the
+		// slot's lock, not state; a decision holding it leaves the last
+		// stored state.
+		p, tat, floor, ok = e.cfgs.get(sl.meta&cfgMask), atomic.LoadUint64(&sl.s)&^sLive, sh.floor.Load(), true
+	})
+	return p, tat, floor, ok
 }
 
 // peek returns a dynamic bucket's TAT and its shard's floor; held is false
