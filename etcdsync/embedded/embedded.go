@@ -184,6 +184,18 @@ var bootstrapNoise = map[string]bool{
 	"Failed to detect schema version":  true,
 }
 
+// singleNodeAdvice are the warnings etcd gives at every start about
+// choices meant for a cluster in production, which this single-node,
+// loopback-only server makes on purpose: one port for gRPC and HTTP, the
+// default member name (renaming would not match existing data dirs), and
+// simple auth tokens. They go to debug level.
+var singleNodeAdvice = map[string]bool{
+	"Running http and grpc server on single port. This is not recommended for production.": true,
+	"it isn't recommended to use default name, please set a value for --name. " +
+		"Note that etcd might run into issue when multiple members have the same default name": true,
+	"simple token is not cryptographically signed": true,
+}
+
 func bootstrapError(fields []zapcore.Field) bool {
 	for _, f := range fields {
 		if err, ok := f.Interface.(error); ok && f.Key == "error" {
@@ -194,10 +206,11 @@ func bootstrapError(fields []zapcore.Field) bool {
 	return false
 }
 
-// quiet is etcd's log core. It logs stopNoise while the server stops, and
-// bootstrapNoise with its bootstrap errors, at debug level, so that neither
-// a stop nor a first start reads as a failure; every other entry, and these
-// entries at any other time or with any other error, keep their level.
+// quiet is etcd's log core. It logs stopNoise while the server stops,
+// bootstrapNoise with its bootstrap errors, and singleNodeAdvice, at debug
+// level, so that neither a stop nor a start reads as a problem; every other
+// entry, and these entries at any other time or with any other error, keep
+// their level.
 type quiet struct {
 	zapcore.Core
 	stopping *atomic.Bool
@@ -208,7 +221,7 @@ func (q quiet) With(fields []zapcore.Field) zapcore.Core {
 }
 
 func (q quiet) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
-	if q.stopping.Load() && stopNoise[e.Message] {
+	if (q.stopping.Load() && stopNoise[e.Message]) || singleNodeAdvice[e.Message] {
 		e.Level = zapcore.DebugLevel
 	}
 	if bootstrapNoise[e.Message] && q.Core.Enabled(e.Level) {
