@@ -25,15 +25,18 @@ func init() {
 const (
 	adminPrefix  = "/edge-limit/"
 	adminStatus  = adminPrefix + "status"
-	adminBuckets = adminPrefix + "buckets/"
+	adminBucket  = adminPrefix + "buckets"
+	adminBuckets = adminBucket + "/"
 	adminKeys    = adminPrefix + "keys/"
 )
 
 // AdminAPI serves the live state of the running edge_limit app on Caddy's
-// admin API: GET /edge-limit/status, /edge-limit/buckets/<id> and
-// /edge-limit/keys/<zone> (the key in a POST body, or in ?key= where the
-// zone logs keys). It reads the active config's state; it changes nothing,
-// and it lists no client key: a dynamic key is looked up only when given.
+// admin API: GET /edge-limit/status, POST /edge-limit/buckets (the bucket
+// ID in the body) and /edge-limit/keys/<zone> (the key in a POST body, or
+// in ?key= where the zone logs keys). It reads the active config's state;
+// it changes nothing, and it lists no client key: a key or a bucket ID is
+// looked up only when given. IDs and keys travel in bodies because Caddy
+// logs every admin request's URI at info, and a bucket ID can be an API key.
 type AdminAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -48,6 +51,7 @@ func (AdminAPI) CaddyModule() caddy.ModuleInfo {
 func (AdminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
 		{Pattern: adminStatus, Handler: caddy.AdminHandlerFunc(serveStatus)},
+		{Pattern: adminBucket, Handler: caddy.AdminHandlerFunc(serveBucket)},
 		{Pattern: adminBuckets, Handler: caddy.AdminHandlerFunc(serveBucket)},
 		{Pattern: adminKeys, Handler: caddy.AdminHandlerFunc(serveKey)},
 	}
@@ -76,7 +80,7 @@ func newBucketState(st limiter.BucketState) bucketState {
 	return bucketState{Config: newConfigInfo(st.Config), Tokens: st.Tokens, UntilFullSeconds: st.UntilFull.Seconds()}
 }
 
-// bucketInfo answers GET /edge-limit/buckets/<id>.
+// bucketInfo answers POST /edge-limit/buckets.
 type bucketInfo struct {
 	ID string `json:"id"`
 	// Source is "etcd", or "snapshot" while the first list from etcd is
@@ -274,13 +278,19 @@ func pathParam(r *http.Request, prefix, what string) (string, error) {
 	return v, nil
 }
 
+// serveBucket shows one explicit bucket. The ID comes in a POST form body
+// (id=...): Caddy logs admin request URIs, and bucket IDs are often API
+// keys, so an ID in the path is refused.
 func serveBucket(w http.ResponseWriter, r *http.Request) error {
-	if err := onlyGet(r); err != nil {
-		return err
+	switch {
+	case r.Method != http.MethodPost:
+		return apiError(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed; use POST with the bucket ID in a form body (id=...), as caddy edge-limit inspect does", r.Method))
+	case r.URL.Path != adminBucket:
+		return apiError(http.StatusBadRequest, errors.New("a bucket ID in the path would reach Caddy's admin log: POST /edge-limit/buckets with the ID in a form body (id=...)"))
 	}
-	id, err := pathParam(r, adminBuckets, "bucket id")
-	if err != nil {
-		return err
+	id := r.PostFormValue("id")
+	if id == "" {
+		return apiError(http.StatusBadRequest, errors.New("no bucket ID given: send id=... in a form body"))
 	}
 	a, err := activeApp()
 	if err != nil {
@@ -289,7 +299,8 @@ func serveBucket(w http.ResponseWriter, r *http.Request) error {
 	s := a.state
 	st, ok := s.explicit.Peek(id, time.Now())
 	if !ok {
-		return apiError(http.StatusNotFound, fmt.Errorf("no explicit bucket %q in force here (a value that etcd holds but that was rejected is not in force: see edgelimit_etcd_rejected_configs_total and the log)", id))
+		// The answer does not repeat the ID: Caddy logs admin errors.
+		return apiError(http.StatusNotFound, errors.New("no explicit bucket with that ID is in force here (a value that etcd holds but that was rejected is not in force: see edgelimit_etcd_rejected_configs_total and the log)"))
 	}
 	out := bucketInfo{ID: id, Source: "etcd", Scope: "local", bucketState: newBucketState(st)}
 	out.Plan, _ = s.explicit.BucketPlan(id)

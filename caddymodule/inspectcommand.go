@@ -77,8 +77,8 @@ and for a global bucket the fleet's members with their demands and shares.
 
 With --zone and --key it looks up the key as the zone's handlers would: the
 explicit bucket of that name, else the zone's dynamic bucket, without making
-one. The key goes in the request body, which Caddy does not log; the shell's
-history and the process list do show it.`,
+one. The bucket ID and the key go in the request body, which Caddy does not
+log; the shell's history and the process list do show them.`,
 		Args: cobra.MaximumNArgs(1),
 	}
 	ac.flags(cmd)
@@ -90,7 +90,7 @@ history and the process list do show it.`,
 		switch {
 		case len(args) == 1 && zone == "" && key == "":
 			var b bucketInfo
-			return ac.do(out, http.MethodGet, adminBuckets+url.PathEscape(args[0]), nil, &b, func() error { return printBucketInfo(out, b) })
+			return ac.do(out, http.MethodPost, adminBucket, url.Values{"id": {args[0]}}, &b, func() error { return printBucketInfo(out, b) })
 		case len(args) == 0 && zone != "" && key != "":
 			var k keyInfo
 			return ac.do(out, http.MethodPost, adminKeys+url.PathEscape(zone), url.Values{"key": {key}}, &k, func() error { return printKeyInfo(out, k) })

@@ -193,7 +193,7 @@ func TestAdminAPI(t *testing.T) {
 
 	t.Run("bucket", func(t *testing.T) {
 		var acme adminBucket
-		if st := adminJSON(t, a, "GET", "/edge-limit/buckets/acme", nil, &acme); st != 200 {
+		if st := adminJSON(t, a, "POST", "/edge-limit/buckets", url.Values{"id": {"acme"}}, &acme); st != 200 {
 			t.Fatalf("status %d", st)
 		}
 		if acme.Source != "etcd" || acme.Scope != "local" || acme.Plan != "" || acme.Revision <= 0 ||
@@ -202,24 +202,37 @@ func TestAdminAPI(t *testing.T) {
 			t.Errorf("acme: %+v", acme)
 		}
 		var globex adminBucket
-		adminJSON(t, a, "GET", "/edge-limit/buckets/globex", nil, &globex)
+		adminJSON(t, a, "POST", "/edge-limit/buckets", url.Values{"id": {"globex"}}, &globex)
 		if globex.Plan != "gold" || globex.Config.Burst != 200 || globex.Tokens != 200 {
 			t.Errorf("globex: %+v", globex)
 		}
-		if st := adminJSON(t, a, "GET", "/edge-limit/buckets/nobody", nil, nil); st != http.StatusNotFound {
+		if st := adminJSON(t, a, "POST", "/edge-limit/buckets", url.Values{"id": {"nobody-7f3a"}}, nil); st != http.StatusNotFound {
 			t.Errorf("a missing bucket: status %d, want 404", st)
 		}
-		if st := adminJSON(t, a, "DELETE", "/edge-limit/buckets/acme", nil, nil); st != http.StatusMethodNotAllowed {
+		_, stderr := a.Proc().Logs()
+		for _, id := range []string{"globex", "nobody-7f3a"} {
+			if strings.Contains(stderr, id) {
+				t.Errorf("Caddy's log holds the bucket ID %q, which was sent in a POST body", id)
+			}
+		}
+		if st := adminJSON(t, a, "DELETE", "/edge-limit/buckets", url.Values{"id": {"acme"}}, nil); st != http.StatusMethodNotAllowed {
 			t.Errorf("DELETE: status %d, want 405", st)
+		}
+		// A bucket ID can be an API key, and Caddy logs admin URIs.
+		if st := adminJSON(t, a, "GET", "/edge-limit/buckets/acme", nil, nil); st != http.StatusMethodNotAllowed {
+			t.Errorf("GET with the ID in the path: status %d, want 405", st)
+		}
+		if st := adminJSON(t, a, "POST", "/edge-limit/buckets/acme", url.Values{"id": {"acme"}}, nil); st != http.StatusBadRequest {
+			t.Errorf("POST with the ID in the path: status %d, want 400", st)
 		}
 	})
 
 	t.Run("global", func(t *testing.T) {
-		// An ID with a '/', escaped in the path.
-		path := "/edge-limit/buckets/" + url.PathEscape("team/search")
+		// An ID with a '/'.
+		id := url.Values{"id": {"team/search"}}
 		e2e.Eventually(t, 20*time.Second, "edge-a's view of both members' shares", func() error {
 			var g adminBucket
-			if st := adminJSON(t, a, "GET", path, nil, &g); st != 200 {
+			if st := adminJSON(t, a, "POST", "/edge-limit/buckets", id, &g); st != 200 {
 				return fmt.Errorf("status %d", st)
 			}
 			if g.Scope != "global" || g.Global == nil || g.Global.State != "joined" || len(g.Global.Members) != 2 {
