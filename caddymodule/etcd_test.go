@@ -13,18 +13,14 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/edgelimit/edgelimit/etcdsync/etcdtest"
+	"github.com/edgelimit/edgelimit/tests/testutil"
 )
 
-// eventually polls cond until it holds or the deadline passes.
+// eventually is testutil.Until every 10 ms: most conditions send a
+// request, which may spend a token.
 func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, within)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Until(t, within, 10*time.Millisecond, what, cond)
 }
 
 func put(t *testing.T, cli *clientv3.Client, key, val string) {

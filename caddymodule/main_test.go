@@ -3,7 +3,6 @@ package caddymodule
 import (
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -11,6 +10,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/caddytest"
+
+	"github.com/edgelimit/edgelimit/tests/testutil"
 )
 
 // Ports of the in-process Caddy that caddytest starts once per test binary;
@@ -21,19 +22,10 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	adminPort, httpPort = freePort(), freePort()
+	adminPort, httpPort = testutil.FreePort(nil), testutil.FreePort(nil)
 	caddytest.Default.AdminPort = adminPort
 	caddytest.Default.Certificates = nil
 	os.Exit(m.Run())
-}
-
-func freePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // site returns a Caddyfile with the admin and HTTP ports filled in. In

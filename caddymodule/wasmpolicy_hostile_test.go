@@ -16,6 +16,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddytest"
 
+	"github.com/edgelimit/edgelimit/tests/testutil"
 	"github.com/edgelimit/edgelimit/wasm/wasmtest"
 	"github.com/edgelimit/edgelimit/wasm/wasmtest/pin"
 )
@@ -502,14 +503,8 @@ func callsInFlight(path string) int {
 	return n
 }
 
-// waitUntil polls cond until it holds or a generous deadline passes.
+// waitUntil is testutil.Until with a generous deadline, every 5 ms.
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Until(t, time.Minute, 5*time.Millisecond, what, cond)
 }

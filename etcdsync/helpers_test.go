@@ -15,6 +15,7 @@ import (
 
 	"github.com/edgelimit/edgelimit/etcdsync/etcdtest"
 	"github.com/edgelimit/edgelimit/limiter"
+	"github.com/edgelimit/edgelimit/tests/testutil"
 )
 
 const testPrefix = "/edgelimit-test/"
@@ -26,16 +27,11 @@ func ctxT(t testing.TB) context.Context {
 	return ctx
 }
 
-// waitFor polls cond until it holds or the deadline passes.
+// waitFor is testutil.Until every 2 ms: the conditions are cheap reads of
+// the limiter or the syncer.
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	testutil.Until(t, timeout, 2*time.Millisecond, what, cond)
 }
 
 func mustPut(t testing.TB, cli *clientv3.Client, key, val string) int64 {

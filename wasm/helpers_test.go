@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgelimit/edgelimit/tests/testutil"
 	"github.com/edgelimit/edgelimit/wasm/abi"
 )
 
@@ -35,14 +36,9 @@ func req(path string, headers ...string) *abi.Request {
 	return r
 }
 
-// waitFor polls cond until it holds or the deadline passes.
+// waitFor is testutil.Until with a 20 s deadline, every millisecond: the
+// conditions are cheap reads of a module's state.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testutil.Until(t, 20*time.Second, time.Millisecond, what, cond)
 }

@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -19,24 +18,17 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddytest"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/edgelimit/edgelimit/tests/testutil"
 )
 
 var adminPort, httpPort int
 
 func TestMain(m *testing.M) {
-	adminPort, httpPort = freePort(), freePort()
+	adminPort, httpPort = testutil.FreePort(nil), testutil.FreePort(nil)
 	caddytest.Default.AdminPort = adminPort
 	caddytest.Default.Certificates = nil
 	os.Exit(m.Run())
-}
-
-func freePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 func status(t *testing.T, tc *caddytest.Tester, key string) (int, string) {
@@ -57,8 +49,8 @@ func status(t *testing.T, tc *caddytest.Tester, key string) (int, string) {
 // the server and the data.
 func TestEmbeddedEtcd(t *testing.T) {
 	dir := t.TempDir()
-	clientURL := fmt.Sprintf("http://127.0.0.1:%d", freePort())
-	peerURL := fmt.Sprintf("http://127.0.0.1:%d", freePort())
+	clientURL := fmt.Sprintf("http://127.0.0.1:%d", testutil.FreePort(t))
+	peerURL := fmt.Sprintf("http://127.0.0.1:%d", testutil.FreePort(t))
 	cfg := func(body string) string {
 		return fmt.Sprintf(`{
 	admin localhost:%d

@@ -2,6 +2,7 @@ package global
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/edgelimit/edgelimit/etcdsync"
 	"github.com/edgelimit/edgelimit/etcdsync/etcdtest"
 	"github.com/edgelimit/edgelimit/limiter"
+	"github.com/edgelimit/edgelimit/tests/testutil"
 )
 
 // Test timings: short enough to keep the suite quick, long enough for a
@@ -114,23 +116,16 @@ func shares(t *testing.T, fleet []*member, id string) []float64 {
 // near reports whether got is within tol of want.
 func near(got, want, tol float64) bool { return got >= want-tol && got <= want+tol }
 
-// waitFor polls cond every 5 ms until it holds or timeout passes, and
-// returns how long it took. cond returns a description of the state for
-// the failure message.
+// waitFor is testutil.Eventually every 5 ms, and returns how long it took.
+// cond returns a description of the state for the failure message.
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) time.Duration {
 	t.Helper()
-	start := time.Now()
-	deadline := start.Add(timeout)
-	for {
-		ok, state := cond()
-		if ok {
-			return time.Since(start)
+	return testutil.Eventually(t, timeout, 5*time.Millisecond, what, func() error {
+		if ok, state := cond(); !ok {
+			return errors.New(state)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: not yet %s: %s", timeout, what, state)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // load offers perSecond requests per second to one bucket of one member,

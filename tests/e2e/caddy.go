@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/edgelimit/edgelimit/tests/testutil"
 )
 
 // caddyReadyTimeout bounds a Caddy start: provisioning includes connecting
@@ -135,9 +137,9 @@ func (c *Caddy) env() []string {
 // waitReady polls the admin endpoint and the HTTP port.
 func (c *Caddy) waitReady(timeout time.Duration) error {
 	client := &http.Client{Timeout: time.Second}
-	_, err := Poll(timeout, func() error {
+	_, err := testutil.Poll(timeout, pollEvery, func() error {
 		if !c.proc.Running() {
-			return stopPoll{fmt.Errorf("%w before it was ready: %s: %v", errExited, c.Name, c.proc.err)}
+			return testutil.Stop(fmt.Errorf("%w before it was ready: %s: %v", errExited, c.Name, c.proc.err))
 		}
 		resp, err := client.Get("http://" + c.AdminAddr() + "/config/")
 		if err != nil {
@@ -154,9 +156,8 @@ func (c *Caddy) waitReady(timeout time.Duration) error {
 		drain(resp)
 		return nil
 	})
-	var sp stopPoll
-	if errors.As(err, &sp) {
-		return sp.err
+	if errors.Is(err, errExited) {
+		return err
 	}
 	if err != nil {
 		return fmt.Errorf("e2e: %s not ready after %v: %w", c.Name, timeout, err)

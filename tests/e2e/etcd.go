@@ -14,6 +14,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/edgelimit/edgelimit/tests/testutil"
 )
 
 // EtcdBin is Debian's etcd server (3.4), installed by .ci/run.
@@ -224,11 +226,11 @@ func (m *EtcdMember) waitReady(timeout time.Duration) error {
 		return fmt.Errorf("e2e: etcd client to %s: %w", m.ClientURL(), err)
 	}
 	defer cli.Close()
-	_, err = Poll(timeout, func() error {
+	_, err = testutil.Poll(timeout, pollEvery, func() error {
 		select {
 		case <-m.proc.Done():
 			_, stderr := m.proc.Logs()
-			return stopPoll{fmt.Errorf("%w: %s: %v\n%s", errExited, m.Name, m.proc.err, tail(stderr))}
+			return testutil.Stop(fmt.Errorf("%w: %s: %v\n%s", errExited, m.Name, m.proc.err, tail(stderr)))
 		default:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -242,9 +244,8 @@ func (m *EtcdMember) waitReady(timeout time.Duration) error {
 		}
 		return nil
 	})
-	var sp stopPoll
-	if errors.As(err, &sp) {
-		return sp.err
+	if errors.Is(err, errExited) {
+		return err
 	}
 	if err != nil {
 		return fmt.Errorf("e2e: %s at %s not ready after %v: %w", m.Name, m.ClientURL(), timeout, err)

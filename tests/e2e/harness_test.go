@@ -13,6 +13,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/edgelimit/edgelimit/tests/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -123,7 +125,7 @@ func TestLoadFixedRate(t *testing.T) {
 		{Name: "a", URL: srv.URL, Header: http.Header{"X-Key": {"k"}}, Rate: 200},
 		{Name: "b", URL: srv.URL, Header: http.Header{"X-Key": {"k"}}},
 	}})
-	_, err := Poll(5*time.Second, func() error {
+	_, err := testutil.Poll(5*time.Second, pollEvery, func() error {
 		if l.Elapsed() < 2*time.Second {
 			return errors.New("running")
 		}

@@ -135,12 +135,6 @@ func (p *Proc) Running() bool {
 	}
 }
 
-// ExitErr returns how the process ended, once it has.
-func (p *Proc) ExitErr() error {
-	<-p.done
-	return p.err
-}
-
 // Kill sends SIGKILL to the whole process group and waits for the exit.
 func (p *Proc) Kill() {
 	if !p.Running() {
