@@ -119,4 +119,9 @@
 // (clock_test.go measures it). A lagging clock only ever under-admits, by at
 // most rate × lag tokens at the moment a bucket runs dry; it never
 // over-admits, because it never runs ahead of real time.
+//
+// Times are held as int64 ns since New, so the engine's range is 292 years
+// either side of it; a time outside is taken as the nearest end (as
+// time.Time.Sub saturates), as a time before a shard's floor is taken as
+// the floor: the guarantee above holds for the times the engine evaluated.
 package limiter

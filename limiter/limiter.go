@@ -182,7 +182,7 @@ func (e *engine) sweeper() {
 }
 
 // nanos converts t to ns since the epoch, using the monotonic reading when
-// t has one.
+// t has one. A time more than 292 years away saturates (package doc, Clock).
 func (e *engine) nanos(t time.Time) int64 { return int64(t.Sub(e.epoch)) }
 
 // now is the engine's clock in ns since the epoch.
