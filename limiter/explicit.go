@@ -140,11 +140,8 @@ type explicitSet struct {
 	slabs  slabs
 	// demand holds the counters of the buckets Demand was asked about,
 	// copied on write under engine.admin.
-	demand atomic.Pointer[map[slotKey]*demandCounter]
+	demand atomic.Pointer[map[ekey]*demandCounter]
 }
-
-// slotKey names a bucket without its ID.
-type slotKey struct{ h, fp uint64 }
 
 func (s *explicitSet) shard(h uint64) *eshard { return &s.shards[h>>(64-eShardBits)] }
 
@@ -155,26 +152,13 @@ func nonzero(h uint64) uint64 {
 	return h
 }
 
-// ekey is a bucket's ID with its hashes; the fingerprint is computed on
-// the first slot whose h matches, so a miss (a request for a key with no
-// explicit bucket) costs one hash.
-type ekey struct {
-	h    uint64
-	id   string
-	fp   uint64
-	fpOK bool
-}
-
-func (k *ekey) fingerprint(e *engine) uint64 {
-	if !k.fpOK {
-		k.fp, k.fpOK = e.fingerprint(k.id), true
-	}
-	return k.fp
-}
+// ekey names a bucket by its ID's hashes (engine.key): h, never 0, and
+// the fingerprint.
+type ekey struct{ h, fp uint64 }
 
 // find returns the slot of k in t, or nil. Callers on the optimistic path
 // validate the shard's sequence number afterwards.
-func (t *etable) find(e *engine, k *ekey) *eslot {
+func (t *etable) find(k ekey) *eslot {
 	n := len(t.slots)
 	for i, c := t.home(k.h), 0; c < n; c++ {
 		sl := &t.slots[i]
@@ -182,7 +166,7 @@ func (t *etable) find(e *engine, k *ekey) *eslot {
 		if eh == 0 {
 			return nil
 		}
-		if eh == k.h && atomic.LoadUint64(&sl.meta)>>fpShift == k.fingerprint(e) {
+		if eh == k.h && atomic.LoadUint64(&sl.meta)>>fpShift == k.fp {
 			return sl
 		}
 		if i++; i == n {
@@ -192,18 +176,16 @@ func (t *etable) find(e *engine, k *ekey) *eslot {
 	return nil
 }
 
-// decide decides n tokens on the bucket named id (hash h), if there is
-// one. p is nil if not; over reports n > burst (the decision is then a
-// query).
-func (s *explicitSet) decide(e *engine, h uint64, id string, now, n int64) (r result, p *params, over bool) {
-	sh := s.shard(h)
-	k := ekey{h: nonzero(h), id: id}
+// decide decides n tokens on the bucket k, if there is one. p is nil if
+// not; over reports n > burst (the decision is then a query).
+func (s *explicitSet) decide(e *engine, k ekey, now, n int64) (r result, p *params, over bool) {
+	sh := s.shard(k.h)
 	seq := sh.seq.Load()
 	var hint *eslot
 	if seq&1 == 0 {
 		var sl *eslot
 		if t := sh.tab.Load(); t != nil {
-			sl = t.find(e, &k)
+			sl = t.find(k)
 		}
 		switch {
 		case sl == nil:
@@ -212,20 +194,20 @@ func (s *explicitSet) decide(e *engine, h uint64, id string, now, n int64) (r re
 			}
 		case !sh.ready.Load(): // the shard's first decision sets its floor
 		default:
-			if r, p, over, ok := s.decideFast(e, sh, sl, &k, now, n, seq); ok {
+			if r, p, over, ok := s.decideFast(e, sh, sl, k, now, n, seq); ok {
 				return r, p, over
 			}
 			hint = sl
 		}
 	}
-	return s.decideLocked(e, sh, &k, now, n, hint, seq)
+	return s.decideLocked(e, sh, k, now, n, hint, seq)
 }
 
 // decideFast decides without the mutex: a denial or a query from a read of
 // the slot, valid if the sequence number is still seq; an admission by
 // locking the slot's state word (see the top of this file). ok is false if
 // the decision needs the mutex.
-func (s *explicitSet) decideFast(e *engine, sh *eshard, sl *eslot, k *ekey, now, n int64, seq uint64) (r result, p *params, over, ok bool) {
+func (s *explicitSet) decideFast(e *engine, sh *eshard, sl *eslot, k ekey, now, n int64, seq uint64) (r result, p *params, over, ok bool) {
 	meta := atomic.LoadUint64(&sl.meta)
 	p = e.cfgs.get(meta & cfgMask)
 	floor := sh.floor.Load()
@@ -282,13 +264,13 @@ func backOff() (x int) {
 
 // decideLocked decides under the shard's mutex. hint, if not nil, is the
 // bucket's slot as found by an optimistic read at sequence number seq.
-func (s *explicitSet) decideLocked(e *engine, sh *eshard, k *ekey, now, n int64, hint *eslot, seq uint64) (r result, p *params, over bool) {
+func (s *explicitSet) decideLocked(e *engine, sh *eshard, k ekey, now, n int64, hint *eslot, seq uint64) (r result, p *params, over bool) {
 	sh.mu.Lock()
 	sl := hint
 	if sl == nil || sh.seq.Load() != seq {
 		sl = nil
 		if t := sh.tab.Load(); t != nil {
-			sl = t.find(e, k)
+			sl = t.find(k)
 		}
 	}
 	if sl == nil {
@@ -321,12 +303,12 @@ func (s *explicitSet) decideLocked(e *engine, sh *eshard, k *ekey, now, n int64,
 	return r, p, over
 }
 
-func (s *explicitSet) countDemand(meta uint64, k *ekey, n int64) {
+func (s *explicitSet) countDemand(meta uint64, k ekey, n int64) {
 	if meta&demandFlag == 0 || n <= 0 {
 		return
 	}
 	if m := s.demand.Load(); m != nil {
-		if c := (*m)[slotKey{k.h, k.fp}]; c != nil {
+		if c := (*m)[k]; c != nil {
 			c.add(n)
 		}
 	}
@@ -378,17 +360,17 @@ func (sh *eshard) raiseFloor(e *engine, floor int64) {
 
 // lookup returns the slot of k under the shard's mutex, which the caller
 // holds.
-func (sh *eshard) lookup(e *engine, k *ekey) *eslot {
+func (sh *eshard) lookup(k ekey) *eslot {
 	if t := sh.tab.Load(); t != nil {
-		return t.find(e, k)
+		return t.find(k)
 	}
 	return nil
 }
 
 // insert adds a full bucket on config index ci. The caller holds the
 // shard's mutex and knows k is absent.
-func (s *explicitSet) insert(e *engine, sh *eshard, k *ekey, ci uint32) {
-	h, fp := k.h, k.fingerprint(e)
+func (s *explicitSet) insert(e *engine, sh *eshard, k ekey, ci uint32) {
+	h, fp := k.h, k.fp
 	t := sh.tab.Load()
 	if t == nil || (sh.n+1)*4 > len(t.slots)*3 {
 		s.resize(sh, sh.n+1)

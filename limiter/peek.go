@@ -43,8 +43,8 @@ func (l *Limiter) Peek(bucketID string, now time.Time) (st BucketState, ok bool)
 	e := l.e
 	defer runtime.KeepAlive(l)
 	at := e.nanos(now)
-	h := e.hash(bucketID)
-	if p, s, floor, found := e.explicit.peek(e, h, bucketID); found {
+	h, k := e.key(bucketID)
+	if p, s, floor, found := e.explicit.peek(e, k); found {
 		return peekState(KindExplicit, true, p, s, floor, at), true
 	}
 	if e.dyn == nil {
@@ -55,8 +55,8 @@ func (l *Limiter) Peek(bucketID string, now time.Time) (st BucketState, ok bool)
 }
 
 // peek returns an explicit bucket's config, TAT and shard floor.
-func (s *explicitSet) peek(e *engine, h uint64, id string) (p *params, tat uint64, floor int64, ok bool) {
-	s.withSlot(e, h, id, func(sh *eshard, sl *eslot) {
+func (s *explicitSet) peek(e *engine, k ekey) (p *params, tat uint64, floor int64, ok bool) {
+	s.withSlot(k, func(sh *eshard, sl *eslot) {
 		// Before the shard's first decision every bucket in it is full
 		// (the state is 0, whatever the floor). The word's sLive bit is the
 		// slot's lock, not state; a decision holding it leaves the last
