@@ -93,7 +93,7 @@ func (l *Limiter) reconfigure(bucketID string, c Config, mode putMode, credit in
 // took (attach gives it back if it is not used), adding up to credit
 // tokens to an existing bucket (see ReshareBucket). The caller holds admin.
 func (e *engine) attach(id string, ci uint32, mode putMode, credit int64) (created bool, dropped, added int64, err error) {
-	_, k := e.key(id)
+	k := e.key(id)
 	sh := e.explicit.shard(k.h)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -125,7 +125,7 @@ func (l *Limiter) DeleteBucket(bucketID string) error {
 	e := l.e
 	e.admin.Lock()
 	defer e.admin.Unlock()
-	_, k := e.key(bucketID)
+	k := e.key(bucketID)
 	sh := e.explicit.shard(k.h)
 	sh.mu.Lock()
 	sl := sh.lookup(k)
@@ -159,7 +159,7 @@ func (l *Limiter) BucketConfig(bucketID string) (Config, bool) {
 // nobody asks about (all but the few global ones) carry no counter.
 func (l *Limiter) Demand(bucketID string) (requested uint64, ok bool) {
 	e := l.e
-	_, k := e.key(bucketID)
+	k := e.key(bucketID)
 	sh := e.explicit.shard(k.h)
 	sh.mu.Lock()
 	sl := sh.lookup(k)
@@ -211,7 +211,7 @@ func (s *explicitSet) setDemand(k ekey, c *demandCounter) {
 // configOf returns the config index and params of the bucket named id;
 // p is nil if there is no such bucket.
 func (s *explicitSet) configOf(e *engine, id string) (ci uint32, p *params) {
-	_, k := e.key(id)
+	k := e.key(id)
 	s.withSlot(k, func(_ *eshard, sl *eslot) {
 		ci = uint32(sl.meta & cfgMask)
 		p = e.cfgs.get(uint64(ci))

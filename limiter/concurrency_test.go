@@ -531,7 +531,8 @@ func TestSlotLockHoldsWriters(t *testing.T) {
 				t.Fatal("denied")
 			}
 			e := l.e
-			h, k := e.key("hot")
+			k := e.key("hot")
+			h := k.h
 			var same []string
 			for i := 0; len(same) < 12; i++ {
 				if id := fmt.Sprint("k", i); shardOf(e, id) == h>>(64-eShardBits) {
@@ -565,6 +566,5 @@ func TestSlotLockHoldsWriters(t *testing.T) {
 
 // shardOf returns the index of the explicit shard that holds id.
 func shardOf(e *engine, id string) uint64 {
-	_, k := e.key(id)
-	return k.h >> (64 - eShardBits)
+	return e.key(id).h >> (64 - eShardBits)
 }

@@ -34,7 +34,8 @@ func newKeyHasher() keyHasher {
 	return h
 }
 
-// sum returns the two lanes' hashes of s.
+// sum returns the two lanes' hashes of s. h is never 0, which marks an
+// empty slot in the tables: a 0 becomes 1.
 func (kh *keyHasher) sum(s string) (h, fp uint64) {
 	b := unsafe.Slice(unsafe.StringData(s), len(s))
 	a, c := &kh.lanes[0], &kh.lanes[1]
@@ -59,7 +60,11 @@ func (kh *keyHasher) sum(s string) (h, fp uint64) {
 		}
 		x, y = binary.LittleEndian.Uint64(b[n-16:]), binary.LittleEndian.Uint64(b[n-8:])
 	}
-	return mix(a.fin^uint64(n), mix(x^a.k, y^sa)), mix(c.fin^uint64(n), mix(x^c.k, y^sc))
+	h, fp = mix(a.fin^uint64(n), mix(x^a.k, y^sa)), mix(c.fin^uint64(n), mix(x^c.k, y^sc))
+	if h == 0 {
+		h = 1
+	}
+	return h, fp
 }
 
 func mix(a, b uint64) uint64 {

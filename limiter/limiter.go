@@ -203,12 +203,12 @@ func (e *engine) exactNow() int64 {
 	return e.nanos(time.Now())
 }
 
-// key returns id's bucket hash h (also a dynamic bucket's) and its
-// explicit-bucket key: h (never 0) and the fingerprint that confirms the ID
-// (see explicit.go), the top 40 bits of the second lane.
-func (e *engine) key(id string) (h uint64, k ekey) {
+// key returns id's hashes: h (never 0), a dynamic bucket's hash as well as
+// an explicit one's, and the fingerprint that confirms an explicit
+// bucket's ID (see explicit.go), the top 40 bits of the second lane.
+func (e *engine) key(id string) ekey {
 	h, fp := e.keys.sum(id)
-	return h, ekey{h: nonzero(h), fp: fp >> fpShift}
+	return ekey{h: h, fp: fp >> fpShift}
 }
 
 // Stats returns bucket counts for metrics. It locks each dynamic shard
@@ -274,7 +274,7 @@ func (e *engine) decide(id string, now, n int64) (r result, p *params, over bool
 	if !explicit && !dyn {
 		return r, nil, false // nothing to find: skip the hash
 	}
-	h, k := e.key(id)
+	k := e.key(id)
 	if explicit {
 		if r, p, over := e.explicit.decide(e, k, now, n); p != nil {
 			return r, p, over
@@ -285,7 +285,7 @@ func (e *engine) decide(id string, now, n int64) (r result, p *params, over bool
 	}
 	p = e.dyn.p
 	if n > p.burst {
-		return e.dyn.decide(h, now, 0), p, true
+		return e.dyn.decide(k.h, now, 0), p, true
 	}
-	return e.dyn.decide(h, now, n), p, false
+	return e.dyn.decide(k.h, now, n), p, false
 }
