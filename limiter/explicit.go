@@ -13,14 +13,15 @@ import (
 // tenants) whose configs come from etcd or the Go API. They cost about
 // what dynamic buckets do: one 24-byte slot in an open-addressing table,
 //
-//	eslot{h: 64-bit seeded hash of the ID,
-//	      meta: 40-bit fingerprint of the ID | demand flag | 23-bit config index,
+//	eslot{h: the ID's 64-bit hash (first lane, hash.go),
+//	      meta: 40-bit fingerprint (second lane) | demand flag | 23-bit config index,
 //	      s: TAT in units of 1/t ns past the shard's floor (0: full)}
 //
 // in 64 shards whose tables are kept 60-75% full. The ID itself is not
-// kept: a bucket is found by h and confirmed by the fingerprint, a second
-// hash of the ID under an independent seed; the package doc ("Memory,
-// hashing and collisions") gives the odds of two IDs agreeing on both.
+// kept: a bucket is found by h and confirmed by the fingerprint, the top
+// bits of a second hash of the ID under independent keys; the package doc
+// ("Memory, hashing and collisions") gives the odds of two IDs agreeing on
+// both.
 // Callers that need the IDs (to list or snapshot them) keep them: etcdsync
 // does.
 //
