@@ -13,9 +13,9 @@ import (
 // map hash (runtime/hash64.go, after wyhash) under its own per-process
 // random keys, so the lanes are independent 64-bit hashes; the package doc
 // ("Memory, hashing and collisions") gives the odds built on that. One
-// pass rather than two hash/maphash calls: each call pays for its wrappers
-// and reads the input again, which made hashing a quarter of an explicit
-// denial.
+// pass rather than two hash/maphash calls, which each pay for their
+// wrappers and read the input again (BENCHMARKS.md, the instructions per
+// hot-key denial).
 //
 // keyHasher is read-only after newKeyHasher, so safe for concurrent use.
 type keyHasher struct {
