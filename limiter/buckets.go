@@ -93,18 +93,17 @@ func (l *Limiter) reconfigure(bucketID string, c Config, mode putMode, credit in
 // took (attach gives it back if it is not used), adding up to credit
 // tokens to an existing bucket (see ReshareBucket). The caller holds admin.
 func (e *engine) attach(id string, ci uint32, mode putMode, credit int64) (created bool, dropped, added int64, err error) {
-	h := e.hash(id)
-	sh := e.explicit.shard(h)
-	k := ekey{h: nonzero(h), id: id}
+	k := e.key(id)
+	sh := e.explicit.shard(k.h)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	sl := sh.lookup(e, &k)
+	sl := sh.lookup(k)
 	switch {
 	case sl == nil && mode == putUpdate:
 		e.cfgs.release(ci, 1)
 		return false, 0, 0, fmt.Errorf("%w: %q", ErrBucketNotFound, id)
 	case sl == nil:
-		e.explicit.insert(e, sh, &k, ci)
+		e.explicit.insert(e, sh, k, ci)
 		return true, 0, 0, nil
 	case mode == putCreate:
 		e.cfgs.release(ci, 1)
@@ -126,11 +125,10 @@ func (l *Limiter) DeleteBucket(bucketID string) error {
 	e := l.e
 	e.admin.Lock()
 	defer e.admin.Unlock()
-	h := e.hash(bucketID)
-	sh := e.explicit.shard(h)
-	k := ekey{h: nonzero(h), id: bucketID}
+	k := e.key(bucketID)
+	sh := e.explicit.shard(k.h)
 	sh.mu.Lock()
-	sl := sh.lookup(e, &k)
+	sl := sh.lookup(k)
 	if sl == nil {
 		sh.mu.Unlock()
 		return fmt.Errorf("%w: %q", ErrBucketNotFound, bucketID)
@@ -139,7 +137,7 @@ func (l *Limiter) DeleteBucket(bucketID string) error {
 	sh.mu.Unlock()
 	e.cfgs.release(uint32(meta&cfgMask), 1)
 	if meta&demandFlag != 0 {
-		e.explicit.setDemand(slotKey{k.h, k.fp}, nil)
+		e.explicit.setDemand(k, nil)
 	}
 	return nil
 }
@@ -161,11 +159,10 @@ func (l *Limiter) BucketConfig(bucketID string) (Config, bool) {
 // nobody asks about (all but the few global ones) carry no counter.
 func (l *Limiter) Demand(bucketID string) (requested uint64, ok bool) {
 	e := l.e
-	h := e.hash(bucketID)
-	k := ekey{h: nonzero(h), id: bucketID}
-	sh := e.explicit.shard(h)
+	k := e.key(bucketID)
+	sh := e.explicit.shard(k.h)
 	sh.mu.Lock()
-	sl := sh.lookup(e, &k)
+	sl := sh.lookup(k)
 	var meta uint64
 	if sl != nil {
 		meta = sl.meta
@@ -175,7 +172,7 @@ func (l *Limiter) Demand(bucketID string) (requested uint64, ok bool) {
 		return 0, false
 	}
 	if meta&demandFlag != 0 {
-		if c := (*e.explicit.demand.Load())[slotKey{k.h, k.fp}]; c != nil {
+		if c := (*e.explicit.demand.Load())[k]; c != nil {
 			return c.load(), true
 		}
 	}
@@ -185,22 +182,21 @@ func (l *Limiter) Demand(bucketID string) (requested uint64, ok bool) {
 	defer e.admin.Unlock()
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if sl = sh.lookup(e, &k); sl == nil {
+	if sl = sh.lookup(k); sl == nil {
 		return 0, false
 	}
-	key := slotKey{k.h, k.fp}
-	if m := e.explicit.demand.Load(); m != nil && (*m)[key] != nil {
-		return (*m)[key].load(), true
+	if m := e.explicit.demand.Load(); m != nil && (*m)[k] != nil {
+		return (*m)[k].load(), true
 	}
-	e.explicit.setDemand(key, new(demandCounter))
+	e.explicit.setDemand(k, new(demandCounter))
 	atomic.StoreUint64(&sl.meta, sl.meta|demandFlag)
 	return 0, true
 }
 
 // setDemand sets (or with nil, removes) a bucket's counter. The caller
 // holds admin.
-func (s *explicitSet) setDemand(k slotKey, c *demandCounter) {
-	m := map[slotKey]*demandCounter{}
+func (s *explicitSet) setDemand(k ekey, c *demandCounter) {
+	m := map[ekey]*demandCounter{}
 	if old := s.demand.Load(); old != nil {
 		m = maps.Clone(*old)
 	}
@@ -215,21 +211,21 @@ func (s *explicitSet) setDemand(k slotKey, c *demandCounter) {
 // configOf returns the config index and params of the bucket named id;
 // p is nil if there is no such bucket.
 func (s *explicitSet) configOf(e *engine, id string) (ci uint32, p *params) {
-	s.withSlot(e, e.hash(id), id, func(_ *eshard, sl *eslot) {
+	k := e.key(id)
+	s.withSlot(k, func(_ *eshard, sl *eslot) {
 		ci = uint32(sl.meta & cfgMask)
 		p = e.cfgs.get(uint64(ci))
 	})
 	return ci, p
 }
 
-// withSlot calls fn with the slot of the bucket named id (hash h), under
-// its shard's mutex, if there is one.
-func (s *explicitSet) withSlot(e *engine, h uint64, id string, fn func(*eshard, *eslot)) {
-	sh := s.shard(h)
-	k := ekey{h: nonzero(h), id: id}
+// withSlot calls fn with the slot of bucket k, under its shard's mutex, if
+// there is one.
+func (s *explicitSet) withSlot(k ekey, fn func(*eshard, *eslot)) {
+	sh := s.shard(k.h)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if sl := sh.lookup(e, &k); sl != nil {
+	if sl := sh.lookup(k); sl != nil {
 		fn(sh, sl)
 	}
 }

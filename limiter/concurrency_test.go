@@ -345,11 +345,11 @@ func TestConcurrentHotBucketUnderChurn(t *testing.T) {
 	}
 	// Other buckets in hot's shard: 3000 make its table larger than
 	// slabMinBytes.
-	shard := l.e.hash("hot") >> (64 - eShardBits)
+	shard := shardOf(l.e, "hot")
 	sh := &l.e.explicit.shards[shard]
 	var others []string
 	for i := 0; len(others) < 3000; i++ {
-		if id := fmt.Sprint("k", i); l.e.hash(id)>>(64-eShardBits) == shard {
+		if id := fmt.Sprint("k", i); shardOf(l.e, id) == shard {
 			others = append(others, id)
 		}
 	}
@@ -531,16 +531,17 @@ func TestSlotLockHoldsWriters(t *testing.T) {
 				t.Fatal("denied")
 			}
 			e := l.e
-			h := e.hash("hot")
+			k := e.key("hot")
+			h := k.h
 			var same []string
 			for i := 0; len(same) < 12; i++ {
-				if id := fmt.Sprint("k", i); e.hash(id)>>(64-eShardBits) == h>>(64-eShardBits) {
+				if id := fmt.Sprint("k", i); shardOf(e, id) == h>>(64-eShardBits) {
 					same = append(same, id)
 				}
 			}
 			sh := e.explicit.shard(h)
 			sh.mu.Lock()
-			sl := sh.lookup(e, &ekey{h: nonzero(h), id: "hot"})
+			sl := sh.lookup(k)
 			sh.mu.Unlock()
 			p := e.cfgs.get(sl.meta & cfgMask)
 			s := sl.lock() // a decision that took the lock before the writer began
@@ -561,4 +562,9 @@ func TestSlotLockHoldsWriters(t *testing.T) {
 			}
 		})
 	}
+}
+
+// shardOf returns the index of the explicit shard that holds id.
+func shardOf(e *engine, id string) uint64 {
+	return e.key(id).h >> (64 - eShardBits)
 }

@@ -52,18 +52,22 @@
 // A dynamic bucket is a 16-byte slot: a 64-bit hash of the key and the TAT
 // relative to its shard's time floor, in 256 tables kept 3/16 to 3/4 full.
 // An explicit bucket is a 24-byte slot: the hash, a 40-bit fingerprint of
-// the ID (a second hash under an independent seed) with the index of its
+// the ID (a second hash under independent keys) with the index of its
 // config in a table of shared configs, and the TAT; 64 tables kept 60% to
 // 75% full, sized to the page and packed into huge-page mappings outside
 // the Go heap (see explicit.go and slabs.go). bench_test.go reports bytes
 // per bucket for both; BENCHMARKS.md has the figures.
 //
-// Hashes are hash/maphash with per-process random seeds, so a client
-// cannot pick keys that land in one shard or collide. Two dynamic keys with
-// the same 64-bit hash share a bucket: among k live keys the chance that
-// any pair does is about k²/2⁶⁵, and it only makes two clients share a
-// limit. Explicit buckets are told apart by 104 bits (hash and
-// fingerprint): among k buckets the chance that any two collide is about
+// One pass over a key yields both hashes: two 64-bit lanes of the Go
+// runtime's portable map hash (after wyhash), each under its own
+// per-process random keys (hash.go), so a client cannot pick keys that
+// land in one shard or collide. The odds below treat each lane as a
+// random function of the key, which is what its random keys are for. Two
+// dynamic keys with the same 64-bit hash share a bucket: among k live keys
+// the chance that any pair does is about k²/2⁶⁵, and it only makes two
+// clients share a limit. Explicit buckets are told apart by 104 bits (the
+// first lane and 40 bits of the second, independent of it): among k
+// buckets the chance that any two collide is about
 // k²/2¹⁰⁵ (3·10⁻¹⁸ at 10M, 3·10⁻¹⁶ at 100M), so one tenant never gets
 // another's limit at any size this engine holds, and a request with an ID
 // that is not a bucket finds one by accident with probability k/2¹⁰⁴
@@ -119,4 +123,9 @@
 // (clock_test.go measures it). A lagging clock only ever under-admits, by at
 // most rate × lag tokens at the moment a bucket runs dry; it never
 // over-admits, because it never runs ahead of real time.
+//
+// Times are held as int64 ns since New, so the engine's range is 292 years
+// either side of it; a time outside is taken as the nearest end (as
+// time.Time.Sub saturates), as a time before a shard's floor is taken as
+// the floor: the guarantee above holds for the times the engine evaluated.
 package limiter

@@ -114,12 +114,10 @@ func satSub(a, b int64) int64 {
 	return d
 }
 
-// decide makes a decision for the key with hash h. n is in 0..burst.
+// decide makes a decision for the key with hash h (never 0: engine.key).
+// n is in 0..burst.
 func (d *dynamicSet) decide(h uint64, now, n int64) result {
 	sh := &d.shards[h>>(64-dShardBits)]
-	if h == 0 {
-		h = 1
-	}
 	p := d.p
 	// Optimistic, read-only attempt.
 	var hint *dentry

@@ -13,14 +13,15 @@ import (
 // tenants) whose configs come from etcd or the Go API. They cost about
 // what dynamic buckets do: one 24-byte slot in an open-addressing table,
 //
-//	eslot{h: 64-bit seeded hash of the ID,
-//	      meta: 40-bit fingerprint of the ID | demand flag | 23-bit config index,
+//	eslot{h: the ID's 64-bit hash (first lane, hash.go),
+//	      meta: 40-bit fingerprint (second lane) | demand flag | 23-bit config index,
 //	      s: TAT in units of 1/t ns past the shard's floor (0: full)}
 //
 // in 64 shards whose tables are kept 60-75% full. The ID itself is not
-// kept: a bucket is found by h and confirmed by the fingerprint, a second
-// hash of the ID under an independent seed; the package doc ("Memory,
-// hashing and collisions") gives the odds of two IDs agreeing on both.
+// kept: a bucket is found by h and confirmed by the fingerprint, the top
+// bits of a second hash of the ID under independent keys; the package doc
+// ("Memory, hashing and collisions") gives the odds of two IDs agreeing on
+// both.
 // Callers that need the IDs (to list or snapshot them) keep them: etcdsync
 // does.
 //
@@ -140,104 +141,73 @@ type explicitSet struct {
 	slabs  slabs
 	// demand holds the counters of the buckets Demand was asked about,
 	// copied on write under engine.admin.
-	demand atomic.Pointer[map[slotKey]*demandCounter]
+	demand atomic.Pointer[map[ekey]*demandCounter]
 }
-
-// slotKey names a bucket without its ID.
-type slotKey struct{ h, fp uint64 }
 
 func (s *explicitSet) shard(h uint64) *eshard { return &s.shards[h>>(64-eShardBits)] }
 
-func nonzero(h uint64) uint64 {
-	if h == 0 {
-		return 1
+// ekey names a bucket by its ID's hashes (engine.key): h, never 0, and
+// the fingerprint.
+type ekey struct{ h, fp uint64 }
+
+// find returns the slot of k in t (nil if there is none, or no t) and the
+// slot's meta. Callers on the optimistic path validate the shard's
+// sequence number afterwards.
+func (t *etable) find(k ekey) (*eslot, uint64) {
+	if t == nil {
+		return nil, 0
 	}
-	return h
-}
-
-// ekey is a bucket's ID with its hashes; the fingerprint is computed on
-// the first slot whose h matches, so a miss (a request for a key with no
-// explicit bucket) costs one hash.
-type ekey struct {
-	h    uint64
-	id   string
-	fp   uint64
-	fpOK bool
-}
-
-func (k *ekey) fingerprint(e *engine) uint64 {
-	if !k.fpOK {
-		k.fp, k.fpOK = e.fingerprint(k.id), true
-	}
-	return k.fp
-}
-
-// find returns the slot of k in t, or nil. Callers on the optimistic path
-// validate the shard's sequence number afterwards.
-func (t *etable) find(e *engine, k *ekey) *eslot {
 	n := len(t.slots)
 	for i, c := t.home(k.h), 0; c < n; c++ {
 		sl := &t.slots[i]
 		eh := atomic.LoadUint64(&sl.h)
 		if eh == 0 {
-			return nil
+			return nil, 0
 		}
-		if eh == k.h && atomic.LoadUint64(&sl.meta)>>fpShift == k.fingerprint(e) {
-			return sl
+		if eh == k.h {
+			if meta := atomic.LoadUint64(&sl.meta); meta>>fpShift == k.fp {
+				return sl, meta
+			}
 		}
 		if i++; i == n {
 			i = 0
 		}
 	}
-	return nil
+	return nil, 0
 }
 
-// decide decides n tokens on the bucket named id (hash h), if there is
-// one. p is nil if not; over reports n > burst (the decision is then a
-// query).
-func (s *explicitSet) decide(e *engine, h uint64, id string, now, n int64) (r result, p *params, over bool) {
-	sh := s.shard(h)
-	k := ekey{h: nonzero(h), id: id}
+// decide decides n tokens on the bucket k, if there is one. p is nil if
+// not; over reports n > burst (the decision is then a query).
+//
+// It decides without the mutex when it can: a denial or a query from a
+// read of the slot, valid if the sequence number did not move meanwhile;
+// an admission by locking the slot's state word (see the top of this
+// file). Otherwise it queues on the mutex (decideLocked).
+func (s *explicitSet) decide(e *engine, k ekey, now, n int64) (r result, p *params, over bool) {
+	sh := s.shard(k.h)
 	seq := sh.seq.Load()
-	var hint *eslot
-	if seq&1 == 0 {
-		var sl *eslot
-		if t := sh.tab.Load(); t != nil {
-			sl = t.find(e, &k)
-		}
-		switch {
-		case sl == nil:
-			if sh.seq.Load() == seq {
-				return r, nil, false
-			}
-		case !sh.ready.Load(): // the shard's first decision sets its floor
-		default:
-			if r, p, over, ok := s.decideFast(e, sh, sl, &k, now, n, seq); ok {
-				return r, p, over
-			}
-			hint = sl
-		}
+	if seq&1 != 0 {
+		return s.decideLocked(e, sh, k, now, n, nil, seq)
 	}
-	return s.decideLocked(e, sh, &k, now, n, hint, seq)
-}
-
-// decideFast decides without the mutex: a denial or a query from a read of
-// the slot, valid if the sequence number is still seq; an admission by
-// locking the slot's state word (see the top of this file). ok is false if
-// the decision needs the mutex.
-func (s *explicitSet) decideFast(e *engine, sh *eshard, sl *eslot, k *ekey, now, n int64, seq uint64) (r result, p *params, over, ok bool) {
-	meta := atomic.LoadUint64(&sl.meta)
+	sl, meta := sh.tab.Load().find(k)
+	if sl == nil {
+		if sh.seq.Load() == seq {
+			return r, nil, false
+		}
+		return s.decideLocked(e, sh, k, now, n, nil, seq)
+	}
 	p = e.cfgs.get(meta & cfgMask)
 	floor := sh.floor.Load()
-	now = max(now, floor)
-	if p == nil || uint64(now-floor) > uint64(p.lim) {
-		return r, nil, false, false
+	at := max(now, floor)
+	// The shard's first decision sets its floor, under the mutex.
+	if p == nil || !sh.ready.Load() || uint64(at-floor) > uint64(p.lim) {
+		return s.decideLocked(e, sh, k, now, n, sl, seq)
 	}
 	m := n
 	if m > p.burst {
 		m, over = 0, true
 	}
-	nowU := uint64(now-floor) * uint64(p.t)
+	nowU := uint64(at-floor) * uint64(p.t)
 	for range fastTries {
 		w := atomic.LoadUint64(&sl.s)
 		r, next := p.take(w&^sLive, nowU, m)
@@ -245,24 +215,26 @@ func (s *explicitSet) decideFast(e *engine, sh *eshard, sl *eslot, k *ekey, now,
 		case !r.allowed || m == 0:
 			// A held word still holds the last stored state.
 			if sh.seq.Load() != seq {
-				return r, nil, false, false
+				return s.decideLocked(e, sh, k, now, n, sl, seq)
 			}
 		case w&sLive == 0 || !atomic.CompareAndSwapUint64(&sl.s, w, w&^sLive):
 			backOff() // another decision is storing: read again, later
 			continue
 		case sh.seq.Load() != seq:
 			atomic.StoreUint64(&sl.s, w)
-			return r, nil, false, false
+			return s.decideLocked(e, sh, k, now, n, sl, seq)
 		default:
 			sl.unlock(next)
 		}
-		s.countDemand(meta, k, n)
-		return r, p, over, true
+		if meta&demandFlag != 0 {
+			s.countDemand(k, n)
+		}
+		return r, p, over
 	}
-	return r, nil, false, false
+	return s.decideLocked(e, sh, k, now, n, sl, seq)
 }
 
-// fastTries bounds decideFast's retries under contention; past it, the
+// fastTries bounds decide's retries under contention; past it, the
 // decision queues on the mutex instead.
 const fastTries = 64
 
@@ -282,14 +254,11 @@ func backOff() (x int) {
 
 // decideLocked decides under the shard's mutex. hint, if not nil, is the
 // bucket's slot as found by an optimistic read at sequence number seq.
-func (s *explicitSet) decideLocked(e *engine, sh *eshard, k *ekey, now, n int64, hint *eslot, seq uint64) (r result, p *params, over bool) {
+func (s *explicitSet) decideLocked(e *engine, sh *eshard, k ekey, now, n int64, hint *eslot, seq uint64) (r result, p *params, over bool) {
 	sh.mu.Lock()
 	sl := hint
 	if sl == nil || sh.seq.Load() != seq {
-		sl = nil
-		if t := sh.tab.Load(); t != nil {
-			sl = t.find(e, k)
-		}
+		sl, _ = sh.tab.Load().find(k)
 	}
 	if sl == nil {
 		sh.mu.Unlock()
@@ -317,16 +286,20 @@ func (s *explicitSet) decideLocked(e *engine, sh *eshard, k *ekey, now, n int64,
 	r, next = p.take(sl.lock(), uint64(now-floor)*uint64(p.t), m)
 	sl.unlock(next)
 	sh.mu.Unlock()
-	s.countDemand(meta, k, n)
+	if meta&demandFlag != 0 {
+		s.countDemand(k, n)
+	}
 	return r, p, over
 }
 
-func (s *explicitSet) countDemand(meta uint64, k *ekey, n int64) {
-	if meta&demandFlag == 0 || n <= 0 {
+// countDemand adds n to bucket k's demand counter, if it has one (its
+// meta's demandFlag is set).
+func (s *explicitSet) countDemand(k ekey, n int64) {
+	if n <= 0 {
 		return
 	}
 	if m := s.demand.Load(); m != nil {
-		if c := (*m)[slotKey{k.h, k.fp}]; c != nil {
+		if c := (*m)[k]; c != nil {
 			c.add(n)
 		}
 	}
@@ -378,17 +351,15 @@ func (sh *eshard) raiseFloor(e *engine, floor int64) {
 
 // lookup returns the slot of k under the shard's mutex, which the caller
 // holds.
-func (sh *eshard) lookup(e *engine, k *ekey) *eslot {
-	if t := sh.tab.Load(); t != nil {
-		return t.find(e, k)
-	}
-	return nil
+func (sh *eshard) lookup(k ekey) *eslot {
+	sl, _ := sh.tab.Load().find(k)
+	return sl
 }
 
 // insert adds a full bucket on config index ci. The caller holds the
 // shard's mutex and knows k is absent.
-func (s *explicitSet) insert(e *engine, sh *eshard, k *ekey, ci uint32) {
-	h, fp := k.h, k.fingerprint(e)
+func (s *explicitSet) insert(e *engine, sh *eshard, k ekey, ci uint32) {
+	h, fp := k.h, k.fp
 	t := sh.tab.Load()
 	if t == nil || (sh.n+1)*4 > len(t.slots)*3 {
 		s.resize(sh, sh.n+1)

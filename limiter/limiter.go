@@ -2,7 +2,6 @@ package limiter
 
 import (
 	"fmt"
-	"hash/maphash"
 	"runtime"
 	"sync"
 	"time"
@@ -92,8 +91,7 @@ type Limiter struct {
 
 type engine struct {
 	epoch    time.Time
-	seed     maphash.Seed // bucket hashes
-	fpSeed   maphash.Seed // explicit buckets' fingerprints
+	keys     keyHasher // bucket hashes and explicit buckets' fingerprints
 	clockFn  func() time.Time
 	clk      *coarseClock
 	explicit explicitSet
@@ -115,7 +113,7 @@ func New(opts ...Option) *Limiter {
 	for _, f := range opts {
 		f(&o)
 	}
-	e := &engine{epoch: time.Now(), seed: maphash.MakeSeed(), fpSeed: maphash.MakeSeed(), clockFn: o.clock}
+	e := &engine{epoch: time.Now(), keys: newKeyHasher(), clockFn: o.clock}
 	if e.clockFn == nil {
 		e.clk = newCoarseClock(e.epoch)
 	}
@@ -182,7 +180,7 @@ func (e *engine) sweeper() {
 }
 
 // nanos converts t to ns since the epoch, using the monotonic reading when
-// t has one.
+// t has one. A time more than 292 years away saturates (package doc, Clock).
 func (e *engine) nanos(t time.Time) int64 { return int64(t.Sub(e.epoch)) }
 
 // now is the engine's clock in ns since the epoch.
@@ -205,11 +203,13 @@ func (e *engine) exactNow() int64 {
 	return e.nanos(time.Now())
 }
 
-func (e *engine) hash(id string) uint64 { return maphash.String(e.seed, id) }
-
-// fingerprint is the second hash that confirms an explicit bucket's ID
-// (see explicit.go): its top 40 bits.
-func (e *engine) fingerprint(id string) uint64 { return maphash.String(e.fpSeed, id) >> fpShift }
+// key returns id's hashes: h (never 0), a dynamic bucket's hash as well as
+// an explicit one's, and the fingerprint that confirms an explicit
+// bucket's ID (see explicit.go), the top 40 bits of the second lane.
+func (e *engine) key(id string) ekey {
+	h, fp := e.keys.sum(id)
+	return ekey{h: h, fp: fp >> fpShift}
+}
 
 // Stats returns bucket counts for metrics. It locks each dynamic shard
 // briefly; call it from a metrics scrape, not per request.
@@ -274,9 +274,9 @@ func (e *engine) decide(id string, now, n int64) (r result, p *params, over bool
 	if !explicit && !dyn {
 		return r, nil, false // nothing to find: skip the hash
 	}
-	h := e.hash(id)
+	k := e.key(id)
 	if explicit {
-		if r, p, over := e.explicit.decide(e, h, id, now, n); p != nil {
+		if r, p, over := e.explicit.decide(e, k, now, n); p != nil {
 			return r, p, over
 		}
 	}
@@ -285,7 +285,7 @@ func (e *engine) decide(id string, now, n int64) (r result, p *params, over bool
 	}
 	p = e.dyn.p
 	if n > p.burst {
-		return e.dyn.decide(h, now, 0), p, true
+		return e.dyn.decide(k.h, now, 0), p, true
 	}
-	return e.dyn.decide(h, now, n), p, false
+	return e.dyn.decide(k.h, now, n), p, false
 }

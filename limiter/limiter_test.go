@@ -3,6 +3,7 @@ package limiter
 import (
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"testing"
@@ -393,5 +394,38 @@ func TestExplicitChurn(t *testing.T) {
 	}
 	if slots > 8*n {
 		t.Fatalf("%d slots for %d buckets", slots, n)
+	}
+}
+
+// TestTimesOutsideTheClockRange checks times more than 292 years from the
+// limiter's creation, which the engine takes as the nearest end of its
+// range (package doc, Clock): a request dated centuries before a spent
+// bucket's last request is denied and changes nothing, and one dated
+// millennia ahead finds the bucket full, then spent.
+func TestTimesOutsideTheClockRange(t *testing.T) {
+	cfg := Config{Rate: PerSecond(1), Burst: 2}
+	explicit := New()
+	defer explicit.Close()
+	must(t, explicit.CreateBucketConfig("k", cfg))
+	dynamic := New(WithDefault(cfg))
+	defer dynamic.Close()
+	for name, l := range map[string]*Limiter{"explicit": explicit, "dynamic": dynamic} {
+		t.Run(name, func(t *testing.T) {
+			runSteps(t, l, "k", []step{{0, 2, true, 0, 0, 2 * time.Second, nil}})
+			for _, past := range []time.Time{time.Unix(0, math.MinInt64), {}} {
+				for n := range 2 {
+					if d, err := l.AllowN("k", past, n); err != nil || d.Allowed || d.RetryAfter <= 0 {
+						t.Fatalf("AllowN(%v, %d) = %+v, %v; want a denial", past, n, d, err)
+					}
+				}
+			}
+			runSteps(t, l, "k", []step{{0, 0, true, 0, 0, 2 * time.Second, nil}})
+			future := time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
+			for _, want := range []bool{true, false} {
+				if d, err := l.AllowN("k", future, 2); err != nil || d.Allowed != want {
+					t.Fatalf("AllowN(%v, 2) = %+v, %v; want allowed %v", future, d, err, want)
+				}
+			}
+		})
 	}
 }

@@ -43,20 +43,20 @@ func (l *Limiter) Peek(bucketID string, now time.Time) (st BucketState, ok bool)
 	e := l.e
 	defer runtime.KeepAlive(l)
 	at := e.nanos(now)
-	h := e.hash(bucketID)
-	if p, s, floor, found := e.explicit.peek(e, h, bucketID); found {
+	k := e.key(bucketID)
+	if p, s, floor, found := e.explicit.peek(e, k); found {
 		return peekState(KindExplicit, true, p, s, floor, at), true
 	}
 	if e.dyn == nil {
 		return st, false
 	}
-	s, floor, held := e.dyn.peek(h)
+	s, floor, held := e.dyn.peek(k.h)
 	return peekState(KindDynamic, held, e.dyn.p, s, floor, at), true
 }
 
 // peek returns an explicit bucket's config, TAT and shard floor.
-func (s *explicitSet) peek(e *engine, h uint64, id string) (p *params, tat uint64, floor int64, ok bool) {
-	s.withSlot(e, h, id, func(sh *eshard, sl *eslot) {
+func (s *explicitSet) peek(e *engine, k ekey) (p *params, tat uint64, floor int64, ok bool) {
+	s.withSlot(k, func(sh *eshard, sl *eslot) {
 		// Before the shard's first decision every bucket in it is full
 		// (the state is 0, whatever the floor). The word's sLive bit is the
 		// slot's lock, not state; a decision holding it leaves the last
@@ -70,9 +70,6 @@ func (s *explicitSet) peek(e *engine, h uint64, id string) (p *params, tat uint6
 // when the key has no bucket.
 func (d *dynamicSet) peek(h uint64) (tat uint64, floor int64, held bool) {
 	sh := &d.shards[h>>(64-dShardBits)]
-	if h == 0 {
-		h = 1 // as decide does
-	}
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	t := sh.tab.Load()

@@ -103,24 +103,24 @@ func TestFingerprintSeparatesEqualHashes(t *testing.T) {
 	e := l.e
 	cfgA, cfgB := Config{Rate: PerSecond(1), Burst: 1}, Config{Rate: PerSecond(2), Burst: 2}
 	const h = 0xfeedface12345678
-	a := ekey{h: h, fp: 1, fpOK: true}
-	b := ekey{h: h, fp: 2, fpOK: true}
+	a := ekey{h: h, fp: 1}
+	b := ekey{h: h, fp: 2}
 	sh := e.explicit.shard(h)
 	e.admin.Lock()
 	ia, _ := e.cfgs.intern(cfgA)
 	ib, _ := e.cfgs.intern(cfgB)
 	sh.mu.Lock()
-	e.explicit.insert(e, sh, &a, ia)
-	e.explicit.insert(e, sh, &b, ib)
-	sa, sb := sh.lookup(e, &a), sh.lookup(e, &b)
+	e.explicit.insert(e, sh, a, ia)
+	e.explicit.insert(e, sh, b, ib)
+	sa, sb := sh.lookup(a), sh.lookup(b)
 	if sa == nil || sb == nil || sa == sb {
 		t.Fatalf("slots %p %p", sa, sb)
 	}
 	e.explicit.remove(sh, sa)
-	if sh.lookup(e, &a) != nil {
+	if sh.lookup(a) != nil {
 		t.Fatal("a still found")
 	}
-	sb = sh.lookup(e, &b)
+	sb = sh.lookup(b)
 	if sb == nil || e.cfgs.get(sb.meta&cfgMask).cfg != cfgB {
 		t.Fatal("b lost with a")
 	}
