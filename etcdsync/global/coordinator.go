@@ -123,7 +123,8 @@ type gbucket struct {
 	checkAt, moveAt   time.Time
 	moving            int
 	movingUp          bool
-	// othersRose: another member reported more demand since the last tick.
+	// othersRose: another member reported a rise since the last tick that
+	// may be this instance's load moving there (see tookOver).
 	othersRose bool
 	// target is this instance's share as last computed, since changedAt;
 	// applied may lag it while a raise is held back.
