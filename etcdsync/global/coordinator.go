@@ -106,6 +106,10 @@ type Coordinator struct {
 	ignoredWrites           uint64
 	logWindow               time.Time
 	logLines, logSuppressed int
+
+	// beforeWatch, if set (by tests, before Start), runs before each
+	// member watch is created.
+	beforeWatch func()
 }
 
 // gbucket is one global bucket as this instance holds it.
