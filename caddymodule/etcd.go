@@ -270,10 +270,6 @@ func (e *etcdState) fillMetrics(m *stateMetrics) {
 		m.firstSyncPending = 1
 	}
 	if e.coord != nil {
-		st := e.coord.Status()
-		m.hasGlobal = true
-		m.unleasedKeys, m.ignoredReports = float64(st.UnleasedKeys), float64(st.IgnoredReports)
-		m.ignoredWrites = float64(st.IgnoredWrites)
-		m.globalState, m.globalMembers = st.State, float64(len(st.Members))
+		fillGlobalMetrics(m, e.coord)
 	}
 }

@@ -52,3 +52,15 @@ func newCoordinator(connect func(context.Context) (*clientv3.Client, error), inn
 	}
 	return c, nil
 }
+
+// fillGlobalMetrics puts the coordinator's figures into m, at a cost that
+// does not grow with the number of global buckets.
+func fillGlobalMetrics(m *stateMetrics, c *global.Coordinator) {
+	st := c.Summary()
+	m.hasGlobal = true
+	m.unleasedKeys, m.ignoredReports = float64(st.UnleasedKeys), float64(st.IgnoredReports)
+	m.ignoredWrites = float64(st.IgnoredWrites)
+	m.globalState, m.globalMembers = st.State, float64(len(st.Members))
+	m.eventWrites = float64(st.EventWrites)
+	m.releasedTokens, m.creditedTokens = float64(st.ReleasedTokens), float64(st.CreditedTokens)
+}

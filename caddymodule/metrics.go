@@ -118,6 +118,12 @@ var (
 		"1 for the global-limit state this instance is in, 0 for the others: joined (shares from the fleet's split), joining (never joined: rate/expected_members) or fallback (lease lost: rate/last known member count).", []string{"state"}, nil)
 	descGlobalMembers = prometheus.NewDesc("edgelimit_global_members",
 		"Members of the global-limit fleet in this instance's view.", nil, nil)
+	descEventWrites = prometheus.NewDesc("edgelimit_global_event_writes_total",
+		"Demand reports written between sync intervals because demand moved or burst tokens were released (bounded per interval); the interval's own writes are not counted.", nil, nil)
+	descReleased = prometheus.NewDesc("edgelimit_global_released_tokens_total",
+		"Burst tokens this instance gave up to the other members when its shares shrank.", nil, nil)
+	descCredited = prometheus.NewDesc("edgelimit_global_credited_tokens_total",
+		"Burst tokens this instance added to its buckets from other members' releases when its shares grew; over the fleet, never more than were released.", nil, nil)
 	descGuestCalls = prometheus.NewDesc("edgelimit_wasm_guest_calls_total",
 		"Requests a WASM policy module was called for: those its verdict cache did not answer, by module file.", []string{"module"}, nil)
 	descWASMErrors = prometheus.NewDesc("edgelimit_wasm_errors_total",
@@ -139,7 +145,7 @@ type stateCollector struct{}
 
 func (*stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descExplicit, descDynamic, descEvictions, descDisplaced, descMaxBuckets, descConnected, descRevision, descSyncAge, descRejected,
-		descFirstSync, descUnleased, descIgnoredReports, descIgnoredWrites, descGlobalState, descGlobalMembers, descGuestCalls, descWASMErrors, descInstances, descReplaced, descPending, descRebuilt} {
+		descFirstSync, descUnleased, descIgnoredReports, descIgnoredWrites, descGlobalState, descGlobalMembers, descEventWrites, descReleased, descCredited, descGuestCalls, descWASMErrors, descInstances, descReplaced, descPending, descRebuilt} {
 		ch <- d
 	}
 }
@@ -204,6 +210,9 @@ func (*stateCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descGlobalState, prometheus.GaugeValue, v, st)
 		}
 		ch <- prometheus.MustNewConstMetric(descGlobalMembers, prometheus.GaugeValue, m.globalMembers)
+		ch <- prometheus.MustNewConstMetric(descEventWrites, prometheus.CounterValue, m.eventWrites)
+		ch <- prometheus.MustNewConstMetric(descReleased, prometheus.CounterValue, m.releasedTokens)
+		ch <- prometheus.MustNewConstMetric(descCredited, prometheus.CounterValue, m.creditedTokens)
 	}
 }
 
@@ -222,6 +231,7 @@ type stateMetrics struct {
 	unleasedKeys, ignoredReports, ignoredWrites float64
 	globalState                                 string // global.Status.State
 	globalMembers                               float64
+	eventWrites, releasedTokens, creditedTokens float64
 }
 
 // globalStates are the values of global.Status.State, each a series of

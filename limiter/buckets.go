@@ -15,6 +15,9 @@ const (
 	putAny putMode = iota
 	putCreate
 	putUpdate
+	// putReshare is putUpdate in which a full bucket keeps its count when
+	// the burst grows (see ReshareBucket).
+	putReshare
 )
 
 // CreateBucket creates an explicit bucket that refills at rateLimit tokens
@@ -66,12 +69,15 @@ func (l *Limiter) putConfig(bucketID string, c Config, mode putMode) (bool, erro
 
 // ReshareBucket updates an existing explicit bucket's config as
 // UpdateBucketConfig does, then adds up to credit whole tokens to it,
-// within the new burst. It returns the whole tokens the update took away
+// within the new burst. Unlike an update, it never fills a bucket: a full
+// bucket whose burst grows keeps the tokens it held (its old burst), as one
+// that is not full does, so that a share that grows between buckets that
+// split one limit brings no tokens but the credit. It returns the whole tokens the update took away
 // (those above the new burst) and those the credit added (the last one may
 // be part of a token). Both are counted down, so a caller that moves the
 // tokens one bucket drops into another never moves more than were there.
 func (l *Limiter) ReshareBucket(bucketID string, c Config, credit int64) (dropped, added int64, err error) {
-	_, dropped, added, err = l.reconfigure(bucketID, c, putUpdate, max(credit, 0))
+	_, dropped, added, err = l.reconfigure(bucketID, c, putReshare, max(credit, 0))
 	return dropped, added, err
 }
 
@@ -99,7 +105,7 @@ func (e *engine) attach(id string, ci uint32, mode putMode, credit int64) (creat
 	defer sh.mu.Unlock()
 	sl := sh.lookup(k)
 	switch {
-	case sl == nil && mode == putUpdate:
+	case sl == nil && (mode == putUpdate || mode == putReshare):
 		e.cfgs.release(ci, 1)
 		return false, 0, 0, fmt.Errorf("%w: %q", ErrBucketNotFound, id)
 	case sl == nil:
@@ -111,7 +117,7 @@ func (e *engine) attach(id string, ci uint32, mode putMode, credit int64) (creat
 	}
 	old := uint32(sl.meta & cfgMask)
 	if old != ci {
-		dropped, added = sh.setConfig(e, sl, ci, e.cfgs.entries[ci].p, e.exactNow(), credit)
+		dropped, added = sh.setConfig(e, sl, ci, e.cfgs.entries[ci].p, e.exactNow(), credit, mode == putReshare)
 	}
 	e.cfgs.release(old, 1)
 	return false, dropped, added, nil
@@ -242,7 +248,7 @@ func (s *explicitSet) repoint(e *engine, from, to uint32, q *params, now int64) 
 			for j := range t.slots {
 				sl := &t.slots[j]
 				if sl.h != 0 && uint32(sl.meta&cfgMask) == from {
-					sh.setConfig(e, sl, to, q, now, 0)
+					sh.setConfig(e, sl, to, q, now, 0, false)
 					moved++
 				}
 			}

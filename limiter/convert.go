@@ -9,10 +9,13 @@ import "math/big"
 // tokens, from requests dated after now) is carried over, up to 2^62 units.
 // It runs under the bucket's mutex, off the hot path, so it uses math/big.
 //
+// A full bucket stays full, clamped to b's burst; with keepFull it holds
+// a's burst instead, so that a larger burst does not fill it.
+//
 // Then up to credit whole tokens are added, within b's burst. dropped is
 // the whole tokens the clamp to b's burst took away, added those the credit
 // put in (the last one may be part of a token, counted down).
-func convert(a, b *params, st tat, now, credit int64) (next tat, dropped, added int64) {
+func convert(a, b *params, st tat, now, credit int64, keepFull bool) (next tat, dropped, added int64) {
 	// diff = max(TAT - now, 0) in a's units: the bucket holds
 	// (a.w - diff)/a.p tokens.
 	var diff big.Int
@@ -25,7 +28,7 @@ func convert(a, b *params, st tat, now, credit int64) (next tat, dropped, added 
 			diff.SetInt64(0)
 		}
 	}
-	if diff.Sign() == 0 {
+	if diff.Sign() == 0 && !keepFull {
 		// Full stays full (clamped to the new burst).
 		return tat{s: sFull}, max(a.burst-b.burst, 0), 0
 	}

@@ -458,8 +458,10 @@ func moveSlot(dst, src *eslot) {
 
 // setConfig moves the slot to config index ci (params q) at time now,
 // keeping its tokens, then adds up to credit whole tokens within q's burst
-// (see convert for dropped and added). The caller holds the shard's mutex.
-func (sh *eshard) setConfig(e *engine, sl *eslot, ci uint32, q *params, now, credit int64) (dropped, added int64) {
+// (see convert for dropped and added). A full bucket stays full, unless
+// keep is set and q's burst is larger: then it keeps its count, p's burst
+// (see ReshareBucket). The caller holds the shard's mutex.
+func (sh *eshard) setConfig(e *engine, sl *eslot, ci uint32, q *params, now, credit int64, keep bool) (dropped, added int64) {
 	meta := sl.meta
 	p := e.cfgs.get(meta & cfgMask)
 	sh.seq.Add(1)
@@ -472,10 +474,15 @@ func (sh *eshard) setConfig(e *engine, sl *eslot, ci uint32, q *params, now, cre
 		atomic.StoreUint64(&sl.meta, meta&^cfgMask|uint64(ci))
 		return 0, 0
 	}
+	keep = keep && q.burst > p.burst
 	dropped = max(p.burst-q.burst, 0) // a full bucket stays full
-	if !sh.ready.Load() || atomic.LoadUint64(&sl.s) == sLive {
+	if !keep && (!sh.ready.Load() || atomic.LoadUint64(&sl.s) == sLive) {
 		atomic.StoreUint64(&sl.meta, meta&^cfgMask|uint64(ci))
 		return dropped, 0
+	}
+	if !sh.ready.Load() { // as the shard's first decision would
+		sh.floor.Store(satSub(now, p.lim/2))
+		sh.ready.Store(true)
 	}
 	floor := sh.floor.Load()
 	now = max(now, floor)
@@ -485,9 +492,14 @@ func (sh *eshard) setConfig(e *engine, sl *eslot, ci uint32, q *params, now, cre
 	}
 	// After raiseFloor, which locks the slots it converts.
 	v := uint64(0)
-	if s := sl.lock(); s > uint64(now-floor)*uint64(p.t) { // not full: carry the tokens over
+	s := sl.lock()
+	if full := s <= uint64(now-floor)*uint64(p.t); !full || keep {
+		st := tat{base: floor, s: int64(s)}
+		if full {
+			st = tat{s: sFull}
+		}
 		var next tat
-		next, dropped, added = convert(p, q, tat{base: floor, s: int64(s)}, now, credit)
+		next, dropped, added = convert(p, q, st, now, credit, keep)
 		if next.s != sFull {
 			v = uint64(now-floor)*uint64(q.t) + uint64(next.s)
 		}

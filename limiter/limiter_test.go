@@ -207,6 +207,35 @@ func TestReshareBucketMovesTokens(t *testing.T) {
 	runSteps(t, l, "k", []step{{0, 0, true, 5, 0, 60 * time.Millisecond, nil}})
 }
 
+// TestReshareBucketNeverFills checks that a larger burst does not fill a
+// full bucket on ReshareBucket (its tokens are its old burst, plus the
+// credit), as it does on UpdateBucketConfig, both in a shard that has never
+// decided and in one that has.
+func TestReshareBucketNeverFills(t *testing.T) {
+	const s = time.Second
+	now := t0
+	l := New(WithClock(func() time.Time { return now }))
+	defer l.Close()
+	small, large := Config{Rate: PerSecond(2), Burst: 2}, Config{Rate: PerSecond(100), Burst: 100}
+	for _, id := range []string{"fresh", "used", "updated"} {
+		must(t, l.CreateBucketConfig(id, small))
+	}
+	if _, _, err := l.ReshareBucket("fresh", large, 0); err != nil {
+		t.Fatal(err)
+	}
+	runSteps(t, l, "fresh", []step{{0, 2, true, 0, 0, s, nil}, {0, 1, false, 0, 10 * time.Millisecond, s, nil}})
+	// Emptied, then full again at its small burst after a second.
+	runSteps(t, l, "used", []step{{0, 2, true, 0, 0, s, nil}})
+	now = at(5 * s)
+	if _, added, err := l.ReshareBucket("used", large, 5); err != nil || added != 5 {
+		t.Fatalf("ReshareBucket with a credit of 5: added %d, %v", added, err)
+	}
+	runSteps(t, l, "used", []step{{5 * s, 7, true, 0, 0, s, nil}, {5 * s, 1, false, 0, 10 * time.Millisecond, s, nil}})
+	// An update keeps a full bucket full.
+	must(t, l.UpdateBucketConfig("updated", large))
+	runSteps(t, l, "updated", []step{{5 * s, 100, true, 0, 0, s, nil}})
+}
+
 // TestRaiseDoesNotRefillThePast checks that a config change takes effect
 // no earlier than a request dated by time.Now() just before it: a bucket
 // emptied at t and raised to a million tokens/s right after holds nothing

@@ -74,6 +74,37 @@ func startFleet(t *testing.T, etcd *e2e.EtcdCluster, n int) *fleet {
 	return f
 }
 
+// globalCounters are the fleet's release and event-write counters, summed
+// over its instances' /metrics.
+type globalCounters struct{ eventWrites, released, credited float64 }
+
+func (f *fleet) globalCounters(t *testing.T) globalCounters {
+	t.Helper()
+	var g globalCounters
+	for _, c := range f.caddies {
+		for _, m := range []struct {
+			name string
+			sum  *float64
+		}{
+			{"edgelimit_global_event_writes_total", &g.eventWrites},
+			{"edgelimit_global_released_tokens_total", &g.released},
+			{"edgelimit_global_credited_tokens_total", &g.credited},
+		} {
+			v, err := adminMetric(c, m.name)
+			if err != nil {
+				t.Fatalf("%s: %v", c.Name, err)
+			}
+			*m.sum += v
+		}
+	}
+	return g
+}
+
+// since is what the counters grew by since before.
+func (g globalCounters) since(before globalCounters) globalCounters {
+	return globalCounters{g.eventWrites - before.eventWrites, g.released - before.released, g.credited - before.credited}
+}
+
 // requireAdapts skips the test when Caddy cannot adapt cf because it does
 // not know feature yet (another part of the project in progress), and fails
 // it on any other adapt error.

@@ -102,6 +102,17 @@ func (c *Coordinator) windowsLocked(id string, gb *gbucket, rise, none bool) int
 	return 2
 }
 
+// tookOver reports whether another member's reported demand rising by rise
+// may be this instance's load moving there: by at least half of what this
+// instance reports, and by a fortieth of the bucket's rate (a rise that
+// moves shares). The reports of each tick rise and fall a little with
+// random arrivals; if such a rise counted, a single window in which this
+// instance's traffic stalls (a pause of the process or of its clients)
+// would report a fall at once and hand its share away and back.
+func (gb *gbucket) tookOver(rise uint64) bool {
+	return rise >= gb.demand/2 && float64(rise) >= gb.global.Rate.PerSecondFloat()*DemandScale/40
+}
+
 // demandMovedLocked reports whether seen requests over elapsed are a demand
 // clearly above (rose) or below (fell) the one reported for gb, and one
 // that moves this instance's share by at least a fortieth of the bucket's

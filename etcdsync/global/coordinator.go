@@ -106,6 +106,10 @@ type Coordinator struct {
 	ignoredWrites           uint64
 	logWindow               time.Time
 	logLines, logSuppressed int
+
+	// beforeWatch, if set (by tests, before Start), runs before each
+	// member watch is created.
+	beforeWatch func()
 }
 
 // gbucket is one global bucket as this instance holds it.
@@ -123,7 +127,8 @@ type gbucket struct {
 	checkAt, moveAt   time.Time
 	moving            int
 	movingUp          bool
-	// othersRose: another member reported more demand since the last tick.
+	// othersRose: another member reported a rise since the last tick that
+	// may be this instance's load moving there (see tookOver).
 	othersRose bool
 	// target is this instance's share as last computed, since changedAt;
 	// applied may lag it while a raise is held back.

@@ -170,6 +170,15 @@ func (c *Coordinator) follow(sctx context.Context, s *concurrency.Session, lease
 	watch := func(from int64) clientv3.WatchChan {
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(sctx))
 		stopWatch = cancel
+		if c.beforeWatch != nil {
+			c.beforeWatch()
+		}
+		// clientv3's Watch returns once etcd confirms the watch, which on
+		// a stalled connection is never, and this loop must go on reading
+		// renewals and the lease deadline: past LeaseTTL the watch is
+		// cancelled, its channel closes, and the loop relists.
+		creating := time.AfterFunc(c.opts.LeaseTTL, cancel)
+		defer creating.Stop()
 		return c.cli.Load().Watch(wctx, c.members, clientv3.WithPrefix(), clientv3.WithRev(from))
 	}
 	wch := watch(rev + 1)

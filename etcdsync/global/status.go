@@ -48,7 +48,8 @@ type Status struct {
 	// kind: each value once as the watch delivers it, and again at a
 	// relist.
 	IgnoredWrites uint64
-	// Buckets is every global bucket this instance holds.
+	// Buckets is every global bucket this instance holds (nil from
+	// Summary).
 	Buckets map[string]BucketStatus
 }
 
@@ -60,10 +61,33 @@ type BucketStatus struct {
 	Demand float64
 }
 
-// Status returns a snapshot of the coordinator.
+// Status returns a snapshot of the coordinator, every global bucket
+// included.
 func (c *Coordinator) Status() Status {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	s := c.summaryLocked()
+	s.Buckets = make(map[string]BucketStatus, len(c.buckets))
+	for id, gb := range c.buckets {
+		s.Buckets[id] = BucketStatus{
+			Global: limiter.Config{Rate: gb.global.Rate, Burst: gb.global.Burst, Shadow: gb.shadow},
+			Share:  gb.applied,
+			Demand: float64(gb.demand) / DemandScale,
+		}
+	}
+	return s
+}
+
+// Summary is Status without Buckets (nil): its cost does not grow with the
+// number of global buckets, so a metrics scrape can call it.
+func (c *Coordinator) Summary() Status {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.summaryLocked()
+}
+
+// summaryLocked is Summary. It requires c.mu.
+func (c *Coordinator) summaryLocked() Status {
 	s := Status{
 		InstanceID:      c.opts.InstanceID,
 		State:           c.state.String(),
@@ -81,15 +105,7 @@ func (c *Coordinator) Status() Status {
 		ReleasedTokens:  c.released,
 		CreditedTokens:  c.credited,
 		IgnoredWrites:   c.ignoredWrites,
-		Buckets:         make(map[string]BucketStatus, len(c.buckets)),
 	}
 	s.UnleasedKeys, s.IgnoredReports = c.ignoredCountsLocked()
-	for id, gb := range c.buckets {
-		s.Buckets[id] = BucketStatus{
-			Global: limiter.Config{Rate: gb.global.Rate, Burst: gb.global.Burst, Shadow: gb.shadow},
-			Share:  gb.applied,
-			Demand: float64(gb.demand) / DemandScale,
-		}
-	}
 	return s
 }

@@ -143,8 +143,8 @@ func (c *Coordinator) applyEventLocked(ev *mvccpb.Event, dirty *dirtySet) {
 			dirty.add(b)
 		}
 		if d > old[b] && k.id != c.opts.InstanceID {
-			if gb, ok := c.buckets[b]; ok {
-				gb.othersRose = true // see checkDemandLocked
+			if gb, ok := c.buckets[b]; ok && gb.tookOver(d-old[b]) {
+				gb.othersRose = true // see windowsLocked
 			}
 		}
 	}
