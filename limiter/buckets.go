@@ -72,10 +72,11 @@ func (l *Limiter) putConfig(bucketID string, c Config, mode putMode) (bool, erro
 // within the new burst. Unlike an update, it never fills a bucket: a full
 // bucket whose burst grows keeps the tokens it held (its old burst), as one
 // that is not full does, so that a share that grows between buckets that
-// split one limit brings no tokens but the credit. It returns the whole tokens the update took away
-// (those above the new burst) and those the credit added (the last one may
-// be part of a token). Both are counted down, so a caller that moves the
-// tokens one bucket drops into another never moves more than were there.
+// split one limit brings no tokens but the credit. It returns the whole
+// tokens the update took away (those above the new burst) and those the
+// credit added (the last one may be part of a token). Both are counted
+// down, so a caller that moves the tokens one bucket drops into another
+// never moves more than were there.
 func (l *Limiter) ReshareBucket(bucketID string, c Config, credit int64) (dropped, added int64, err error) {
 	_, dropped, added, err = l.reconfigure(bucketID, c, putReshare, max(credit, 0))
 	return dropped, added, err
