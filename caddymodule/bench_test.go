@@ -33,7 +33,7 @@ func benchHandler(b testing.TB) *Handler {
 	h.app.started.once.Do(func() {})
 	h.explicit = limiter.New()
 	h.zone = &zoneState{name: "bench", lim: limiter.New(limiter.WithDefault(tmpl))}
-	h.unknown, h.status = UnknownDefault, 429
+	h.unknown, h.status = UnknownRate, 429
 	h.setLogger(zap.NewNop())
 	h.counters = newZoneCounters("bench")
 	h.hdr = newHeaderWriter(HeadersDraft, "bench", tmpl, true)

@@ -71,8 +71,8 @@ const zoneClaimsState = "edge_limit.zones"
 //		rate      <tokens>/<period>          # 100/1s, 10/1m, 0.5/s
 //		burst     <tokens>
 //		max_buckets <n>                      # cap on the zone's dynamic buckets
-//		unknown   default|allow|deny
-//		empty_key client_ip|shared|skip|deny
+//		unknown   rate|skip|deny               # keys without an explicit bucket
+//		empty_key client_ip|shared|skip|deny   # requests the policy cannot key
 //		cost      <tokens>
 //		shadow
 //		status    <code>
@@ -164,19 +164,25 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.Status = int(n)
 		case "unknown":
-			if !d.Args(&h.Unknown) {
+			var s string
+			if !d.Args(&s) {
 				return d.ArgErr()
 			}
-			if h.Unknown != UnknownDefault && h.Unknown != UnknownAllow && h.Unknown != UnknownDeny {
-				return d.Errf("unknown %q; want default, allow or deny", h.Unknown)
+			u, err := parseUnknown(s)
+			if err != nil {
+				return d.Err(err.Error())
 			}
+			h.Unknown = u
 		case "empty_key":
-			if !d.Args(&h.EmptyKey) {
+			var s string
+			if !d.Args(&s) {
 				return d.ArgErr()
 			}
-			if _, err := policy.ParseFallback(h.EmptyKey); err != nil {
+			f, err := policy.ParseFallback(s)
+			if err != nil {
 				return d.Errf("empty_key: %v", err)
 			}
+			h.EmptyKey = f.String()
 		case "headers":
 			var s string
 			if !d.Args(&s) {

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -23,7 +24,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"bad burst", "edge_limit {\n\trate 1/s\n\tburst -3\n}", "burst \"-3\": want a positive integer", "at Caddyfile:4"},
 		{"unknown option", "edge_limit {\n\trate 1/s\n\tbrust 3\n}", "unknown edge_limit option \"brust\"", "at Caddyfile:4"},
 		{"twice", "edge_limit {\n\trate 1/s\n\trate 2/s\n}", "rate is given twice", "at Caddyfile:4"},
-		{"bad unknown", "edge_limit {\n\tunknown maybe\n}", `unknown "maybe"; want default, allow or deny`, "at Caddyfile:3"},
+		{"bad unknown", "edge_limit {\n\tunknown maybe\n}", `unknown "maybe"; want rate, skip or deny`, "at Caddyfile:3"},
 		{"bad empty_key", "edge_limit {\n\trate 1/s\n\tempty_key never\n}", "", "at Caddyfile:4"},
 		{"bad headers", "edge_limit {\n\trate 1/s\n\theaders fancy\n}", `headers "fancy"`, "at Caddyfile:4"},
 		{"bad template", "edge_limit {\n\trate 1/s\n\tkey {http.request.header.X\n}", "key: policy: invalid key template", "at Caddyfile:4"},
@@ -47,6 +48,53 @@ func TestCaddyfileErrors(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tt.want) || !strings.HasSuffix(err.Error(), tt.line) {
 				t.Errorf("error = %q\nwant it to contain %q and end with %q", err, tt.want, tt.line)
+			}
+		})
+	}
+}
+
+// TestFallbackAliases: the older words of unknown, empty_key and on_error
+// still load. The Caddyfile adapter writes the current word; a JSON config
+// keeps the word it has, and Validate accepts it.
+func TestFallbackAliases(t *testing.T) {
+	tests := []struct{ opt, old, want string }{
+		{"unknown", "default", UnknownRate},
+		{"unknown", "allow", UnknownSkip},
+		{"empty_key", "allow", "skip"},
+		{"on_error", "fallback", "empty_key"},
+		{"on_error", "allow", "skip"},
+		{"on_error", "key", "fallback_key"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.opt+" "+tt.old, func(t *testing.T) {
+			line := tt.opt + " " + tt.old
+			if tt.opt == "on_error" {
+				line = "policy wasm p.wasm {\n" + line + "\nfallback_key k\n}"
+			}
+			toks, err := caddyfile.Tokenize([]byte("edge_limit {\nrate 1/s\n"+line+"\n}"), "Caddyfile")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var h Handler
+			if err := h.UnmarshalCaddyfile(caddyfile.NewDispenser(toks)); err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			got := map[string]string{"unknown": h.Unknown, "empty_key": h.EmptyKey}[tt.opt]
+			if w, ok := h.parsed.(*WASMPolicy); ok {
+				got = w.OnError
+			}
+			if got != tt.want {
+				t.Errorf("%s adapts to %q; want %q", line, got, tt.want)
+			}
+			if tt.opt == "on_error" {
+				return // a JSON on_error is parsed by policy.ParseOnError, tested there
+			}
+			var fromJSON Handler
+			if err := json.Unmarshal([]byte(fmt.Sprintf(`{"zone":"z","rate":1,%q:%q}`, tt.opt, tt.old)), &fromJSON); err != nil {
+				t.Fatal(err)
+			}
+			if err := fromJSON.Validate(); err != nil {
+				t.Errorf("JSON %s %q: Validate: %v", tt.opt, tt.old, err)
 			}
 		})
 	}
@@ -106,6 +154,7 @@ func FuzzHandlerCaddyfile(f *testing.F) {
 		"policy header X\nunknown deny",
 		"policy client_ip {\nipv4 24\n}\nrate 5/s",
 		"rate 0.5/s\nheaders legacy\nstatus 503\ncost 2\nempty_key skip",
+		"policy header X\nunknown allow\nempty_key allow",
 		"zone z\nrate 1e9/1ns",
 	} {
 		f.Add(s)

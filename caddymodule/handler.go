@@ -25,15 +25,31 @@ func init() {
 }
 
 // Unknown-key behaviours: what a request gets when its key has no
-// explicit bucket.
+// explicit bucket, in the words of empty_key and on_error (policy.Fallback).
 const (
-	// UnknownDefault counts it in the zone's table, under the template.
-	UnknownDefault = "default"
-	// UnknownAllow lets it through unlimited: only explicit buckets limit.
-	UnknownAllow = "allow"
+	// UnknownRate counts it in a bucket of its own in the zone's table, at
+	// the handler's rate and burst.
+	UnknownRate = "rate"
+	// UnknownSkip lets it through unlimited: only explicit buckets limit.
+	UnknownSkip = "skip"
 	// UnknownDeny rejects it: only keys with an explicit bucket get in.
 	UnknownDeny = "deny"
 )
+
+// parseUnknown returns the unknown behaviour s names: one of the Unknown
+// constants, the older "default" (rate) or "allow" (skip), or empty for
+// the default, rate.
+func parseUnknown(s string) (string, error) {
+	switch s {
+	case "", UnknownRate, "default":
+		return UnknownRate, nil
+	case UnknownSkip, "allow":
+		return UnknownSkip, nil
+	case UnknownDeny:
+		return UnknownDeny, nil
+	}
+	return "", fmt.Errorf("%w: unknown %q; want rate, skip or deny", ErrInvalidConfig, s)
+}
 
 // DefaultZone is the zone of a handler that names none.
 const DefaultZone = "default"
@@ -73,14 +89,16 @@ type Handler struct {
 	// the machine's) at 32 bytes per bucket. Handlers of one zone must agree.
 	MaxBuckets int `json:"max_buckets,omitempty"`
 
-	// Unknown is what keys without an explicit bucket get: "default"
-	// (the template; the default), "allow" or "deny".
+	// Unknown is what keys without an explicit bucket get: "rate" (a
+	// bucket of their own at the handler's rate; the default), "skip" or
+	// "deny". The older "default" and "allow" mean rate and skip.
 	Unknown string `json:"unknown,omitempty"`
 
 	// EmptyKey is what the built-in policies do with a request they cannot
 	// key (missing header, all placeholders empty): "client_ip" (the
 	// default: count it per client address, in a bucket separate from any
-	// key), "shared" (one bucket for all such requests), "skip" or "deny".
+	// key), "shared" (one bucket for all such requests), "skip" or "deny"
+	// (see policy.Fallback; "allow" means skip).
 	EmptyKey string `json:"empty_key,omitempty"`
 
 	// Cost is the tokens a request takes; 1 if zero.
@@ -151,10 +169,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.check(); err != nil {
 		return err
 	}
-	h.unknown = h.Unknown
-	if h.unknown == "" {
-		h.unknown = UnknownDefault
-	}
+	h.unknown, _ = parseUnknown(h.Unknown) // checked above
 	h.status = h.Status
 	if h.status == 0 {
 		h.status = http.StatusTooManyRequests
@@ -254,11 +269,11 @@ func checkZone(z string) error {
 	return nil
 }
 
-// checkRate requires a template rate unless unknown keys are allowed or
+// checkRate requires a template rate unless unknown keys are skipped or
 // denied outright (then the handler needs no template).
 func (h *Handler) checkRate() error {
-	if h.Rate <= 0 && (h.Unknown == "" || h.Unknown == UnknownDefault) {
-		return fmt.Errorf("%w: zone %q: a rate is required (e.g. rate 100/1s) unless unknown is allow or deny", ErrInvalidConfig, cmp.Or(h.Zone, DefaultZone))
+	if u, _ := parseUnknown(h.Unknown); h.Rate <= 0 && u == UnknownRate {
+		return fmt.Errorf("%w: zone %q: a rate is required (e.g. rate 100/1s) unless unknown is skip or deny", ErrInvalidConfig, cmp.Or(h.Zone, DefaultZone))
 	}
 	return nil
 }
@@ -268,14 +283,11 @@ func (h *Handler) check() error {
 	if err := checkZone(h.Zone); err != nil {
 		return err
 	}
-	switch h.Unknown {
-	case "", UnknownDefault:
-		if err := h.checkRate(); err != nil {
-			return err
-		}
-	case UnknownAllow, UnknownDeny:
-	default:
-		return fmt.Errorf("%w: unknown %q; want default, allow or deny", ErrInvalidConfig, h.Unknown)
+	if _, err := parseUnknown(h.Unknown); err != nil {
+		return err
+	}
+	if err := h.checkRate(); err != nil {
+		return err
 	}
 	if h.Rate < 0 || h.Burst < 0 || h.Per < 0 {
 		return fmt.Errorf("%w: zone %q: rate, per and burst must not be negative", ErrInvalidConfig, h.Zone)
@@ -356,7 +368,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	d, err := h.explicit.AllowN(key, now, int(v.Cost))
 	if err == limiter.ErrBucketNotFound {
 		switch {
-		case h.unknown == UnknownAllow:
+		case h.unknown == UnknownSkip:
 			h.counters.byResult[resultUnknownAllowed].Inc()
 			return next.ServeHTTP(w, r)
 		case h.unknown == UnknownDeny:

@@ -34,10 +34,11 @@ type WASMPolicy struct {
 	// Config is handed to the guest's init.
 	Config string `json:"config,omitempty"`
 	// OnError is what a request gets when the guest fails (trap, timeout,
-	// bad output): "fallback" (the handler's empty_key behaviour; the
-	// default), "allow", "deny" or "key" (count it in FallbackKey).
+	// bad output): "empty_key" (the handler's empty_key behaviour; the
+	// default), "fallback_key" (count it in FallbackKey), "skip" or "deny"
+	// (see policy.ParseOnError for the older words it accepts).
 	OnError string `json:"on_error,omitempty"`
-	// FallbackKey is the bucket of on_error key.
+	// FallbackKey is the bucket of on_error fallback_key.
 	FallbackKey string `json:"fallback_key,omitempty"`
 	// Timeout bounds one guest call.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
@@ -165,7 +166,7 @@ func fileSHA256(path string) (string, error) {
 //	policy wasm <path> {
 //		sha256           <hex>
 //		config           <string>
-//		on_error         fallback|allow|deny|key
+//		on_error         empty_key|fallback_key|skip|deny
 //		fallback_key     <key>
 //		timeout          <duration>
 //		max_memory_pages <pages>
@@ -194,8 +195,9 @@ func (p *WASMPolicy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "config":
 			p.Config = s
 		case "on_error":
-			_, err = policy.ParseOnError(s)
-			p.OnError = s
+			var o policy.OnError
+			o, err = policy.ParseOnError(s)
+			p.OnError = o.String()
 		case "fallback_key":
 			p.FallbackKey = s
 		case "timeout":

@@ -170,6 +170,10 @@ func TestParseFallback(t *testing.T) {
 			t.Errorf("ParseFallback(%q) = %v, %v; want %v", f.String(), got, err, f)
 		}
 	}
+	// "allow" is accepted for "skip", as in unknown and on_error.
+	if got, err := ParseFallback("allow"); err != nil || got != FallbackSkip {
+		t.Errorf("ParseFallback(allow) = %v, %v; want skip", got, err)
+	}
 	if _, err := ParseFallback("sometimes"); !errors.Is(err, ErrInvalidFallback) {
 		t.Errorf("ParseFallback(sometimes): err = %v", err)
 	}

@@ -161,11 +161,11 @@ func TestWASMHostile(t *testing.T) {
 	}{
 		{"loop", policy.WASMConfig{OnError: policy.OnErrorDeny, Timeout: 20 * time.Millisecond},
 			policy.Verdict{Action: policy.Deny}, wasm.ErrTimeout},
-		{"unreachable", policy.WASMConfig{OnError: policy.OnErrorAllow}, policy.Verdict{Action: policy.Skip}, wasm.ErrTrap},
-		{"garbage", policy.WASMConfig{OnError: policy.OnErrorKey, FallbackKey: "wasm-broken", Cost: 3},
+		{"unreachable", policy.WASMConfig{OnError: policy.OnErrorSkip}, policy.Verdict{Action: policy.Skip}, wasm.ErrTrap},
+		{"garbage", policy.WASMConfig{OnError: policy.OnErrorFallbackKey, FallbackKey: "wasm-broken", Cost: 3},
 			limit("wasm-broken", 3), wasm.ErrBadResult},
 		{"huge", policy.WASMConfig{OnError: policy.OnErrorDeny}, policy.Verdict{Action: policy.Deny}, wasm.ErrBadResult},
-		{"outofbounds", policy.WASMConfig{OnError: policy.OnErrorAllow}, policy.Verdict{Action: policy.Skip}, wasm.ErrBadResult},
+		{"outofbounds", policy.WASMConfig{OnError: policy.OnErrorSkip}, policy.Verdict{Action: policy.Skip}, wasm.ErrBadResult},
 		{"longkey", policy.WASMConfig{}, fallbackIP, wasm.ErrKeyTooLong},
 		{"membomb", policy.WASMConfig{MaxMemoryPages: 32}, limit("wat", 1), nil},
 	}
@@ -196,7 +196,7 @@ func TestWASMRefusesBadModules(t *testing.T) {
 		t.Errorf("pin mismatch: %v", err)
 	}
 	for _, c := range []policy.WASMConfig{
-		{OnError: policy.OnErrorKey},
+		{OnError: policy.OnErrorFallbackKey},
 		{OnError: 9},
 		{Cost: -1},
 	} {
@@ -299,14 +299,20 @@ func TestWASMEvaluateAllocs(t *testing.T) {
 }
 
 func TestParseOnError(t *testing.T) {
-	for _, o := range []policy.OnError{policy.OnErrorFallback, policy.OnErrorAllow, policy.OnErrorDeny, policy.OnErrorKey} {
+	for _, o := range []policy.OnError{policy.OnErrorEmptyKey, policy.OnErrorSkip, policy.OnErrorDeny, policy.OnErrorFallbackKey} {
 		got, err := policy.ParseOnError(o.String())
 		if err != nil || got != o {
 			t.Errorf("ParseOnError(%q) = %v, %v", o.String(), got, err)
 		}
 	}
-	if got, err := policy.ParseOnError(""); err != nil || got != policy.OnErrorFallback {
+	if got, err := policy.ParseOnError(""); err != nil || got != policy.OnErrorEmptyKey {
 		t.Errorf(`ParseOnError("") = %v, %v`, got, err)
+	}
+	// The older words still load.
+	for old, want := range map[string]policy.OnError{"fallback": policy.OnErrorEmptyKey, "allow": policy.OnErrorSkip, "key": policy.OnErrorFallbackKey} {
+		if got, err := policy.ParseOnError(old); err != nil || got != want {
+			t.Errorf("ParseOnError(%q) = %v, %v; want %v", old, got, err, want)
+		}
 	}
 	if _, err := policy.ParseOnError("explode"); !errors.Is(err, policy.ErrInvalidOnError) {
 		t.Errorf("ParseOnError(explode): %v", err)
@@ -316,7 +322,7 @@ func TestParseOnError(t *testing.T) {
 // TestWASMKeyMissesFallbackBuckets: a guest's key is whatever it computed
 // from client input, NUL first included; it must not count against the
 // fallback bucket of the address it names, which the same policy's
-// on_error fallback uses.
+// on_error empty_key uses.
 func TestWASMKeyMissesFallbackBuckets(t *testing.T) {
 	aimed := policy.FallbackKeyPrefix + "192.0.2.1"
 	// limit, cost 1, key "\x00192.0.2.1" (15 bytes at 64)
