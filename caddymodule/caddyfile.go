@@ -22,8 +22,8 @@ func init() {
 }
 
 func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	var hd Handler
-	if err := hd.UnmarshalCaddyfile(h.Dispenser); err != nil {
+	hd, err := unmarshalHandler(h.Dispenser)
+	if err != nil {
 		return nil, err
 	}
 	// The zone conflicts Provision would find, found here where the file
@@ -33,8 +33,6 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	if hd.parsed != nil {
 		pm = hd.parsed
 	}
-	h.Reset()
-	h.Next()
 	claim, ok, err := hd.zoneClaim(pm, fmt.Sprintf("%s:%d", h.File(), h.Line()))
 	if err != nil {
 		return nil, h.Err(err.Error())
@@ -52,6 +50,24 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 		if err := zones.claim(zone, claim); err != nil {
 			return nil, h.Err(err.Error())
 		}
+	}
+	return hd, nil
+}
+
+// unmarshalHandler parses an edge_limit segment with UnmarshalCaddyfile,
+// then checks it with Validate, the check JSON configs get, and reports a
+// failure at the directive's line: Caddy's provisioning gives a module no
+// position, so only the adapter can name the file and line. It leaves d at
+// the directive.
+func unmarshalHandler(d *caddyfile.Dispenser) (*Handler, error) {
+	var hd Handler
+	if err := hd.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	d.Reset()
+	d.Next()
+	if err := hd.Validate(); err != nil {
+		return nil, d.Err(err.Error())
 	}
 	return &hd, nil
 }
@@ -81,6 +97,8 @@ const zoneClaimsState = "edge_limit.zones"
 //	}
 //
 // Without key or policy, requests are keyed by client IP (/32, /64).
+// It parses; Validate checks what the values mean (a zone name, a rate
+// where one is needed), for Caddyfile and JSON configs alike.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
 	if d.NextArg() {
@@ -103,9 +121,6 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "zone":
 			if !d.Args(&h.Zone) {
 				return d.ArgErr()
-			}
-			if err := checkZone(h.Zone); err != nil {
-				return d.Err(err.Error())
 			}
 		case "key":
 			var key string
@@ -202,9 +217,6 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		if err := noMore(d); err != nil {
 			return err
 		}
-	}
-	if err := h.checkRate(); err != nil {
-		return d.Err(err.Error())
 	}
 	return nil
 }

@@ -20,7 +20,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"bad rate", "edge_limit {\n\trate fast\n}", `rate "fast": want <tokens>/<period>`, "at Caddyfile:3"},
 		{"zero rate", "edge_limit {\n\trate 0/1s\n}", "", "at Caddyfile:3"},
 		{"bad period", "edge_limit {\n\trate 10/soon\n}", `"soon" is not a positive duration`, "at Caddyfile:3"},
-		{"missing rate", "edge_limit {\n\tzone z\n}", "rate is required", "at Caddyfile:4"},
+		{"missing rate", "edge_limit {\n\tzone z\n}", `zone "z": a rate is required`, "at Caddyfile:2"},
 		{"bad burst", "edge_limit {\n\trate 1/s\n\tburst -3\n}", "burst \"-3\": want a positive integer", "at Caddyfile:4"},
 		{"unknown option", "edge_limit {\n\trate 1/s\n\tbrust 3\n}", "unknown edge_limit option \"brust\"", "at Caddyfile:4"},
 		{"twice", "edge_limit {\n\trate 1/s\n\trate 2/s\n}", "rate is given twice", "at Caddyfile:4"},
@@ -32,7 +32,9 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"key and policy", "edge_limit {\n\trate 1/s\n\tkey {a}\n\tpolicy header X\n}", "key and policy are exclusive", "at Caddyfile:5"},
 		{"unknown policy", "edge_limit {\n\trate 1/s\n\tpolicy magic\n}", "getting module named 'http.handlers.edge_limit.policies.magic'", "at Caddyfile:4"},
 		{"bad prefix", "edge_limit {\n\trate 1/s\n\tpolicy client_ip 40\n}", "policy: invalid IP prefix length: ipv4 prefix /40", "at Caddyfile:4"},
-		{"bad zone", "edge_limit {\n\tzone \"a b\"\n\trate 1/s\n}", `zone "a b"`, "at Caddyfile:3"},
+		{"bad zone", "edge_limit {\n\tzone \"a b\"\n\trate 1/s\n}", `zone "a b": want 1-64 letters`, "at Caddyfile:2"},
+		{"bad zone argument", "edge_limit \"a/b\" {\n\trate 1/s\n}", `zone "a/b": want 1-64 letters`, "at Caddyfile:2"},
+		{"success status", "edge_limit {\n\trate 1/s\n\tstatus 200\n}", `status 200; want an error status`, "at Caddyfile:2"},
 		{"extra arg", "edge_limit {\n\trate 1/s extra\n}", "unexpected argument \"extra\"", "at Caddyfile:3"},
 		{"shadow arg", "edge_limit {\n\trate 1/s\n\tshadow yes\n}", "unexpected argument \"yes\"", "at Caddyfile:4"},
 		{"bad wasm cache", "edge_limit {\n\trate 1/s\n\tpolicy wasm p.wasm {\n\t\tcache none\n\t}\n}", `cache "none": caddymodule: invalid config: want a positive number of entries, or off`, "at Caddyfile:5"},
@@ -90,7 +92,7 @@ func TestFallbackAliases(t *testing.T) {
 				return // a JSON on_error is parsed by policy.ParseOnError, tested there
 			}
 			var fromJSON Handler
-			if err := json.Unmarshal([]byte(fmt.Sprintf(`{"zone":"z","rate":1,%q:%q}`, tt.opt, tt.old)), &fromJSON); err != nil {
+			if err := json.Unmarshal([]byte(fmt.Sprintf(`{"rate":1,%q:%q}`, tt.opt, tt.old)), &fromJSON); err != nil {
 				t.Fatal(err)
 			}
 			if err := fromJSON.Validate(); err != nil {
@@ -165,8 +167,8 @@ func FuzzHandlerCaddyfile(f *testing.F) {
 		if err != nil {
 			return
 		}
-		var h Handler
-		if err := h.UnmarshalCaddyfile(caddyfile.NewDispenser(toks)); err != nil {
+		h, err := unmarshalHandler(caddyfile.NewDispenser(toks))
+		if err != nil {
 			if !strings.Contains(err.Error(), "Caddyfile:") {
 				t.Fatalf("error without a position: %v", err)
 			}
@@ -180,11 +182,8 @@ func FuzzHandlerCaddyfile(f *testing.F) {
 		if err := json.Unmarshal(b, &back); err != nil {
 			t.Fatalf("round trip of %s: %v", b, err)
 		}
-		if back.Zone == "" {
-			back.Zone = DefaultZone
-		}
-		if err := back.check(); err != nil {
-			t.Fatalf("parser accepted %q but check rejects it: %v", body, err)
+		if err := back.Validate(); err != nil {
+			t.Fatalf("adapter accepted %q but Validate rejects its JSON: %v", body, err)
 		}
 	})
 }

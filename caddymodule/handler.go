@@ -166,7 +166,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.Zone == "" {
 		h.Zone = DefaultZone
 	}
-	if err := h.check(); err != nil {
+	if err := h.Validate(); err != nil {
 		return err
 	}
 	h.unknown, _ = parseUnknown(h.Unknown) // checked above
@@ -261,36 +261,25 @@ func (h *Handler) zoneClaim(pm PolicyModule, where string) (c zoneClaim, ok bool
 	}, true, nil
 }
 
-// checkZone tells whether z is a valid zone name (see zoneName).
-func checkZone(z string) error {
-	if !zoneName.MatchString(z) {
-		return fmt.Errorf("%w: zone %q: want 1-64 letters, digits, '_', '.', ':' or '-'", ErrInvalidConfig, z)
+// Validate implements caddy.Validator. It is the one check of the plain
+// fields: Provision runs it before using them, and the Caddyfile adapter
+// runs it to report a bad value with its file and line (unmarshalHandler).
+func (h *Handler) Validate() error {
+	zone := cmp.Or(h.Zone, DefaultZone)
+	if !zoneName.MatchString(zone) {
+		return fmt.Errorf("%w: zone %q: want 1-64 letters, digits, '_', '.', ':' or '-'", ErrInvalidConfig, zone)
 	}
-	return nil
-}
-
-// checkRate requires a template rate unless unknown keys are skipped or
-// denied outright (then the handler needs no template).
-func (h *Handler) checkRate() error {
-	if u, _ := parseUnknown(h.Unknown); h.Rate <= 0 && u == UnknownRate {
-		return fmt.Errorf("%w: zone %q: a rate is required (e.g. rate 100/1s) unless unknown is skip or deny", ErrInvalidConfig, cmp.Or(h.Zone, DefaultZone))
-	}
-	return nil
-}
-
-// check validates the plain fields; Validate repeats it for JSON configs.
-func (h *Handler) check() error {
-	if err := checkZone(h.Zone); err != nil {
+	unknown, err := parseUnknown(h.Unknown)
+	if err != nil {
 		return err
 	}
-	if _, err := parseUnknown(h.Unknown); err != nil {
-		return err
-	}
-	if err := h.checkRate(); err != nil {
-		return err
+	// Without a rate there is no template, which only keys that are
+	// skipped or denied outright can do without.
+	if h.Rate <= 0 && unknown == UnknownRate {
+		return fmt.Errorf("%w: zone %q: a rate is required (e.g. rate 100/1s) unless unknown is skip or deny", ErrInvalidConfig, zone)
 	}
 	if h.Rate < 0 || h.Burst < 0 || h.Per < 0 {
-		return fmt.Errorf("%w: zone %q: rate, per and burst must not be negative", ErrInvalidConfig, h.Zone)
+		return fmt.Errorf("%w: zone %q: rate, per and burst must not be negative", ErrInvalidConfig, zone)
 	}
 	if _, err := policy.ParseFallback(h.EmptyKey); err != nil {
 		return fmt.Errorf("%w: empty_key: %w", ErrInvalidConfig, err)
@@ -299,7 +288,7 @@ func (h *Handler) check() error {
 		return fmt.Errorf("%w: cost %d; want 1..%d", ErrInvalidConfig, h.Cost, limiter.MaxBurst)
 	}
 	if h.MaxBuckets < 0 {
-		return fmt.Errorf("%w: zone %q: max_buckets %d must not be negative", ErrInvalidConfig, h.Zone, h.MaxBuckets)
+		return fmt.Errorf("%w: zone %q: max_buckets %d must not be negative", ErrInvalidConfig, zone, h.MaxBuckets)
 	}
 	if h.Status != 0 && (h.Status < 400 || h.Status > 599) {
 		return fmt.Errorf("%w: status %d; want an error status, 400..599", ErrInvalidConfig, h.Status)
@@ -317,9 +306,6 @@ func (h *Handler) setLogger(l *zap.Logger) {
 	}))
 	h.routeErrLog = h.policyErrLog
 }
-
-// Validate implements caddy.Validator.
-func (h *Handler) Validate() error { return h.check() }
 
 // Cleanup releases the zone table and the policy. It works after a
 // Provision that failed halfway.
