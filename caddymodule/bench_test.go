@@ -18,8 +18,8 @@ import (
 // Caddy: a placeholder key on X-Key, a generous template, draft headers.
 func benchHandler(b testing.TB) *Handler {
 	b.Helper()
-	h := &Handler{Zone: "bench", Template: Template{Rate: 1e9, Burst: 1e9}}
-	tmpl, err := h.Template.config(false)
+	h := &Handler{Zone: "bench", BucketTemplate: BucketTemplate{Rate: 1e9, Burst: 1e9}}
+	tmpl, err := h.BucketTemplate.config(false)
 	if err != nil {
 		b.Fatal(err)
 	}

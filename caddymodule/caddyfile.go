@@ -127,7 +127,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.Args(&key) {
 				return d.ArgErr()
 			}
-			if _, err := policy.ParseTemplate(key); err != nil {
+			if _, err := policy.ParseKeyTemplate(key); err != nil {
 				return d.Errf("key: %v", err)
 			}
 			h.parsed = &PlaceholderPolicy{Key: key}

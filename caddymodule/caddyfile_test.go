@@ -274,15 +274,15 @@ func TestCaddyfileZoneConflicts(t *testing.T) {
 // errors that cannot quote the Caddyfile (Provision's zone check).
 func TestTemplateText(t *testing.T) {
 	for _, tt := range []struct {
-		tmpl Template
+		tmpl BucketTemplate
 		want string
 	}{
-		{Template{Rate: 20, Per: caddyDuration(time.Second), Burst: 40}, "rate 20/1s burst 40"},
-		{Template{Rate: 0.5}, "rate 0.5/1s"},
-		{Template{Rate: 10, Per: caddyDuration(time.Minute)}, "rate 10/1m"},
-		{Template{Rate: 1000, Per: caddyDuration(time.Hour), Burst: 5}, "rate 1000/1h burst 5"},
-		{Template{Rate: 3, Per: caddyDuration(90 * time.Second)}, "rate 3/1m30s"},
-		{Template{Rate: 5, Per: caddyDuration(500 * time.Millisecond)}, "rate 5/500ms"},
+		{BucketTemplate{Rate: 20, Per: caddyDuration(time.Second), Burst: 40}, "rate 20/1s burst 40"},
+		{BucketTemplate{Rate: 0.5}, "rate 0.5/1s"},
+		{BucketTemplate{Rate: 10, Per: caddyDuration(time.Minute)}, "rate 10/1m"},
+		{BucketTemplate{Rate: 1000, Per: caddyDuration(time.Hour), Burst: 5}, "rate 1000/1h burst 5"},
+		{BucketTemplate{Rate: 3, Per: caddyDuration(90 * time.Second)}, "rate 3/1m30s"},
+		{BucketTemplate{Rate: 5, Per: caddyDuration(500 * time.Millisecond)}, "rate 5/500ms"},
 	} {
 		if got := tt.tmpl.text(""); got != tt.want {
 			t.Errorf("%+v: %q, want %q", tt.tmpl, got, tt.want)

@@ -78,8 +78,8 @@ type Handler struct {
 	// or a plugin such as wasm). Client IP if empty.
 	PolicyRaw json.RawMessage `json:"policy,omitempty" caddy:"namespace=http.handlers.edge_limit.policies inline_key=source"`
 
-	// Template is the limit of keys without an explicit bucket.
-	Template
+	// BucketTemplate is the limit of keys without an explicit bucket.
+	BucketTemplate
 
 	// MaxBuckets caps the zone's dynamic buckets, so that clients
 	// inventing keys cannot grow memory without bound. At the cap, full
@@ -246,7 +246,7 @@ func (h *Handler) zoneClaim(pm PolicyModule, where string) (c zoneClaim, ok bool
 	if h.Rate <= 0 {
 		return zoneClaim{}, false, nil
 	}
-	tmpl, err := h.Template.config(false)
+	tmpl, err := h.BucketTemplate.config(false)
 	if err != nil {
 		return zoneClaim{}, false, fmt.Errorf("edge_limit zone %q: %w", h.Zone, err)
 	}
@@ -256,7 +256,7 @@ func (h *Handler) zoneClaim(pm PolicyModule, where string) (c zoneClaim, ok bool
 	}
 	return zoneClaim{
 		config: tmpl, policy: keySpace(pm), maxBuckets: maxBuckets,
-		written: h.Template.text(h.rateText), maxBucketsSet: h.MaxBuckets != 0, where: where,
+		written: h.BucketTemplate.text(h.rateText), maxBucketsSet: h.MaxBuckets != 0, where: where,
 		logKey: h.LogKey,
 	}, true, nil
 }
