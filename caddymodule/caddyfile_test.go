@@ -83,13 +83,17 @@ func TestFallbackAliases(t *testing.T) {
 			}
 			got := map[string]string{"unknown": h.Unknown, "empty_key": h.EmptyKey}[tt.opt]
 			if w, ok := h.parsed.(*WASMPolicy); ok {
-				got = w.OnError
+				got = w.OnError.String()
 			}
 			if got != tt.want {
 				t.Errorf("%s adapts to %q; want %q", line, got, tt.want)
 			}
 			if tt.opt == "on_error" {
-				return // a JSON on_error is parsed by policy.ParseOnError, tested there
+				var w WASMPolicy
+				if err := json.Unmarshal([]byte(fmt.Sprintf(`{"path":"p.wasm","on_error":%q}`, tt.old)), &w); err != nil || w.OnError.String() != tt.want {
+					t.Errorf("JSON on_error %q decodes to %v, %v; want %s", tt.old, w.OnError, err, tt.want)
+				}
+				return
 			}
 			var fromJSON Handler
 			if err := json.Unmarshal([]byte(fmt.Sprintf(`{"rate":1,%q:%q}`, tt.opt, tt.old)), &fromJSON); err != nil {

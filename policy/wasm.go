@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"time"
 	"unsafe"
 
 	"github.com/edgelimit/edgelimit/wasm"
@@ -68,38 +67,38 @@ func ParseOnError(s string) (OnError, error) {
 	return 0, fmt.Errorf("%w: %q; want empty_key, fallback_key, skip or deny", ErrInvalidOnError, s)
 }
 
-// WASMConfig configures NewWASM. Zero values mean the wasm package's
-// defaults.
+// MarshalText writes the on_error action's config name.
+func (o OnError) MarshalText() ([]byte, error) { return []byte(o.String()), nil }
+
+// UnmarshalText parses an on_error action's config name (ParseOnError).
+func (o *OnError) UnmarshalText(b []byte) error {
+	v, err := ParseOnError(string(b))
+	*o = v
+	return err
+}
+
+// WASMConfig configures NewWASM: the module's file, what a failing guest's
+// request gets, and the module's settings (wasm.Config, whose zero values
+// mean the wasm package's defaults). The Caddy module embeds it, so its JSON
+// names are Caddy's.
 type WASMConfig struct {
 	// Path is the .wasm file.
-	Path string
-	// SHA256, if set, pins the file's hex SHA-256; a mismatch fails the load.
-	SHA256 string
-	// Config is the policy-level config string handed to the guest's init.
-	Config string
+	Path string `json:"path"`
 	// OnError is what a request gets when the guest fails.
-	OnError OnError
+	OnError OnError `json:"on_error,omitempty"`
 	// FallbackKey is the bucket of OnErrorFallbackKey.
-	FallbackKey string
+	FallbackKey string `json:"fallback_key,omitempty"`
+	wasm.Config
+
 	// Fallback and Cost make the verdict of OnErrorEmptyKey (the handler's
 	// empty-key behaviour and tokens per request; 0 means 1). The guest
-	// sets the cost of its own verdicts.
-	Fallback Fallback
-	Cost     int64
+	// sets the cost of its own verdicts. The handler supplies both.
+	Fallback Fallback `json:"-"`
+	Cost     int64    `json:"-"`
 	// Addr finds the client address handed to the guest (and used by
 	// FallbackClientIP); nil means RemoteAddr. Caddy passes its client IP,
 	// which honours trusted proxies.
-	Addr ClientAddr
-	// Timeout bounds one guest call; MaxMemoryPages caps each instance's
-	// memory; PoolSize bounds the instances; MaxKeyLen bounds a key.
-	Timeout        time.Duration
-	MaxMemoryPages uint32
-	PoolSize       int
-	MaxKeyLen      int
-	// CacheEntries sizes the module's verdict cache; NoCache turns it off
-	// (see wasm.Config).
-	CacheEntries int
-	NoCache      bool
+	Addr ClientAddr `json:"-"`
 }
 
 // WASM runs an operator's WebAssembly module (see package wasm) to key
@@ -133,16 +132,7 @@ func NewWASM(ctx context.Context, c WASMConfig) (*WASM, error) {
 	if err != nil {
 		return nil, err
 	}
-	mod, err := wasm.LoadFile(ctx, c.Path, wasm.Config{
-		Config:         c.Config,
-		SHA256:         c.SHA256,
-		Timeout:        c.Timeout,
-		MaxMemoryPages: c.MaxMemoryPages,
-		PoolSize:       c.PoolSize,
-		MaxKeyLen:      c.MaxKeyLen,
-		CacheEntries:   c.CacheEntries,
-		NoCache:        c.NoCache,
-	})
+	mod, err := wasm.LoadFile(ctx, c.Path, c.Config)
 	if err != nil {
 		return nil, err
 	}
