@@ -18,8 +18,8 @@ import (
 // Caddy: a placeholder key on X-Key, a generous template, draft headers.
 func benchHandler(b testing.TB) *Handler {
 	b.Helper()
-	h := &Handler{Zone: "bench", Template: Template{Rate: 1e9, Burst: 1e9}}
-	tmpl, err := h.Template.config(false)
+	h := &Handler{Zone: "bench", BucketTemplate: BucketTemplate{Rate: 1e9, Burst: 1e9}}
+	tmpl, err := h.BucketTemplate.config(false)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -33,7 +33,7 @@ func benchHandler(b testing.TB) *Handler {
 	h.app.started.once.Do(func() {})
 	h.explicit = limiter.New()
 	h.zone = &zoneState{name: "bench", lim: limiter.New(limiter.WithDefault(tmpl))}
-	h.unknown, h.status = UnknownDefault, 429
+	h.unknown, h.status = UnknownRate, 429
 	h.setLogger(zap.NewNop())
 	h.counters = newZoneCounters("bench")
 	h.hdr = newHeaderWriter(HeadersDraft, "bench", tmpl, true)

@@ -22,8 +22,8 @@ func init() {
 }
 
 func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	var hd Handler
-	if err := hd.UnmarshalCaddyfile(h.Dispenser); err != nil {
+	hd, err := unmarshalHandler(h.Dispenser)
+	if err != nil {
 		return nil, err
 	}
 	// The zone conflicts Provision would find, found here where the file
@@ -33,8 +33,6 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	if hd.parsed != nil {
 		pm = hd.parsed
 	}
-	h.Reset()
-	h.Next()
 	claim, ok, err := hd.zoneClaim(pm, fmt.Sprintf("%s:%d", h.File(), h.Line()))
 	if err != nil {
 		return nil, h.Err(err.Error())
@@ -52,6 +50,24 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 		if err := zones.claim(zone, claim); err != nil {
 			return nil, h.Err(err.Error())
 		}
+	}
+	return hd, nil
+}
+
+// unmarshalHandler parses an edge_limit segment with UnmarshalCaddyfile,
+// then checks it with Validate, the check JSON configs get, and reports a
+// failure at the directive's line: Caddy's provisioning gives a module no
+// position, so only the adapter can name the file and line. It leaves d at
+// the directive.
+func unmarshalHandler(d *caddyfile.Dispenser) (*Handler, error) {
+	var hd Handler
+	if err := hd.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	d.Reset()
+	d.Next()
+	if err := hd.Validate(); err != nil {
+		return nil, d.Err(err.Error())
 	}
 	return &hd, nil
 }
@@ -71,8 +87,8 @@ const zoneClaimsState = "edge_limit.zones"
 //		rate      <tokens>/<period>          # 100/1s, 10/1m, 0.5/s
 //		burst     <tokens>
 //		max_buckets <n>                      # cap on the zone's dynamic buckets
-//		unknown   default|allow|deny
-//		empty_key client_ip|shared|skip|deny
+//		unknown   rate|skip|deny               # keys without an explicit bucket
+//		empty_key client_ip|shared|skip|deny   # requests the policy cannot key
 //		cost      <tokens>
 //		shadow
 //		status    <code>
@@ -81,6 +97,8 @@ const zoneClaimsState = "edge_limit.zones"
 //	}
 //
 // Without key or policy, requests are keyed by client IP (/32, /64).
+// It parses; Validate checks what the values mean (a zone name, a rate
+// where one is needed), for Caddyfile and JSON configs alike.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
 	if d.NextArg() {
@@ -104,15 +122,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.Args(&h.Zone) {
 				return d.ArgErr()
 			}
-			if err := checkZone(h.Zone); err != nil {
-				return d.Err(err.Error())
-			}
 		case "key":
 			var key string
 			if !d.Args(&key) {
 				return d.ArgErr()
 			}
-			if _, err := policy.ParseTemplate(key); err != nil {
+			if _, err := policy.ParseKeyTemplate(key); err != nil {
 				return d.Errf("key: %v", err)
 			}
 			h.parsed = &PlaceholderPolicy{Key: key}
@@ -164,19 +179,25 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.Status = int(n)
 		case "unknown":
-			if !d.Args(&h.Unknown) {
+			var s string
+			if !d.Args(&s) {
 				return d.ArgErr()
 			}
-			if h.Unknown != UnknownDefault && h.Unknown != UnknownAllow && h.Unknown != UnknownDeny {
-				return d.Errf("unknown %q; want default, allow or deny", h.Unknown)
+			u, err := parseUnknown(s)
+			if err != nil {
+				return d.Err(err.Error())
 			}
+			h.Unknown = u
 		case "empty_key":
-			if !d.Args(&h.EmptyKey) {
+			var s string
+			if !d.Args(&s) {
 				return d.ArgErr()
 			}
-			if _, err := policy.ParseFallback(h.EmptyKey); err != nil {
+			f, err := policy.ParseFallback(s)
+			if err != nil {
 				return d.Errf("empty_key: %v", err)
 			}
+			h.EmptyKey = f.String()
 		case "headers":
 			var s string
 			if !d.Args(&s) {
@@ -196,9 +217,6 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		if err := noMore(d); err != nil {
 			return err
 		}
-	}
-	if err := h.checkRate(); err != nil {
-		return d.Err(err.Error())
 	}
 	return nil
 }

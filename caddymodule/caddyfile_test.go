@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -19,11 +20,11 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"bad rate", "edge_limit {\n\trate fast\n}", `rate "fast": want <tokens>/<period>`, "at Caddyfile:3"},
 		{"zero rate", "edge_limit {\n\trate 0/1s\n}", "", "at Caddyfile:3"},
 		{"bad period", "edge_limit {\n\trate 10/soon\n}", `"soon" is not a positive duration`, "at Caddyfile:3"},
-		{"missing rate", "edge_limit {\n\tzone z\n}", "rate is required", "at Caddyfile:4"},
+		{"missing rate", "edge_limit {\n\tzone z\n}", `zone "z": a rate is required`, "at Caddyfile:2"},
 		{"bad burst", "edge_limit {\n\trate 1/s\n\tburst -3\n}", "burst \"-3\": want a positive integer", "at Caddyfile:4"},
 		{"unknown option", "edge_limit {\n\trate 1/s\n\tbrust 3\n}", "unknown edge_limit option \"brust\"", "at Caddyfile:4"},
 		{"twice", "edge_limit {\n\trate 1/s\n\trate 2/s\n}", "rate is given twice", "at Caddyfile:4"},
-		{"bad unknown", "edge_limit {\n\tunknown maybe\n}", `unknown "maybe"; want default, allow or deny`, "at Caddyfile:3"},
+		{"bad unknown", "edge_limit {\n\tunknown maybe\n}", `unknown "maybe"; want rate, skip or deny`, "at Caddyfile:3"},
 		{"bad empty_key", "edge_limit {\n\trate 1/s\n\tempty_key never\n}", "", "at Caddyfile:4"},
 		{"bad headers", "edge_limit {\n\trate 1/s\n\theaders fancy\n}", `headers "fancy"`, "at Caddyfile:4"},
 		{"bad template", "edge_limit {\n\trate 1/s\n\tkey {http.request.header.X\n}", "key: policy: invalid key template", "at Caddyfile:4"},
@@ -31,7 +32,9 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"key and policy", "edge_limit {\n\trate 1/s\n\tkey {a}\n\tpolicy header X\n}", "key and policy are exclusive", "at Caddyfile:5"},
 		{"unknown policy", "edge_limit {\n\trate 1/s\n\tpolicy magic\n}", "getting module named 'http.handlers.edge_limit.policies.magic'", "at Caddyfile:4"},
 		{"bad prefix", "edge_limit {\n\trate 1/s\n\tpolicy client_ip 40\n}", "policy: invalid IP prefix length: ipv4 prefix /40", "at Caddyfile:4"},
-		{"bad zone", "edge_limit {\n\tzone \"a b\"\n\trate 1/s\n}", `zone "a b"`, "at Caddyfile:3"},
+		{"bad zone", "edge_limit {\n\tzone \"a b\"\n\trate 1/s\n}", `zone "a b": want 1-64 letters`, "at Caddyfile:2"},
+		{"bad zone argument", "edge_limit \"a/b\" {\n\trate 1/s\n}", `zone "a/b": want 1-64 letters`, "at Caddyfile:2"},
+		{"success status", "edge_limit {\n\trate 1/s\n\tstatus 200\n}", `status 200; want an error status`, "at Caddyfile:2"},
 		{"extra arg", "edge_limit {\n\trate 1/s extra\n}", "unexpected argument \"extra\"", "at Caddyfile:3"},
 		{"shadow arg", "edge_limit {\n\trate 1/s\n\tshadow yes\n}", "unexpected argument \"yes\"", "at Caddyfile:4"},
 		{"bad wasm cache", "edge_limit {\n\trate 1/s\n\tpolicy wasm p.wasm {\n\t\tcache none\n\t}\n}", `cache "none": caddymodule: invalid config: want a positive number of entries, or off`, "at Caddyfile:5"},
@@ -47,6 +50,57 @@ func TestCaddyfileErrors(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tt.want) || !strings.HasSuffix(err.Error(), tt.line) {
 				t.Errorf("error = %q\nwant it to contain %q and end with %q", err, tt.want, tt.line)
+			}
+		})
+	}
+}
+
+// TestFallbackAliases: the older words of unknown, empty_key and on_error
+// still load. The Caddyfile adapter writes the current word; a JSON config
+// keeps the word it has, and Validate accepts it.
+func TestFallbackAliases(t *testing.T) {
+	tests := []struct{ opt, old, want string }{
+		{"unknown", "default", UnknownRate},
+		{"unknown", "allow", UnknownSkip},
+		{"empty_key", "allow", "skip"},
+		{"on_error", "fallback", "empty_key"},
+		{"on_error", "allow", "skip"},
+		{"on_error", "key", "fallback_key"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.opt+" "+tt.old, func(t *testing.T) {
+			line := tt.opt + " " + tt.old
+			if tt.opt == "on_error" {
+				line = "policy wasm p.wasm {\n" + line + "\nfallback_key k\n}"
+			}
+			toks, err := caddyfile.Tokenize([]byte("edge_limit {\nrate 1/s\n"+line+"\n}"), "Caddyfile")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var h Handler
+			if err := h.UnmarshalCaddyfile(caddyfile.NewDispenser(toks)); err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			got := map[string]string{"unknown": h.Unknown, "empty_key": h.EmptyKey}[tt.opt]
+			if w, ok := h.parsed.(*WASMPolicy); ok {
+				got = w.OnError.String()
+			}
+			if got != tt.want {
+				t.Errorf("%s adapts to %q; want %q", line, got, tt.want)
+			}
+			if tt.opt == "on_error" {
+				var w WASMPolicy
+				if err := json.Unmarshal([]byte(fmt.Sprintf(`{"path":"p.wasm","on_error":%q}`, tt.old)), &w); err != nil || w.OnError.String() != tt.want {
+					t.Errorf("JSON on_error %q decodes to %v, %v; want %s", tt.old, w.OnError, err, tt.want)
+				}
+				return
+			}
+			var fromJSON Handler
+			if err := json.Unmarshal([]byte(fmt.Sprintf(`{"rate":1,%q:%q}`, tt.opt, tt.old)), &fromJSON); err != nil {
+				t.Fatal(err)
+			}
+			if err := fromJSON.Validate(); err != nil {
+				t.Errorf("JSON %s %q: Validate: %v", tt.opt, tt.old, err)
 			}
 		})
 	}
@@ -106,6 +160,7 @@ func FuzzHandlerCaddyfile(f *testing.F) {
 		"policy header X\nunknown deny",
 		"policy client_ip {\nipv4 24\n}\nrate 5/s",
 		"rate 0.5/s\nheaders legacy\nstatus 503\ncost 2\nempty_key skip",
+		"policy header X\nunknown allow\nempty_key allow",
 		"zone z\nrate 1e9/1ns",
 	} {
 		f.Add(s)
@@ -116,8 +171,8 @@ func FuzzHandlerCaddyfile(f *testing.F) {
 		if err != nil {
 			return
 		}
-		var h Handler
-		if err := h.UnmarshalCaddyfile(caddyfile.NewDispenser(toks)); err != nil {
+		h, err := unmarshalHandler(caddyfile.NewDispenser(toks))
+		if err != nil {
 			if !strings.Contains(err.Error(), "Caddyfile:") {
 				t.Fatalf("error without a position: %v", err)
 			}
@@ -131,11 +186,8 @@ func FuzzHandlerCaddyfile(f *testing.F) {
 		if err := json.Unmarshal(b, &back); err != nil {
 			t.Fatalf("round trip of %s: %v", b, err)
 		}
-		if back.Zone == "" {
-			back.Zone = DefaultZone
-		}
-		if err := back.check(); err != nil {
-			t.Fatalf("parser accepted %q but check rejects it: %v", body, err)
+		if err := back.Validate(); err != nil {
+			t.Fatalf("adapter accepted %q but Validate rejects its JSON: %v", body, err)
 		}
 	})
 }
@@ -226,15 +278,15 @@ func TestCaddyfileZoneConflicts(t *testing.T) {
 // errors that cannot quote the Caddyfile (Provision's zone check).
 func TestTemplateText(t *testing.T) {
 	for _, tt := range []struct {
-		tmpl Template
+		tmpl BucketTemplate
 		want string
 	}{
-		{Template{Rate: 20, Per: caddyDuration(time.Second), Burst: 40}, "rate 20/1s burst 40"},
-		{Template{Rate: 0.5}, "rate 0.5/1s"},
-		{Template{Rate: 10, Per: caddyDuration(time.Minute)}, "rate 10/1m"},
-		{Template{Rate: 1000, Per: caddyDuration(time.Hour), Burst: 5}, "rate 1000/1h burst 5"},
-		{Template{Rate: 3, Per: caddyDuration(90 * time.Second)}, "rate 3/1m30s"},
-		{Template{Rate: 5, Per: caddyDuration(500 * time.Millisecond)}, "rate 5/500ms"},
+		{BucketTemplate{Rate: 20, Per: caddyDuration(time.Second), Burst: 40}, "rate 20/1s burst 40"},
+		{BucketTemplate{Rate: 0.5}, "rate 0.5/1s"},
+		{BucketTemplate{Rate: 10, Per: caddyDuration(time.Minute)}, "rate 10/1m"},
+		{BucketTemplate{Rate: 1000, Per: caddyDuration(time.Hour), Burst: 5}, "rate 1000/1h burst 5"},
+		{BucketTemplate{Rate: 3, Per: caddyDuration(90 * time.Second)}, "rate 3/1m30s"},
+		{BucketTemplate{Rate: 5, Per: caddyDuration(500 * time.Millisecond)}, "rate 5/500ms"},
 	} {
 		if got := tt.tmpl.text(""); got != tt.want {
 			t.Errorf("%+v: %q, want %q", tt.tmpl, got, tt.want)

@@ -25,15 +25,31 @@ func init() {
 }
 
 // Unknown-key behaviours: what a request gets when its key has no
-// explicit bucket.
+// explicit bucket, in the words of empty_key and on_error (policy.Fallback).
 const (
-	// UnknownDefault counts it in the zone's table, under the template.
-	UnknownDefault = "default"
-	// UnknownAllow lets it through unlimited: only explicit buckets limit.
-	UnknownAllow = "allow"
+	// UnknownRate counts it in a bucket of its own in the zone's table, at
+	// the handler's rate and burst.
+	UnknownRate = "rate"
+	// UnknownSkip lets it through unlimited: only explicit buckets limit.
+	UnknownSkip = "skip"
 	// UnknownDeny rejects it: only keys with an explicit bucket get in.
 	UnknownDeny = "deny"
 )
+
+// parseUnknown returns the unknown behaviour s names: one of the Unknown
+// constants, the older "default" (rate) or "allow" (skip), or empty for
+// the default, rate.
+func parseUnknown(s string) (string, error) {
+	switch s {
+	case "", UnknownRate, "default":
+		return UnknownRate, nil
+	case UnknownSkip, "allow":
+		return UnknownSkip, nil
+	case UnknownDeny:
+		return UnknownDeny, nil
+	}
+	return "", fmt.Errorf("%w: unknown %q; want rate, skip or deny", ErrInvalidConfig, s)
+}
 
 // DefaultZone is the zone of a handler that names none.
 const DefaultZone = "default"
@@ -62,8 +78,8 @@ type Handler struct {
 	// or a plugin such as wasm). Client IP if empty.
 	PolicyRaw json.RawMessage `json:"policy,omitempty" caddy:"namespace=http.handlers.edge_limit.policies inline_key=source"`
 
-	// Template is the limit of keys without an explicit bucket.
-	Template
+	// BucketTemplate is the limit of keys without an explicit bucket.
+	BucketTemplate
 
 	// MaxBuckets caps the zone's dynamic buckets, so that clients
 	// inventing keys cannot grow memory without bound. At the cap, full
@@ -73,14 +89,16 @@ type Handler struct {
 	// the machine's) at 32 bytes per bucket. Handlers of one zone must agree.
 	MaxBuckets int `json:"max_buckets,omitempty"`
 
-	// Unknown is what keys without an explicit bucket get: "default"
-	// (the template; the default), "allow" or "deny".
+	// Unknown is what keys without an explicit bucket get: "rate" (a
+	// bucket of their own at the handler's rate; the default), "skip" or
+	// "deny". The older "default" and "allow" mean rate and skip.
 	Unknown string `json:"unknown,omitempty"`
 
 	// EmptyKey is what the built-in policies do with a request they cannot
 	// key (missing header, all placeholders empty): "client_ip" (the
 	// default: count it per client address, in a bucket separate from any
-	// key), "shared" (one bucket for all such requests), "skip" or "deny".
+	// key), "shared" (one bucket for all such requests), "skip" or "deny"
+	// (see policy.Fallback; "allow" means skip).
 	EmptyKey string `json:"empty_key,omitempty"`
 
 	// Cost is the tokens a request takes; 1 if zero.
@@ -148,13 +166,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.Zone == "" {
 		h.Zone = DefaultZone
 	}
-	if err := h.check(); err != nil {
+	if err := h.Validate(); err != nil {
 		return err
 	}
-	h.unknown = h.Unknown
-	if h.unknown == "" {
-		h.unknown = UnknownDefault
-	}
+	h.unknown, _ = parseUnknown(h.Unknown) // checked above
 	h.status = h.Status
 	if h.status == 0 {
 		h.status = http.StatusTooManyRequests
@@ -231,7 +246,7 @@ func (h *Handler) zoneClaim(pm PolicyModule, where string) (c zoneClaim, ok bool
 	if h.Rate <= 0 {
 		return zoneClaim{}, false, nil
 	}
-	tmpl, err := h.Template.config(false)
+	tmpl, err := h.BucketTemplate.config(false)
 	if err != nil {
 		return zoneClaim{}, false, fmt.Errorf("edge_limit zone %q: %w", h.Zone, err)
 	}
@@ -241,44 +256,30 @@ func (h *Handler) zoneClaim(pm PolicyModule, where string) (c zoneClaim, ok bool
 	}
 	return zoneClaim{
 		config: tmpl, policy: keySpace(pm), maxBuckets: maxBuckets,
-		written: h.Template.text(h.rateText), maxBucketsSet: h.MaxBuckets != 0, where: where,
+		written: h.BucketTemplate.text(h.rateText), maxBucketsSet: h.MaxBuckets != 0, where: where,
 		logKey: h.LogKey,
 	}, true, nil
 }
 
-// checkZone tells whether z is a valid zone name (see zoneName).
-func checkZone(z string) error {
-	if !zoneName.MatchString(z) {
-		return fmt.Errorf("%w: zone %q: want 1-64 letters, digits, '_', '.', ':' or '-'", ErrInvalidConfig, z)
+// Validate implements caddy.Validator. It is the one check of the plain
+// fields: Provision runs it before using them, and the Caddyfile adapter
+// runs it to report a bad value with its file and line (unmarshalHandler).
+func (h *Handler) Validate() error {
+	zone := cmp.Or(h.Zone, DefaultZone)
+	if !zoneName.MatchString(zone) {
+		return fmt.Errorf("%w: zone %q: want 1-64 letters, digits, '_', '.', ':' or '-'", ErrInvalidConfig, zone)
 	}
-	return nil
-}
-
-// checkRate requires a template rate unless unknown keys are allowed or
-// denied outright (then the handler needs no template).
-func (h *Handler) checkRate() error {
-	if h.Rate <= 0 && (h.Unknown == "" || h.Unknown == UnknownDefault) {
-		return fmt.Errorf("%w: zone %q: a rate is required (e.g. rate 100/1s) unless unknown is allow or deny", ErrInvalidConfig, cmp.Or(h.Zone, DefaultZone))
-	}
-	return nil
-}
-
-// check validates the plain fields; Validate repeats it for JSON configs.
-func (h *Handler) check() error {
-	if err := checkZone(h.Zone); err != nil {
+	unknown, err := parseUnknown(h.Unknown)
+	if err != nil {
 		return err
 	}
-	switch h.Unknown {
-	case "", UnknownDefault:
-		if err := h.checkRate(); err != nil {
-			return err
-		}
-	case UnknownAllow, UnknownDeny:
-	default:
-		return fmt.Errorf("%w: unknown %q; want default, allow or deny", ErrInvalidConfig, h.Unknown)
+	// Without a rate there is no template, which only keys that are
+	// skipped or denied outright can do without.
+	if h.Rate <= 0 && unknown == UnknownRate {
+		return fmt.Errorf("%w: zone %q: a rate is required (e.g. rate 100/1s) unless unknown is skip or deny", ErrInvalidConfig, zone)
 	}
 	if h.Rate < 0 || h.Burst < 0 || h.Per < 0 {
-		return fmt.Errorf("%w: zone %q: rate, per and burst must not be negative", ErrInvalidConfig, h.Zone)
+		return fmt.Errorf("%w: zone %q: rate, per and burst must not be negative", ErrInvalidConfig, zone)
 	}
 	if _, err := policy.ParseFallback(h.EmptyKey); err != nil {
 		return fmt.Errorf("%w: empty_key: %w", ErrInvalidConfig, err)
@@ -287,7 +288,7 @@ func (h *Handler) check() error {
 		return fmt.Errorf("%w: cost %d; want 1..%d", ErrInvalidConfig, h.Cost, limiter.MaxBurst)
 	}
 	if h.MaxBuckets < 0 {
-		return fmt.Errorf("%w: zone %q: max_buckets %d must not be negative", ErrInvalidConfig, h.Zone, h.MaxBuckets)
+		return fmt.Errorf("%w: zone %q: max_buckets %d must not be negative", ErrInvalidConfig, zone, h.MaxBuckets)
 	}
 	if h.Status != 0 && (h.Status < 400 || h.Status > 599) {
 		return fmt.Errorf("%w: status %d; want an error status, 400..599", ErrInvalidConfig, h.Status)
@@ -305,9 +306,6 @@ func (h *Handler) setLogger(l *zap.Logger) {
 	}))
 	h.routeErrLog = h.policyErrLog
 }
-
-// Validate implements caddy.Validator.
-func (h *Handler) Validate() error { return h.check() }
 
 // Cleanup releases the zone table and the policy. It works after a
 // Provision that failed halfway.
@@ -356,7 +354,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	d, err := h.explicit.AllowN(key, now, int(v.Cost))
 	if err == limiter.ErrBucketNotFound {
 		switch {
-		case h.unknown == UnknownAllow:
+		case h.unknown == UnknownSkip:
 			h.counters.byResult[resultUnknownAllowed].Inc()
 			return next.ServeHTTP(w, r)
 		case h.unknown == UnknownDeny:

@@ -138,7 +138,7 @@ func TestUnknownKeyPolicies(t *testing.T) {
 	route /allow {
 		edge_limit explicit-or-free {
 			policy header X-Key
-			unknown allow
+			unknown skip
 		}
 		respond "ok"
 	}

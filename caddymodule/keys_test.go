@@ -9,6 +9,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/edgelimit/edgelimit/limiter"
+	"github.com/edgelimit/edgelimit/policy"
+	"github.com/edgelimit/edgelimit/wasm"
 )
 
 // TestHeaderPlaceholderTakesFirstValue: Caddy's replacer joins a repeated
@@ -49,7 +51,7 @@ func TestKeySpace(t *testing.T) {
 		{&PlaceholderPolicy{Key: "{http.request.header.X-API-Key}"}, "header X-Api-Key"},
 		{&PlaceholderPolicy{Key: "t:{http.request.header.X-API-Key}"}, "placeholder t:{http.request.header.X-API-Key}"},
 		{&PlaceholderPolicy{Key: "{http.request.uri.query.k}"}, "placeholder {http.request.uri.query.k}"},
-		{&WASMPolicy{Path: "/p.wasm", Config: "c"}, `wasm {"path":"/p.wasm","config":"c"}`},
+		{&WASMPolicy{WASMConfig: policy.WASMConfig{Path: "/p.wasm", Config: wasm.Config{Config: "c"}}}, `wasm {"path":"/p.wasm","config":"c"}`},
 	}
 	for _, tt := range tests {
 		if got := keySpace(tt.pm); got != tt.want {

@@ -20,8 +20,8 @@ import (
 func TestShadowLogsKeyOnlyWithLogKey(t *testing.T) {
 	for _, logKey := range []bool{false, true} {
 		h := benchHandler(t)
-		h.Template = Template{Rate: 1, Per: caddyDuration(3600e9), Burst: 1}
-		tmpl, err := h.Template.config(false)
+		h.BucketTemplate = BucketTemplate{Rate: 1, Per: caddyDuration(3600e9), Burst: 1}
+		tmpl, err := h.BucketTemplate.config(false)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -98,7 +98,7 @@ func keySpace(pm PolicyModule) string {
 	case *HeaderPolicy:
 		return "header " + http.CanonicalHeaderKey(p.Name)
 	case *PlaceholderPolicy:
-		if t, err := policy.ParseTemplate(p.Key); err == nil {
+		if t, err := policy.ParseKeyTemplate(p.Key); err == nil {
 			if names := t.Names(); len(names) == 1 && p.Key == "{"+names[0]+"}" {
 				if field, ok := strings.CutPrefix(names[0], headerPlaceholder); ok {
 					return "header " + http.CanonicalHeaderKey(field)
@@ -155,7 +155,7 @@ func (p *PlaceholderPolicy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if !d.Args(&p.Key) {
 		return d.ArgErr()
 	}
-	if _, err := policy.ParseTemplate(p.Key); err != nil {
+	if _, err := policy.ParseKeyTemplate(p.Key); err != nil {
 		return d.Err(err.Error())
 	}
 	return noMore(d)

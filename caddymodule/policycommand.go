@@ -78,14 +78,16 @@ func (pt *policyTest) run(ctx context.Context, path string, out io.Writer) error
 	ctx, cancel := context.WithTimeout(ctx, wasmLoadTimeout)
 	defer cancel()
 	p, err := policy.NewWASM(ctx, policy.WASMConfig{
-		Path:           path,
-		SHA256:         pt.sha256,
-		Config:         pt.config,
-		OnError:        policy.OnErrorDeny,
-		Timeout:        pt.timeout,
-		MaxMemoryPages: pt.maxMemoryPages,
-		PoolSize:       1,
-		NoCache:        true,
+		Path:    path,
+		OnError: policy.OnErrorDeny,
+		Config: wasm.Config{
+			SHA256:         pt.sha256,
+			Config:         pt.config,
+			Timeout:        pt.timeout,
+			MaxMemoryPages: pt.maxMemoryPages,
+			PoolSize:       1,
+			NoCache:        true,
+		},
 	})
 	if err != nil {
 		return err

@@ -12,10 +12,10 @@ import (
 	"github.com/edgelimit/edgelimit/limiter"
 )
 
-// Template is a zone's default bucket: the limit every key without an
+// BucketTemplate is a zone's default bucket: the limit every key without an
 // explicit bucket gets. Its JSON form matches an etcd bucket spec, so an
 // operator writes a limit the same way in both places.
-type Template struct {
+type BucketTemplate struct {
 	// Rate is the number of tokens added every Per; it may be fractional
 	// (0.5 per second), to six decimals.
 	Rate float64 `json:"rate,omitempty"`
@@ -26,7 +26,7 @@ type Template struct {
 }
 
 // config turns the template into a validated limiter config.
-func (t Template) config(shadow bool) (limiter.Config, error) {
+func (t BucketTemplate) config(shadow bool) (limiter.Config, error) {
 	per := time.Duration(t.Per)
 	if per == 0 {
 		per = time.Second
@@ -52,7 +52,7 @@ func (t Template) config(shadow bool) (limiter.Config, error) {
 // text is the template in the Caddyfile's words, "rate 20/1s burst 40",
 // with rate as the config wrote it if given (else from Rate and Per), and
 // no burst where the config gives none.
-func (t Template) text(rate string) string {
+func (t BucketTemplate) text(rate string) string {
 	if rate == "" {
 		per := time.Duration(t.Per)
 		if per == 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -26,33 +27,15 @@ const wasmLoadTimeout = time.Minute
 // WASMPolicy keys requests with an operator's WebAssembly module (see
 // package wasm for the ABI and the Go guest SDK). The module is compiled
 // and checked when the config loads, so a bad module fails the load.
+//
+// Its JSON fields are those of policy.WASMConfig and wasm.Config, which
+// document each one and its default: path, on_error, fallback_key, config,
+// sha256, timeout, max_memory_pages, pool_size, max_key_len,
+// max_request_len, cache_entries and no_cache.
 type WASMPolicy struct {
-	// Path is the .wasm file.
-	Path string `json:"path"`
-	// SHA256 pins the file's hex SHA-256; a mismatch fails the load.
-	SHA256 string `json:"sha256,omitempty"`
-	// Config is handed to the guest's init.
-	Config string `json:"config,omitempty"`
-	// OnError is what a request gets when the guest fails (trap, timeout,
-	// bad output): "fallback" (the handler's empty_key behaviour; the
-	// default), "allow", "deny" or "key" (count it in FallbackKey).
-	OnError string `json:"on_error,omitempty"`
-	// FallbackKey is the bucket of on_error key.
-	FallbackKey string `json:"fallback_key,omitempty"`
-	// Timeout bounds one guest call.
+	policy.WASMConfig
+	// Timeout is wasm.Config's, in Caddy's duration form ("2ms").
 	Timeout caddy.Duration `json:"timeout,omitempty"`
-	// MaxMemoryPages caps each instance's memory, in 64 KiB pages.
-	MaxMemoryPages uint32 `json:"max_memory_pages,omitempty"`
-	// PoolSize bounds the pooled instances.
-	PoolSize int `json:"pool_size,omitempty"`
-	// MaxKeyLen bounds a key the guest returns.
-	MaxKeyLen int `json:"max_key_len,omitempty"`
-	// CacheEntries sizes the verdict cache, which answers a request
-	// identical to a recent one without calling the guest (default 4096).
-	CacheEntries int `json:"cache_entries,omitempty"`
-	// NoCache turns the verdict cache off, for a guest whose verdicts
-	// depend on more than the request (which the ABI does not allow).
-	NoCache bool `json:"no_cache,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -71,7 +54,8 @@ func (WASMPolicy) CaddyModule() caddy.ModuleInfo {
 var wasmPool = caddy.NewUsagePool()
 
 type wasmKey struct {
-	WASMPolicy
+	Path       string
+	Settings   string // the policy's JSON
 	FileSHA256 string
 	Fallback   policy.Fallback
 	Cost       int64
@@ -107,34 +91,22 @@ func (s *sharedWASM) Close() error {
 // NewPolicy implements PolicyModule. The handler closes the policy at
 // cleanup.
 func (p *WASMPolicy) NewPolicy(env PolicyEnv) (policy.Policy, error) {
-	onErr, err := policy.ParseOnError(p.OnError)
-	if err != nil {
-		return nil, err
-	}
 	sum, err := fileSHA256(p.Path)
 	if err != nil {
 		return nil, err
 	}
-	key := wasmKey{WASMPolicy: *p, FileSHA256: sum, Fallback: env.Fallback, Cost: env.Cost}
+	settings, err := json.Marshal(p)
+	if err != nil {
+		return nil, err
+	}
+	key := wasmKey{Path: p.Path, Settings: string(settings), FileSHA256: sum, Fallback: env.Fallback, Cost: env.Cost}
 	v, _, err := wasmPool.LoadOrNew(key, func() (caddy.Destructor, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), wasmLoadTimeout)
 		defer cancel()
-		w, err := policy.NewWASM(ctx, policy.WASMConfig{
-			Path:           p.Path,
-			SHA256:         p.SHA256,
-			Config:         p.Config,
-			OnError:        onErr,
-			FallbackKey:    p.FallbackKey,
-			Fallback:       env.Fallback,
-			Cost:           env.Cost,
-			Addr:           env.ClientAddr,
-			Timeout:        time.Duration(p.Timeout),
-			MaxMemoryPages: p.MaxMemoryPages,
-			PoolSize:       p.PoolSize,
-			MaxKeyLen:      p.MaxKeyLen,
-			CacheEntries:   p.CacheEntries,
-			NoCache:        p.NoCache,
-		})
+		c := p.WASMConfig
+		c.Timeout = time.Duration(p.Timeout)
+		c.Fallback, c.Cost, c.Addr = env.Fallback, env.Cost, env.ClientAddr
+		w, err := policy.NewWASM(ctx, c)
 		if err != nil {
 			return nil, err
 		}
@@ -165,12 +137,13 @@ func fileSHA256(path string) (string, error) {
 //	policy wasm <path> {
 //		sha256           <hex>
 //		config           <string>
-//		on_error         fallback|allow|deny|key
+//		on_error         empty_key|fallback_key|skip|deny
 //		fallback_key     <key>
 //		timeout          <duration>
 //		max_memory_pages <pages>
 //		pool_size        <n>
 //		max_key_len      <bytes>
+//		max_request_len  <bytes>
 //		cache            <entries>|off
 //	}
 func (p *WASMPolicy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -192,10 +165,9 @@ func (p *WASMPolicy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "sha256":
 			p.SHA256 = s
 		case "config":
-			p.Config = s
+			p.Config.Config = s
 		case "on_error":
-			_, err = policy.ParseOnError(s)
-			p.OnError = s
+			p.OnError, err = policy.ParseOnError(s)
 		case "fallback_key":
 			p.FallbackKey = s
 		case "timeout":
@@ -208,6 +180,8 @@ func (p *WASMPolicy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			p.PoolSize, err = positiveInt(s)
 		case "max_key_len":
 			p.MaxKeyLen, err = positiveInt(s)
+		case "max_request_len":
+			p.MaxRequestLen, err = positiveInt(s)
 		case "cache":
 			if s == "off" {
 				p.NoCache = true

@@ -51,7 +51,7 @@ func TestWASMHostileThroughCaddy(t *testing.T) {
 	handle_path /unreachable/* {
 		edge_limit h-unreachable {
 			policy wasm %s {
-				on_error allow
+				on_error skip
 			}
 			rate 1/1h
 			burst 1
@@ -61,7 +61,7 @@ func TestWASMHostileThroughCaddy(t *testing.T) {
 	handle_path /garbage/* {
 		edge_limit h-garbage {
 			policy wasm %s {
-				on_error key
+				on_error fallback_key
 				fallback_key broken
 			}
 			rate 1/1h
@@ -103,7 +103,7 @@ func TestWASMHostileThroughCaddy(t *testing.T) {
 			policy wasm %s {
 				max_memory_pages 256
 				timeout 500ms
-				on_error key
+				on_error fallback_key
 				fallback_key go-broken
 			}
 			rate 1/1h
@@ -145,7 +145,7 @@ func TestWASMHostileThroughCaddy(t *testing.T) {
 			t.Errorf("%s +%v, want +3", replaced, d)
 		}
 	})
-	t.Run("unreachable: trap, on_error allow", func(t *testing.T) {
+	t.Run("unreachable: trap, on_error skip", func(t *testing.T) {
 		skipped := counter(t, decisions("h-unreachable", "skipped"))
 		wantErrors(t, "h-unreachable", 5, func() {
 			for range 5 { // burst 1: a bucket would deny the second
@@ -159,7 +159,7 @@ func TestWASMHostileThroughCaddy(t *testing.T) {
 			t.Errorf("skipped decisions +%v, want +5", d)
 		}
 	})
-	t.Run("garbage result: on_error key", func(t *testing.T) {
+	t.Run("garbage result: on_error fallback_key", func(t *testing.T) {
 		wantErrors(t, "h-garbage", 3, func() {
 			wantRemaining(t, tc, "h-garbage", []int{1, 0}, "/garbage/")
 			wantStatuses(t, statuses(t, tc, 1, "/garbage/", "X-Other", "client"), 429) // one shared bucket
@@ -171,7 +171,7 @@ func TestWASMHostileThroughCaddy(t *testing.T) {
 			wantPolicyDenied(t, tc, "/huge/")
 		})
 	})
-	t.Run("too-long key: on_error fallback per client", func(t *testing.T) {
+	t.Run("too-long key: on_error empty_key per client", func(t *testing.T) {
 		wantErrors(t, "h-longkey", 3, func() {
 			wantRemaining(t, tc, "h-longkey", []int{1, 0}, "/longkey/")
 			wantStatuses(t, statuses(t, tc, 1, "/longkey/"), 429)
@@ -185,7 +185,7 @@ func TestWASMHostileThroughCaddy(t *testing.T) {
 			wantStatuses(t, statuses(t, tc, 1, "/membomb/"), 429)
 		})
 	})
-	t.Run("Go guest: memory bomb and spin loop, on_error key", func(t *testing.T) {
+	t.Run("Go guest: memory bomb and spin loop, on_error fallback_key", func(t *testing.T) {
 		// The Go bomb allocates until the cap traps it, and the spin loop
 		// times out: each broken instance is replaced, and both requests
 		// count against the fallback key, apart from the guest's own key.
@@ -333,7 +333,7 @@ func TestWASMReloadSwapsModule(t *testing.T) {
 	if err := os.WriteFile(path, old, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	// /slow's guest loops until its 2 s deadline, then on_error allow
+	// /slow's guest loops until its 2 s deadline, then on_error skip
 	// passes the request: a request held in flight by a guest call.
 	loop := wasmtest.File(t, wasmtest.WAT(t, "loop"))
 	cfg := func(body string) string {
@@ -342,7 +342,7 @@ func TestWASMReloadSwapsModule(t *testing.T) {
 		edge_limit slow {
 			policy wasm %s {
 				timeout 2s
-				on_error allow
+				on_error skip
 			}
 			rate 1/1h
 		}

@@ -46,7 +46,7 @@ func TestWASMTrapFloodCostsTheAttacker(t *testing.T) {
 			policy wasm %s {
 				max_memory_pages 256
 				cache off
-				on_error key
+				on_error fallback_key
 				fallback_key broken
 			}
 			rate 1000000/1s

@@ -127,7 +127,7 @@ func TestPlaceholder(t *testing.T) {
 	check(t, constant, req("198.51.100.7:9", "X-Key", "other"), Verdict{Key: "fleet", Cost: 1}, nil)
 }
 
-func TestParseTemplate(t *testing.T) {
+func TestParseKeyTemplate(t *testing.T) {
 	good := map[string][]string{
 		"{a}":             {"a"},
 		"x-{a}-{b.c}":     {"a", "b.c"},
@@ -139,13 +139,13 @@ func TestParseTemplate(t *testing.T) {
 		"api.example.com": nil,
 	}
 	for s, names := range good {
-		tm, err := ParseTemplate(s)
+		tm, err := ParseKeyTemplate(s)
 		if err != nil {
-			t.Errorf("ParseTemplate(%q): %v", s, err)
+			t.Errorf("ParseKeyTemplate(%q): %v", s, err)
 			continue
 		}
 		if got := strings.Join(tm.Names(), ","); got != strings.Join(names, ",") {
-			t.Errorf("ParseTemplate(%q).Names() = %v, want %v", s, got, names)
+			t.Errorf("ParseKeyTemplate(%q).Names() = %v, want %v", s, got, names)
 		}
 		if tm.String() != s {
 			t.Errorf("String() = %q, want %q", tm.String(), s)
@@ -154,11 +154,11 @@ func TestParseTemplate(t *testing.T) {
 	for _, s := range []string{"", "{", "a}", "{}", "{a b}", "{a{b}",
 		// Placeholders that lost their braces.
 		"http.request.header.X-API-Key", "header.X-API-Key", "client_ip", "remote_host"} {
-		if _, err := ParseTemplate(s); !errors.Is(err, ErrInvalidTemplate) {
-			t.Errorf("ParseTemplate(%q): err = %v, want ErrInvalidTemplate", s, err)
+		if _, err := ParseKeyTemplate(s); !errors.Is(err, ErrInvalidTemplate) {
+			t.Errorf("ParseKeyTemplate(%q): err = %v, want ErrInvalidTemplate", s, err)
 		}
 	}
-	if _, err := ParseTemplate("header.X-API-Key"); err == nil || !strings.Contains(err.Error(), `did you mean "{header.X-API-Key}"`) {
+	if _, err := ParseKeyTemplate("header.X-API-Key"); err == nil || !strings.Contains(err.Error(), `did you mean "{header.X-API-Key}"`) {
 		t.Errorf("a placeholder without braces: %v, want a hint with the braces", err)
 	}
 }
@@ -170,22 +170,26 @@ func TestParseFallback(t *testing.T) {
 			t.Errorf("ParseFallback(%q) = %v, %v; want %v", f.String(), got, err, f)
 		}
 	}
+	// "allow" is accepted for "skip", as in unknown and on_error.
+	if got, err := ParseFallback("allow"); err != nil || got != FallbackSkip {
+		t.Errorf("ParseFallback(allow) = %v, %v; want skip", got, err)
+	}
 	if _, err := ParseFallback("sometimes"); !errors.Is(err, ErrInvalidFallback) {
 		t.Errorf("ParseFallback(sometimes): err = %v", err)
 	}
 }
 
-func FuzzParseTemplate(f *testing.F) {
+func FuzzParseKeyTemplate(f *testing.F) {
 	for _, s := range []string{"{a}", `x\{{a}\}`, "{a}{b}", "{", "}{", "{{a}}"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		tm, err := ParseTemplate(s)
+		tm, err := ParseKeyTemplate(s)
 		if err != nil {
 			return
 		}
 		if len(tm.Names()) == 0 {
-			t.Fatalf("ParseTemplate(%q) accepted a template without placeholders", s)
+			t.Fatalf("ParseKeyTemplate(%q) accepted a template without placeholders", s)
 		}
 		// Expanding with every placeholder named after itself must not panic
 		// and must contain every name.

@@ -21,7 +21,12 @@ var (
 
 // Fallback says what a built-in policy does with a request it cannot make a
 // key for: a missing header, a template whose placeholders are all empty, a
-// client address that does not parse.
+// client address that does not parse. It is the handler's empty_key.
+//
+// The three directives that answer "what now?" (unknown, empty_key and
+// on_error) share one vocabulary: "skip" lets the request through counted
+// against no bucket (Skip), "deny" refuses it (Deny), and every other word
+// names the bucket that counts it.
 type Fallback uint8
 
 const (
@@ -31,7 +36,8 @@ const (
 	FallbackClientIP Fallback = iota
 	// FallbackShared counts every such request against one shared bucket.
 	FallbackShared
-	// FallbackSkip lets the request through unlimited.
+	// FallbackSkip lets the request through unlimited ("allow" is
+	// accepted for it too).
 	FallbackSkip
 	// FallbackDeny rejects the request.
 	FallbackDeny
@@ -64,15 +70,16 @@ func (f Fallback) String() string {
 	return fmt.Sprintf("fallback(%d)", uint8(f))
 }
 
-// ParseFallback parses a fallback's config name, as written by String.
-// The empty string is FallbackClientIP, the default.
+// ParseFallback parses a fallback's config name, as written by String, or
+// "allow", accepted for "skip". The empty string is FallbackClientIP,
+// the default.
 func ParseFallback(s string) (Fallback, error) {
 	switch strings.ToLower(s) {
 	case "", "client_ip":
 		return FallbackClientIP, nil
 	case "shared":
 		return FallbackShared, nil
-	case "skip":
+	case "skip", "allow":
 		return FallbackSkip, nil
 	case "deny":
 		return FallbackDeny, nil

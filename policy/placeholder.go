@@ -19,11 +19,11 @@ type Resolver func(r *http.Request) (value string, ok bool)
 // repeated header cannot change the key.
 type Lookup func(name string) Resolver
 
-// Template is a parsed key template such as "tenant:{http.request.header.X-Tenant}".
+// KeyTemplate is a parsed key template such as "tenant:{http.request.header.X-Tenant}".
 // Parsing once at config load keeps the request path to lookups and one
 // concatenation. The syntax is Caddy's: "{name}" is a placeholder, "\{" and
 // "\}" are literal braces.
-type Template struct {
+type KeyTemplate struct {
 	parts []part
 	text  string
 }
@@ -35,14 +35,14 @@ type part struct {
 	res  Resolver // set by bind
 }
 
-// ParseTemplate parses a key template. A template without placeholders is
+// ParseKeyTemplate parses a key template. A template without placeholders is
 // a constant key: every request shares one bucket (a site-wide limit, with
 // a global explicit bucket of that name a fleet-wide one). A constant that
 // reads like a placeholder written without its braces
 // ("http.request.header.X-API-Key") is refused: it would silently put every
 // client in one bucket.
-func ParseTemplate(s string) (Template, error) {
-	t := Template{text: s}
+func ParseKeyTemplate(s string) (KeyTemplate, error) {
+	t := KeyTemplate{text: s}
 	var lit strings.Builder
 	for i := 0; i < len(s); i++ {
 		c := s[i]
@@ -51,15 +51,15 @@ func ParseTemplate(s string) (Template, error) {
 			lit.WriteByte(s[i+1])
 			i++
 		case c == '}':
-			return Template{}, fmt.Errorf("%w: %q: unopened '}' at byte %d", ErrInvalidTemplate, s, i)
+			return KeyTemplate{}, fmt.Errorf("%w: %q: unopened '}' at byte %d", ErrInvalidTemplate, s, i)
 		case c == '{':
 			end := strings.IndexByte(s[i+1:], '}')
 			if end < 0 {
-				return Template{}, fmt.Errorf("%w: %q: unclosed '{' at byte %d", ErrInvalidTemplate, s, i)
+				return KeyTemplate{}, fmt.Errorf("%w: %q: unclosed '{' at byte %d", ErrInvalidTemplate, s, i)
 			}
 			name := s[i+1 : i+1+end]
 			if name == "" || strings.ContainsAny(name, "{ \t") {
-				return Template{}, fmt.Errorf("%w: %q: bad placeholder %q at byte %d", ErrInvalidTemplate, s, "{"+name+"}", i)
+				return KeyTemplate{}, fmt.Errorf("%w: %q: bad placeholder %q at byte %d", ErrInvalidTemplate, s, "{"+name+"}", i)
 			}
 			if lit.Len() > 0 {
 				t.parts = append(t.parts, part{lit: lit.String()})
@@ -75,10 +75,10 @@ func ParseTemplate(s string) (Template, error) {
 		t.parts = append(t.parts, part{lit: lit.String()})
 	}
 	if s == "" {
-		return Template{}, fmt.Errorf("%w: empty key template", ErrInvalidTemplate)
+		return KeyTemplate{}, fmt.Errorf("%w: empty key template", ErrInvalidTemplate)
 	}
 	if len(t.Names()) == 0 && looksLikePlaceholder(s) {
-		return Template{}, fmt.Errorf("%w: %q has no braces, so every request would share one bucket: did you mean \"{%s}\"?", ErrInvalidTemplate, s, s)
+		return KeyTemplate{}, fmt.Errorf("%w: %q has no braces, so every request would share one bucket: did you mean \"{%s}\"?", ErrInvalidTemplate, s, s)
 	}
 	return t, nil
 }
@@ -99,10 +99,10 @@ func looksLikePlaceholder(s string) bool {
 }
 
 // String returns the template as written.
-func (t Template) String() string { return t.text }
+func (t KeyTemplate) String() string { return t.text }
 
 // Names returns the placeholder names in order.
-func (t Template) Names() []string {
+func (t KeyTemplate) Names() []string {
 	var names []string
 	for _, p := range t.parts {
 		if p.name != "" {
@@ -114,7 +114,7 @@ func (t Template) Names() []string {
 
 // Bind returns a copy of the template whose placeholders are resolved
 // through lookup.
-func (t Template) Bind(lookup Lookup) Template {
+func (t KeyTemplate) Bind(lookup Lookup) KeyTemplate {
 	parts := make([]part, len(t.parts))
 	for i, p := range t.parts {
 		if p.name != "" {
@@ -129,7 +129,7 @@ func (t Template) Bind(lookup Lookup) Template {
 // Expand resolves a bound template for r. empty reports that every
 // placeholder resolved to the empty string (or is unknown), as when the
 // header an API key template reads is missing.
-func (t Template) Expand(r *http.Request) (key string, empty bool) {
+func (t KeyTemplate) Expand(r *http.Request) (key string, empty bool) {
 	// Fast path for the common single-placeholder template: no concatenation.
 	// A constant key is a single literal part (literals merge).
 	if len(t.parts) == 1 {
@@ -168,12 +168,12 @@ func (t Template) Expand(r *http.Request) (key string, empty bool) {
 	return b.String(), empty
 }
 
-// Placeholder keys a request by a Template. When every placeholder of the
+// Placeholder keys a request by a KeyTemplate. When every placeholder of the
 // template is empty the configured Fallback applies.
 //
 // Placeholder is safe for concurrent use.
 type Placeholder struct {
-	tmpl     Template // bound
+	tmpl     KeyTemplate // bound
 	cost     int64
 	fallback fallbacker
 }
@@ -194,7 +194,7 @@ type PlaceholderConfig struct {
 
 // NewPlaceholder returns a Placeholder policy.
 func NewPlaceholder(c PlaceholderConfig) (*Placeholder, error) {
-	t, err := ParseTemplate(c.Template)
+	t, err := ParseKeyTemplate(c.Template)
 	if err != nil {
 		return nil, err
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"time"
 	"unsafe"
 
 	"github.com/edgelimit/edgelimit/wasm"
@@ -18,85 +17,88 @@ var ErrInvalidOnError = errors.New("policy: invalid on_error")
 
 // OnError says what the WASM policy does with a request when its guest
 // fails: a trap, a timeout, a malformed result, a key that is too long, a
-// guest-reported error, or no free instance.
+// guest-reported error, or no free instance. Its words are those of
+// Fallback: skip, deny, or the bucket that counts the request.
 type OnError uint8
 
 const (
-	// OnErrorFallback applies WASMConfig.Fallback, the handler's answer
-	// for requests it cannot key (by default a bucket per client address):
-	// a failing guest neither opens the gate nor shuts it for everyone.
-	OnErrorFallback OnError = iota
-	// OnErrorAllow lets the request through unlimited (Skip): fail open.
-	OnErrorAllow
+	// OnErrorEmptyKey applies WASMConfig.Fallback, the handler's empty_key
+	// (by default a bucket per client address): a failing guest neither
+	// opens the gate nor shuts it for everyone.
+	OnErrorEmptyKey OnError = iota
+	// OnErrorSkip lets the request through unlimited (Skip): fail open.
+	OnErrorSkip
 	// OnErrorDeny rejects the request (Deny): fail closed.
 	OnErrorDeny
-	// OnErrorKey counts the request against WASMConfig.FallbackKey.
-	OnErrorKey
+	// OnErrorFallbackKey counts the request against WASMConfig.FallbackKey.
+	OnErrorFallbackKey
 )
 
 // String returns the on_error action's config name.
 func (o OnError) String() string {
 	switch o {
-	case OnErrorFallback:
-		return "fallback"
-	case OnErrorAllow:
-		return "allow"
+	case OnErrorEmptyKey:
+		return "empty_key"
+	case OnErrorSkip:
+		return "skip"
 	case OnErrorDeny:
 		return "deny"
-	case OnErrorKey:
-		return "key"
+	case OnErrorFallbackKey:
+		return "fallback_key"
 	}
 	return fmt.Sprintf("on_error(%d)", uint8(o))
 }
 
 // ParseOnError parses an on_error action's config name, as written by
-// String. The empty string is OnErrorFallback.
+// String, or one of the older words still accepted: "fallback" for
+// empty_key, "allow" for skip and "key" for fallback_key. The empty string
+// is OnErrorEmptyKey.
 func ParseOnError(s string) (OnError, error) {
 	switch strings.ToLower(s) {
-	case "", "fallback":
-		return OnErrorFallback, nil
-	case "allow":
-		return OnErrorAllow, nil
+	case "", "empty_key", "fallback":
+		return OnErrorEmptyKey, nil
+	case "skip", "allow":
+		return OnErrorSkip, nil
 	case "deny":
 		return OnErrorDeny, nil
-	case "key":
-		return OnErrorKey, nil
+	case "fallback_key", "key":
+		return OnErrorFallbackKey, nil
 	}
-	return 0, fmt.Errorf("%w: %q; want fallback, allow, deny or key", ErrInvalidOnError, s)
+	return 0, fmt.Errorf("%w: %q; want empty_key, fallback_key, skip or deny", ErrInvalidOnError, s)
 }
 
-// WASMConfig configures NewWASM. Zero values mean the wasm package's
-// defaults.
+// MarshalText writes the on_error action's config name.
+func (o OnError) MarshalText() ([]byte, error) { return []byte(o.String()), nil }
+
+// UnmarshalText parses an on_error action's config name (ParseOnError).
+func (o *OnError) UnmarshalText(b []byte) error {
+	v, err := ParseOnError(string(b))
+	*o = v
+	return err
+}
+
+// WASMConfig configures NewWASM: the module's file, what a failing guest's
+// request gets, and the module's settings (wasm.Config, whose zero values
+// mean the wasm package's defaults). The Caddy module embeds it, so its JSON
+// names are Caddy's.
 type WASMConfig struct {
 	// Path is the .wasm file.
-	Path string
-	// SHA256, if set, pins the file's hex SHA-256; a mismatch fails the load.
-	SHA256 string
-	// Config is the policy-level config string handed to the guest's init.
-	Config string
+	Path string `json:"path"`
 	// OnError is what a request gets when the guest fails.
-	OnError OnError
-	// FallbackKey is the bucket of OnErrorKey.
-	FallbackKey string
-	// Fallback and Cost make the verdict of OnErrorFallback (the handler's
+	OnError OnError `json:"on_error,omitempty"`
+	// FallbackKey is the bucket of OnErrorFallbackKey.
+	FallbackKey string `json:"fallback_key,omitempty"`
+	wasm.Config
+
+	// Fallback and Cost make the verdict of OnErrorEmptyKey (the handler's
 	// empty-key behaviour and tokens per request; 0 means 1). The guest
-	// sets the cost of its own verdicts.
-	Fallback Fallback
-	Cost     int64
+	// sets the cost of its own verdicts. The handler supplies both.
+	Fallback Fallback `json:"-"`
+	Cost     int64    `json:"-"`
 	// Addr finds the client address handed to the guest (and used by
 	// FallbackClientIP); nil means RemoteAddr. Caddy passes its client IP,
 	// which honours trusted proxies.
-	Addr ClientAddr
-	// Timeout bounds one guest call; MaxMemoryPages caps each instance's
-	// memory; PoolSize bounds the instances; MaxKeyLen bounds a key.
-	Timeout        time.Duration
-	MaxMemoryPages uint32
-	PoolSize       int
-	MaxKeyLen      int
-	// CacheEntries sizes the module's verdict cache; NoCache turns it off
-	// (see wasm.Config).
-	CacheEntries int
-	NoCache      bool
+	Addr ClientAddr `json:"-"`
 }
 
 // WASM runs an operator's WebAssembly module (see package wasm) to key
@@ -116,11 +118,11 @@ type WASM struct {
 // NewWASM loads, checks and instantiates the module at c.Path. ctx bounds
 // compilation.
 func NewWASM(ctx context.Context, c WASMConfig) (*WASM, error) {
-	if c.OnError > OnErrorKey {
+	if c.OnError > OnErrorFallbackKey {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidOnError, c.OnError)
 	}
-	if c.OnError == OnErrorKey && c.FallbackKey == "" {
-		return nil, fmt.Errorf("%w: on_error key needs a fallback key", ErrInvalidOnError)
+	if c.OnError == OnErrorFallbackKey && c.FallbackKey == "" {
+		return nil, fmt.Errorf("%w: on_error fallback_key needs a fallback key", ErrInvalidOnError)
 	}
 	cost, err := checkCost(c.Cost)
 	if err != nil {
@@ -130,16 +132,7 @@ func NewWASM(ctx context.Context, c WASMConfig) (*WASM, error) {
 	if err != nil {
 		return nil, err
 	}
-	mod, err := wasm.LoadFile(ctx, c.Path, wasm.Config{
-		Config:         c.Config,
-		SHA256:         c.SHA256,
-		Timeout:        c.Timeout,
-		MaxMemoryPages: c.MaxMemoryPages,
-		PoolSize:       c.PoolSize,
-		MaxKeyLen:      c.MaxKeyLen,
-		CacheEntries:   c.CacheEntries,
-		NoCache:        c.NoCache,
-	})
+	mod, err := wasm.LoadFile(ctx, c.Path, c.Config)
 	if err != nil {
 		return nil, err
 	}
@@ -199,11 +192,11 @@ func (p *WASM) Evaluate(r *http.Request) (Verdict, error) {
 
 func (p *WASM) onErrorVerdict(r *http.Request) Verdict {
 	switch p.onError {
-	case OnErrorAllow:
+	case OnErrorSkip:
 		return Verdict{Action: Skip}
 	case OnErrorDeny:
 		return Verdict{Action: Deny}
-	case OnErrorKey:
+	case OnErrorFallbackKey:
 		return Verdict{Key: p.fallbackKey, Cost: p.fallback.cost}
 	}
 	v, _ := p.fallback.verdict(r) // its own error is secondary to the guest's

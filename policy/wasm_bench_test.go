@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/edgelimit/edgelimit/policy"
+	"github.com/edgelimit/edgelimit/wasm"
 	"github.com/edgelimit/edgelimit/wasm/wasmtest"
 )
 
@@ -60,7 +61,7 @@ func benchPolicies(b *testing.B, c policy.WASMConfig) (wasmP, builtin policy.Pol
 // cache's lookup and store).
 func BenchmarkEvaluate(b *testing.B) {
 	cached, builtin := benchPolicies(b, policy.WASMConfig{})
-	uncached, _ := benchPolicies(b, policy.WASMConfig{NoCache: true})
+	uncached, _ := benchPolicies(b, policy.WASMConfig{Config: wasm.Config{NoCache: true}})
 	ids := make([]string, 1<<16)
 	for i := range ids {
 		ids[i] = strconv.Itoa(i)
@@ -106,7 +107,7 @@ func BenchmarkEvaluate(b *testing.B) {
 // BenchmarkEvaluateParallel: the same under RunParallel, with the default
 // pool (GOMAXPROCS instances).
 func BenchmarkEvaluateParallel(b *testing.B) {
-	wasmP, builtin := benchPolicies(b, policy.WASMConfig{NoCache: true})
+	wasmP, builtin := benchPolicies(b, policy.WASMConfig{Config: wasm.Config{NoCache: true}})
 	for _, bc := range []struct {
 		name string
 		p    policy.Policy

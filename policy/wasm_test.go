@@ -21,7 +21,7 @@ import (
 // pinModule pins module with c's memory cap and init config (see pin).
 func pinModule(t testing.TB, module []byte, c policy.WASMConfig) {
 	t.Helper()
-	if err := pin.Compiled(module, c.MaxMemoryPages, c.Config); err != nil {
+	if err := pin.Compiled(module, c.MaxMemoryPages, c.Config.Config); err != nil {
 		t.Fatalf("pinning the compiled module: %v", err)
 	}
 }
@@ -72,7 +72,7 @@ func limit(key string, cost int64) policy.Verdict { return policy.Verdict{Key: k
 
 func TestWASMExampleAPIKey(t *testing.T) {
 	t.Parallel() // compiles a Go guest: overlap them
-	p := newWASM(t, wasmtest.Example(t, "apikey"), policy.WASMConfig{Config: "acme=gold globex=silver default=free"})
+	p := newWASM(t, wasmtest.Example(t, "apikey"), policy.WASMConfig{Config: wasm.Config{Config: "acme=gold globex=silver default=free"}})
 	if h := p.Headers(); len(h) != 1 || h[0] != "X-Api-Key" {
 		t.Fatalf("Headers() = %q", h)
 	}
@@ -84,9 +84,7 @@ func TestWASMExampleAPIKey(t *testing.T) {
 		{"key we never issued", get("/", "X-API-Key", "garbage"), policy.Verdict{Action: policy.Deny}, nil},
 	})
 
-	_, err := policy.NewWASM(context.Background(), policy.WASMConfig{
-		Path: wasmtest.File(t, wasmtest.Example(t, "apikey")), Config: "acme=gold",
-	})
+	_, err := policy.NewWASM(context.Background(), policy.WASMConfig{Path: wasmtest.File(t, wasmtest.Example(t, "apikey")), Config: wasm.Config{Config: "acme=gold"}})
 	if !errors.Is(err, wasm.ErrInit) || !strings.Contains(err.Error(), "default=<plan>") {
 		t.Fatalf("config without default: %v", err)
 	}
@@ -125,15 +123,13 @@ func TestWASMExamplePathWeight(t *testing.T) {
 		{"other paths cost 1", get("/items/42"), limit("ip:192.0.2.1", 1), nil},
 	})
 
-	p = newWASM(t, wasmtest.Example(t, "pathweight"), policy.WASMConfig{Config: "/export=20, /search=2"})
+	p = newWASM(t, wasmtest.Example(t, "pathweight"), policy.WASMConfig{Config: wasm.Config{Config: "/export=20, /search=2"}})
 	run(t, p, []step{
 		{"configured export", get("/export/all"), limit("ip:192.0.2.1", 20), nil},
 		{"configured search", get("/search"), limit("ip:192.0.2.1", 2), nil},
 	})
 
-	_, err := policy.NewWASM(context.Background(), policy.WASMConfig{
-		Path: wasmtest.File(t, wasmtest.Example(t, "pathweight")), Config: "/search=zero",
-	})
+	_, err := policy.NewWASM(context.Background(), policy.WASMConfig{Path: wasmtest.File(t, wasmtest.Example(t, "pathweight")), Config: wasm.Config{Config: "/search=zero"}})
 	if !errors.Is(err, wasm.ErrInit) || !strings.Contains(err.Error(), "/search=zero") {
 		t.Fatalf("bad config: %v", err)
 	}
@@ -159,15 +155,15 @@ func TestWASMHostile(t *testing.T) {
 		want   policy.Verdict
 		err    error
 	}{
-		{"loop", policy.WASMConfig{OnError: policy.OnErrorDeny, Timeout: 20 * time.Millisecond},
+		{"loop", policy.WASMConfig{OnError: policy.OnErrorDeny, Config: wasm.Config{Timeout: 20 * time.Millisecond}},
 			policy.Verdict{Action: policy.Deny}, wasm.ErrTimeout},
-		{"unreachable", policy.WASMConfig{OnError: policy.OnErrorAllow}, policy.Verdict{Action: policy.Skip}, wasm.ErrTrap},
-		{"garbage", policy.WASMConfig{OnError: policy.OnErrorKey, FallbackKey: "wasm-broken", Cost: 3},
+		{"unreachable", policy.WASMConfig{OnError: policy.OnErrorSkip}, policy.Verdict{Action: policy.Skip}, wasm.ErrTrap},
+		{"garbage", policy.WASMConfig{OnError: policy.OnErrorFallbackKey, FallbackKey: "wasm-broken", Cost: 3},
 			limit("wasm-broken", 3), wasm.ErrBadResult},
 		{"huge", policy.WASMConfig{OnError: policy.OnErrorDeny}, policy.Verdict{Action: policy.Deny}, wasm.ErrBadResult},
-		{"outofbounds", policy.WASMConfig{OnError: policy.OnErrorAllow}, policy.Verdict{Action: policy.Skip}, wasm.ErrBadResult},
+		{"outofbounds", policy.WASMConfig{OnError: policy.OnErrorSkip}, policy.Verdict{Action: policy.Skip}, wasm.ErrBadResult},
 		{"longkey", policy.WASMConfig{}, fallbackIP, wasm.ErrKeyTooLong},
-		{"membomb", policy.WASMConfig{MaxMemoryPages: 32}, limit("wat", 1), nil},
+		{"membomb", policy.WASMConfig{Config: wasm.Config{MaxMemoryPages: 32}}, limit("wat", 1), nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.module, func(t *testing.T) {
@@ -189,14 +185,12 @@ func TestWASMRefusesBadModules(t *testing.T) {
 			t.Errorf("%s: err = %v, want %v", module, err, want)
 		}
 	}
-	_, err := policy.NewWASM(context.Background(), policy.WASMConfig{
-		Path: wasmtest.File(t, wasmtest.WAT(t, "good")), SHA256: strings.Repeat("0", 64),
-	})
+	_, err := policy.NewWASM(context.Background(), policy.WASMConfig{Path: wasmtest.File(t, wasmtest.WAT(t, "good")), Config: wasm.Config{SHA256: strings.Repeat("0", 64)}})
 	if !errors.Is(err, wasm.ErrSHA256Mismatch) {
 		t.Errorf("pin mismatch: %v", err)
 	}
 	for _, c := range []policy.WASMConfig{
-		{OnError: policy.OnErrorKey},
+		{OnError: policy.OnErrorFallbackKey},
 		{OnError: 9},
 		{Cost: -1},
 	} {
@@ -211,11 +205,7 @@ func TestWASMRefusesBadModules(t *testing.T) {
 // (every value, in order), the client address from Addr, and nothing else.
 func TestWASMPassesOnlyDeclaredHeaders(t *testing.T) {
 	t.Parallel() // compiles a Go guest: overlap them
-	p := newWASM(t, wasmtest.Go(t, wasmtest.GoHostile), policy.WASMConfig{
-		Config:    "c",
-		MaxKeyLen: 1024,
-		Addr:      func(*http.Request) (netip.Addr, bool) { return netip.MustParseAddr("2001:db8::7"), true },
-	})
+	p := newWASM(t, wasmtest.Go(t, wasmtest.GoHostile), policy.WASMConfig{Addr: func(*http.Request) (netip.Addr, bool) { return netip.MustParseAddr("2001:db8::7"), true }, Config: wasm.Config{Config: "c", MaxKeyLen: 1024}})
 	r := httptest.NewRequest(http.MethodPost, "http://api.example.com/echo?x=1", nil)
 	r.Header.Add("X-One", "1")
 	r.Header.Add("X-Two", "a")
@@ -231,7 +221,7 @@ func TestWASMPassesOnlyDeclaredHeaders(t *testing.T) {
 
 func TestWASMCloseWithInFlight(t *testing.T) {
 	const timeout = 100 * time.Millisecond
-	p := newWASM(t, wasmtest.WAT(t, "loop"), policy.WASMConfig{OnError: policy.OnErrorDeny, Timeout: timeout})
+	p := newWASM(t, wasmtest.WAT(t, "loop"), policy.WASMConfig{OnError: policy.OnErrorDeny, Config: wasm.Config{Timeout: timeout}})
 	done := make(chan error, 1)
 	start := time.Now()
 	go func() {
@@ -262,7 +252,7 @@ func TestWASMCloseWithInFlight(t *testing.T) {
 
 func TestWASMConcurrent(t *testing.T) {
 	t.Parallel() // compiles a Go guest: overlap them
-	p := newWASM(t, wasmtest.Example(t, "composite"), policy.WASMConfig{PoolSize: 2})
+	p := newWASM(t, wasmtest.Example(t, "composite"), policy.WASMConfig{Config: wasm.Config{PoolSize: 2}})
 	var wg sync.WaitGroup
 	for g := 0; g < 8; g++ {
 		wg.Add(1)
@@ -299,14 +289,20 @@ func TestWASMEvaluateAllocs(t *testing.T) {
 }
 
 func TestParseOnError(t *testing.T) {
-	for _, o := range []policy.OnError{policy.OnErrorFallback, policy.OnErrorAllow, policy.OnErrorDeny, policy.OnErrorKey} {
+	for _, o := range []policy.OnError{policy.OnErrorEmptyKey, policy.OnErrorSkip, policy.OnErrorDeny, policy.OnErrorFallbackKey} {
 		got, err := policy.ParseOnError(o.String())
 		if err != nil || got != o {
 			t.Errorf("ParseOnError(%q) = %v, %v", o.String(), got, err)
 		}
 	}
-	if got, err := policy.ParseOnError(""); err != nil || got != policy.OnErrorFallback {
+	if got, err := policy.ParseOnError(""); err != nil || got != policy.OnErrorEmptyKey {
 		t.Errorf(`ParseOnError("") = %v, %v`, got, err)
+	}
+	// The older words still load.
+	for old, want := range map[string]policy.OnError{"fallback": policy.OnErrorEmptyKey, "allow": policy.OnErrorSkip, "key": policy.OnErrorFallbackKey} {
+		if got, err := policy.ParseOnError(old); err != nil || got != want {
+			t.Errorf("ParseOnError(%q) = %v, %v; want %v", old, got, err, want)
+		}
 	}
 	if _, err := policy.ParseOnError("explode"); !errors.Is(err, policy.ErrInvalidOnError) {
 		t.Errorf("ParseOnError(explode): %v", err)
@@ -316,7 +312,7 @@ func TestParseOnError(t *testing.T) {
 // TestWASMKeyMissesFallbackBuckets: a guest's key is whatever it computed
 // from client input, NUL first included; it must not count against the
 // fallback bucket of the address it names, which the same policy's
-// on_error fallback uses.
+// on_error empty_key uses.
 func TestWASMKeyMissesFallbackBuckets(t *testing.T) {
 	aimed := policy.FallbackKeyPrefix + "192.0.2.1"
 	// limit, cost 1, key "\x00192.0.2.1" (15 bytes at 64)

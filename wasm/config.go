@@ -42,30 +42,38 @@ const (
 )
 
 // Config configures a Module. The zero value of each field means its
-// default.
+// default. It is the one list of a module's settings: package policy and
+// the Caddy module embed it, so its JSON names are those of Caddy's config
+// and a new setting is added here alone.
 type Config struct {
 	// Config is the policy-level config string, handed to every instance
 	// once through edgelimit_init.
-	Config string
-	// SHA256, when set, pins the module: hex SHA-256 of the .wasm bytes.
-	SHA256 string
+	Config string `json:"config,omitempty"`
+	// SHA256, when set, pins the module: hex SHA-256 of the .wasm bytes
+	// (an optional "sha256:" prefix is accepted).
+	SHA256 string `json:"sha256,omitempty"`
 	// Timeout bounds one Decide call, and the wait for a free instance.
-	Timeout time.Duration
+	// Default: DefaultTimeout.
+	Timeout time.Duration `json:"timeout,omitempty"`
 	// MaxMemoryPages caps each instance's linear memory, in 64 KiB pages.
-	MaxMemoryPages uint32
+	// Default: DefaultMaxMemoryPages.
+	MaxMemoryPages uint32 `json:"max_memory_pages,omitempty"`
 	// PoolSize is the most instances that run at once. The pool starts with
 	// one and grows on demand. Default: GOMAXPROCS.
-	PoolSize int
-	// MaxKeyLen bounds a Limit result's key, in bytes.
-	MaxKeyLen int
-	// MaxRequestLen bounds the encoded request, in bytes.
-	MaxRequestLen int
+	PoolSize int `json:"pool_size,omitempty"`
+	// MaxKeyLen bounds a Limit result's key, in bytes. Default:
+	// DefaultMaxKeyLen.
+	MaxKeyLen int `json:"max_key_len,omitempty"`
+	// MaxRequestLen bounds the encoded request, in bytes. Default:
+	// DefaultMaxRequestLen.
+	MaxRequestLen int `json:"max_request_len,omitempty"`
 	// CacheEntries sizes the verdict cache, which answers a request that
 	// is byte for byte one the guest decided recently without calling the
-	// guest (see verdictCache). NoCache turns it off, for a guest that
-	// breaks the ABI's rule that a verdict depends on the request alone.
-	CacheEntries int
-	NoCache      bool
+	// guest (see verdictCache). Default: DefaultCacheEntries. NoCache turns
+	// it off, for a guest that breaks the ABI's rule that a verdict depends
+	// on the request alone.
+	CacheEntries int  `json:"cache_entries,omitempty"`
+	NoCache      bool `json:"no_cache,omitempty"`
 
 	// initTimeout overrides defaultInitTimeout; tests shorten it.
 	initTimeout time.Duration

@@ -21,19 +21,19 @@ import (
 // Module is a loaded, checked guest policy with its pool of instances.
 // Decide is safe for concurrent use; Close waits for calls in flight.
 type Module struct {
-	cfg      Config
-	rt       wazero.Runtime
-	compiled wazero.CompiledModule
-	modCfg   wazero.ModuleConfig
-	headers  []string      // canonical, deduplicated, as declared at init
-	fields   abi.Fields    // the request fields declared at init
-	verdicts *verdictCache // nil with Config.NoCache
-	pool     pool
-	stats    counters
-	sum      string
-	deadline deadline
-	cacheKey cacheKey
-	closed   sync.Once
+	cfg         Config
+	rt          wazero.Runtime
+	compiled    wazero.CompiledModule
+	modCfg      wazero.ModuleConfig
+	headers     []string      // canonical, deduplicated, as declared at init
+	fields      abi.Fields    // the request fields declared at init
+	verdicts    *verdictCache // nil with Config.NoCache
+	pool        pool
+	stats       counters
+	sum         string
+	deadline    deadline
+	compiledKey compiledKey
+	closed      sync.Once
 	// beforeRebuild, if set, runs before the builder makes an instance;
 	// tests hold the builder with it.
 	beforeRebuild func()
@@ -94,18 +94,18 @@ func load(ctx context.Context, wasmBytes []byte, cfg Config, dl deadline) (*Modu
 		return nil, fmt.Errorf("%w: pinned %s, file has %s", ErrSHA256Mismatch, cfg.SHA256, hexSum)
 	}
 
-	key := cacheKey{sum: sum, pages: cfg.MaxMemoryPages, deadline: dl}
+	key := compiledKey{sum: sum, pages: cfg.MaxMemoryPages, deadline: dl}
 	rtCfg := wazero.NewRuntimeConfig().
 		WithMemoryLimitPages(cfg.MaxMemoryPages).
 		WithCloseOnContextDone(dl == deadlineCancel || dl == deadlinePerCall).
-		WithCompilationCache(acquireCache(key))
+		WithCompilationCache(acquireCompiled(key))
 	rt := wazero.NewRuntimeWithConfig(ctx, rtCfg)
-	m := &Module{cfg: cfg, rt: rt, sum: hexSum, deadline: dl, cacheKey: key}
+	m := &Module{cfg: cfg, rt: rt, sum: hexSum, deadline: dl, compiledKey: key}
 	ok := false
 	defer func() {
 		if !ok {
 			_ = rt.Close(context.Background())
-			releaseCache(key)
+			releaseCompiled(key)
 		}
 	}()
 
@@ -279,6 +279,6 @@ func (m *Module) SHA256() string { return m.sum }
 func (m *Module) Close(ctx context.Context) error {
 	m.closePool()
 	err := m.rt.Close(ctx)
-	m.closed.Do(func() { releaseCache(m.cacheKey) })
+	m.closed.Do(func() { releaseCompiled(m.compiledKey) })
 	return err
 }

@@ -151,13 +151,13 @@ func TestHeadersCanonical(t *testing.T) {
 // TestCompileCacheShared: modules loaded from the same bytes share one
 // compilation cache (a reload of an unchanged file does not recompile),
 // and it is released with the last of them.
-func TestCompileCacheShared(t *testing.T) {
+func TestCompiledModulesShared(t *testing.T) {
 	b := wasmtest.WAT(t, "good")
-	key := cacheKey{sum: sha256.Sum256(b), pages: DefaultMaxMemoryPages, deadline: deadlineInterrupt}
+	key := compiledKey{sum: sha256.Sum256(b), pages: DefaultMaxMemoryPages, deadline: deadlineInterrupt}
 	refs := func() int {
-		compileCaches.Lock()
-		defer compileCaches.Unlock()
-		if c, ok := compileCaches.m[key]; ok {
+		compiledModules.Lock()
+		defer compiledModules.Unlock()
+		if c, ok := compiledModules.m[key]; ok {
 			return c.refs
 		}
 		return 0
@@ -188,9 +188,9 @@ func TestCompileCacheShared(t *testing.T) {
 	if _, err := Load(context.Background(), []byte("junk"), Config{}); err == nil {
 		t.Fatal("junk loaded")
 	}
-	compileCaches.Lock()
-	n := len(compileCaches.m)
-	compileCaches.Unlock()
+	compiledModules.Lock()
+	n := len(compiledModules.m)
+	compiledModules.Unlock()
 	if n != 0 {
 		t.Fatalf("a failed load left %d caches behind", n)
 	}
