@@ -76,25 +76,9 @@ func unmarshalHandler(d *caddyfile.Dispenser) (*Handler, error) {
 // State, which all the site blocks of one Caddyfile share.
 const zoneClaimsState = "edge_limit.zones"
 
-// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
-//
-//	edge_limit [<matcher>] [<zone>] {
-//		zone      <name>
-//		key       <template>                 # e.g. {http.request.header.X-API-Key}
-//		policy    header <name>
-//		policy    client_ip [<ipv4_bits> [<ipv6_bits>]]
-//		policy    <module> ...               # any edge_limit policy module, e.g. wasm
-//		rate      <tokens>/<period>          # 100/1s, 10/1m, 0.5/s
-//		burst     <tokens>
-//		max_buckets <n>                      # cap on the zone's dynamic buckets
-//		unknown   rate|skip|deny               # keys without an explicit bucket
-//		empty_key client_ip|shared|skip|deny   # requests the policy cannot key
-//		cost      <tokens>
-//		shadow
-//		status    <code>
-//		headers   draft|legacy|both|off
-//		log_key
-//	}
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. The
+// syntax, with every option and its default, is written once, in
+// caddymodule/README.md ("Caddyfile").
 //
 // Without key or policy, requests are keyed by client IP (/32, /64).
 // It parses; Validate checks what the values mean (a zone name, a rate

@@ -28,31 +28,8 @@ func parseApp(d *caddyfile.Dispenser, existing any) (any, error) {
 }
 
 // UnmarshalCaddyfile sets up the app from the Caddyfile's global options.
-// Syntax:
-//
-//	edge_limit {
-//		etcd [<endpoints...>] {
-//			endpoints    <url...>
-//			prefix       <key prefix>          # /edgelimit/
-//			dial_timeout <duration>            # 5s
-//			username     <name>
-//			password     <password>            # e.g. {env.ETCD_PASSWORD}
-//			tls {
-//				ca          <file>
-//				cert        <file>
-//				key         <file>
-//				server_name <name>
-//			}
-//		}
-//		etcd_server <module> ...               # e.g. embedded (caddymodule/embedetcd)
-//		global off | {
-//			sync_interval    <duration>        # 1s
-//			lease_ttl        <duration>        # 5s
-//			expected_members <n>               # 1
-//		}
-//		instance_id   <id>
-//		snapshot_file <path>
-//	}
+// The syntax, with every option and its default, is written once, in
+// caddymodule/README.md ("Caddyfile").
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // option name
 	if err := noMore(d); err != nil {
