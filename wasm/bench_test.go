@@ -317,31 +317,51 @@ func init() {
 `
 }
 
+// exampleRequests are requests each example policy answers with a Limit
+// through its main path: apikey a known tenant's key, composite its three
+// headers, jwtsub a bearer token, pathweight a weighted path.
+var exampleRequests = map[string]*abi.Request{
+	"apikey":    &benchReq,
+	"composite": &compositeReq,
+	"jwtsub": {Method: "GET", Path: "/v1/items", RemoteIP: "192.0.2.1", Headers: []abi.Header{{Name: "Authorization",
+		Value: "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c2VyLTQyIn0.c2ln"}}}, // {"sub":"user-42"}
+	"pathweight": {Method: "GET", Path: "/search/items", RemoteIP: "192.0.2.1"},
+}
+
+// compositeReq carries the three headers of the composite example.
+var compositeReq = abi.Request{Method: "GET", Path: "/v1/items", RemoteIP: "192.0.2.1",
+	Headers: []abi.Header{{Name: "X-Tenant", Value: "acme"}, {Name: "X-Region", Value: "eu-west"}, {Name: "X-Client-Id", Value: "42"}}}
+
 // BenchmarkGuestVariants times the guests of guestVariants on the same
-// three-header request as the composite example, against the composite
-// example itself and the host-only WAT guest.
+// three-header request as the composite example, against the host-only
+// WAT guest, then each example policy on its own request.
 func BenchmarkGuestVariants(b *testing.B) {
-	req := &abi.Request{Method: "GET", Path: "/v1/items", RemoteIP: "192.0.2.1",
-		Headers: []abi.Header{{Name: "X-Tenant", Value: "acme"}, {Name: "X-Region", Value: "eu-west"}, {Name: "X-Client-Id", Value: "42"}}}
 	type variant struct {
 		name string
 		bin  func(b *testing.B) []byte
+		req  *abi.Request
 	}
-	vs := []variant{{"wat-constant", func(b *testing.B) []byte { return wasmtest.WAT(b, "good") }}}
+	vs := []variant{{"wat-constant", func(b *testing.B) []byte { return wasmtest.WAT(b, "good") }, &compositeReq}}
 	for _, v := range guestVariants {
-		vs = append(vs, variant{"go-" + v.name, func(b *testing.B) []byte { return buildGoSource(b, v.src) }})
+		vs = append(vs, variant{"go-" + v.name, func(b *testing.B) []byte { return buildGoSource(b, v.src) }, &compositeReq})
 	}
-	vs = append(vs, variant{"go-composite", func(b *testing.B) []byte { return wasmtest.Example(b, "composite") }})
+	for _, name := range []string{"apikey", "composite", "jwtsub", "pathweight"} {
+		vs = append(vs, variant{"go-" + name, func(b *testing.B) []byte { return wasmtest.Example(b, name) }, exampleRequests[name]})
+	}
 	for _, v := range vs {
 		b.Run("guest="+v.name, func(b *testing.B) {
-			m, err := Load(context.Background(), v.bin(b), Config{Timeout: time.Second, NoCache: true})
+			cfg := Config{Timeout: time.Second, NoCache: true}
+			if v.name == "go-apikey" {
+				cfg.Config = benchConfig
+			}
+			m, err := Load(context.Background(), v.bin(b), cfg)
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer m.Close(context.Background())
 			timed(b, func() {
-				if _, err := m.Decide(req); err != nil {
-					b.Fatal(err)
+				if res, err := m.Decide(v.req); err != nil || res.Action != abi.Limit {
+					b.Fatal(res, err)
 				}
 			})
 		})
