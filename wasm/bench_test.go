@@ -256,6 +256,48 @@ var guestVariants = []struct{ name, src string }{
 	{"sdk-key-6-parts", sdkGuest(`return guest.Limit(guest.Key("t=", r.Method, "|r=", r.Path, "|c=", r.RemoteIP))`)},
 }
 
+// jwtEncodingJSON is the jwtsub example written with strings.Split,
+// base64's DecodeString and encoding/json: the reference for what
+// allocating and reflection cost a guest (BenchmarkGuestVariants).
+const jwtEncodingJSON = `package main
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"strings"
+
+	"github.com/edgelimit/edgelimit/wasm/guest"
+)
+
+func main() {}
+
+func init() {
+	guest.Register(guest.Policy{Headers: []string{"Authorization"}, Fields: guest.RemoteIP, Decide: decide})
+}
+
+func decide(r *guest.Request) guest.Verdict {
+	token, ok := strings.CutPrefix(r.Header("Authorization"), "Bearer ")
+	if !ok {
+		return guest.Limit(guest.Key("ip:", r.RemoteIP))
+	}
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return guest.Fail("not three parts")
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return guest.Fail("not base64url")
+	}
+	var claims struct {
+		Sub string ` + "`json:\"sub\"`" + `
+	}
+	if err := json.Unmarshal(payload, &claims); err != nil || claims.Sub == "" {
+		return guest.Fail("no sub claim")
+	}
+	return guest.Limit(guest.Key("sub:", claims.Sub))
+}
+`
+
 // rawGuest is a guest with the ABI exports written by hand; work runs in
 // edgelimit_decide before it answers a constant.
 func rawGuest(work string) string {
@@ -334,7 +376,8 @@ var compositeReq = abi.Request{Method: "GET", Path: "/v1/items", RemoteIP: "192.
 
 // BenchmarkGuestVariants times the guests of guestVariants on the same
 // three-header request as the composite example, against the host-only
-// WAT guest, then each example policy on its own request.
+// WAT guest, then each example policy on its own request, and jwtsub
+// against jwtEncodingJSON.
 func BenchmarkGuestVariants(b *testing.B) {
 	type variant struct {
 		name string
@@ -348,6 +391,7 @@ func BenchmarkGuestVariants(b *testing.B) {
 	for _, name := range []string{"apikey", "composite", "jwtsub", "pathweight"} {
 		vs = append(vs, variant{"go-" + name, func(b *testing.B) []byte { return wasmtest.Example(b, name) }, exampleRequests[name]})
 	}
+	vs = append(vs, variant{"go-jwtsub-encoding-json", func(b *testing.B) []byte { return buildGoSource(b, jwtEncodingJSON) }, exampleRequests["jwtsub"]})
 	for _, v := range vs {
 		b.Run("guest="+v.name, func(b *testing.B) {
 			cfg := Config{Timeout: time.Second, NoCache: true}
