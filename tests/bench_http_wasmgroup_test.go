@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -46,13 +47,7 @@ var benchWASMExamples = map[string]benchWASMExample{
 // default.
 func benchWASMPolicies(t *testing.T) []string {
 	s := os.Getenv("EDGELIMIT_BENCH_WASM")
-	all := slices.Sorted(func(yield func(string) bool) {
-		for name := range benchWASMExamples {
-			if !yield(name) {
-				return
-			}
-		}
-	})
+	all := slices.Sorted(maps.Keys(benchWASMExamples))
 	switch s {
 	case "":
 		return []string{"composite"}
