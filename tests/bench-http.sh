@@ -24,19 +24,20 @@
 #     deny-errors-other the same with `handle_errors 404 { ... }`: error
 #                       routes that no denial matches
 #   the deny cases are also compared with bare.
-#   wasm (every request with X-Tenant: acme, X-Region: eu-west,
-#   X-Client-Id: 42):
+#   wasm (every request with the headers of every example policy: X-Tenant,
+#   X-Region, X-Client-Id, X-API-Key, Authorization with a JWT):
 #     bare-wasm         bare, the same headers
 #     placeholder       edge_limit keyed by a placeholder that makes the
 #                       composite example's key
-#     wasm              edge_limit with `policy wasm`, the composite example
-#                       policy built from source (a Go guest), as shipped:
-#                       its verdict cache answers these identical requests
-#     wasm-nocache      the same with `cache off`: a guest call per request
+#     wasm-X            edge_limit with `policy wasm` and the example policy
+#                       X (wasm/examples/X, a Go guest built from source), as
+#                       shipped: its verdict cache answers these identical
+#                       requests; X is each of EDGELIMIT_BENCH_WASM
+#     wasm-X-nocache    the same with `cache off`: a guest call per request
 #     wasm-host         `policy wasm` with tests/testdata/host-floor.wat
 #                       (wat2wasm) and `cache off`: a guest that answers a
 #                       constant, so the host's share of a WASM call
-#   wasm, wasm-nocache and wasm-host are also compared with placeholder.
+#   the wasm-* cases are also compared with placeholder.
 # After the wrk rounds, every case runs at a fixed request rate from the Go
 # load generator (BENCH-FIXED lines), where CPU per request does not depend
 # on how saturated Caddy is. Outside the deny group, limits are far above
@@ -46,7 +47,9 @@
 # totals) are in the *SUMMARY lines.
 #
 # Knobs (environment): EDGELIMIT_BENCH_CASES (limiter,wasm,deny: a comma-separated
-# list of groups), EDGELIMIT_BENCH_DURATION (3s per wrk run),
+# list of groups), EDGELIMIT_BENCH_WASM (the example policies of the wasm
+# group: composite by default, a comma-separated list of apikey, composite,
+# jwtsub, pathweight, or all), EDGELIMIT_BENCH_DURATION (3s per wrk run),
 # EDGELIMIT_BENCH_ROUNDS (9), EDGELIMIT_BENCH_FIXED_RATE (3000 requests/s;
 # 0 skips), EDGELIMIT_BENCH_FIXED_DURATION (10s), EDGELIMIT_BENCH_FIXED_ROUNDS
 # (5), EDGELIMIT_BENCH_PIN=1 to pin Caddy to CPU 0 and wrk to CPU 1

@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"sort"
@@ -15,7 +13,6 @@ import (
 	"time"
 
 	"github.com/edgelimit/edgelimit/tests/e2e"
-	"github.com/edgelimit/edgelimit/wasm/wasmtest"
 )
 
 // benchGroups are the case groups of TestBenchHTTP, in the order they run
@@ -133,10 +130,6 @@ type benchRun struct {
 
 func (r benchRun) cpuPerReq() time.Duration { return r.cpu / time.Duration(max(r.requests, 1)) }
 
-// wasmHeaders are the request header fields of the wasm group: the three
-// the composite example policy reads.
-var wasmHeaders = []string{"X-Tenant: acme", "X-Region: eu-west", "X-Client-Id: 42"}
-
 // TestBenchHTTP measures Caddy's CPU time per request and its requests/s,
 // bare and with edge_limit, in one run, interleaved round by round so that
 // drift in the machine's load hits every case alike. Each limited case is
@@ -152,14 +145,9 @@ var wasmHeaders = []string{"X-Tenant: acme", "X-Region: eu-west", "X-Client-Id: 
 //     error routes and with a handle_errors route that shapes the 429 from
 //     {err.*} placeholders, and with a handle_errors route for 404 only;
 //     all compared with bare-hot and with bare Caddy's plain `respond`;
-//   - wasm: all with the three headers of wasmHeaders (control bare-wasm):
-//     edge_limit keyed by a placeholder that makes the composite example's
-//     key; by the composite example policy itself (a Go guest) as shipped,
-//     where the verdict cache answers these identical requests; by the
-//     same with `cache off`, a guest call per request; and by
-//     testdata/host-floor.wat with `cache off` (a guest that answers a
-//     constant: the host's share of a WASM call). The WASM cases are also
-//     compared with the placeholder.
+//   - wasm: the example policies of EDGELIMIT_BENCH_WASM with and without
+//     their verdict cache, a placeholder making the composite example's
+//     key, and the host's share of a call; see benchWASMCases.
 //
 // It runs only with EDGELIMIT_BENCH=1; tests/bench-http.sh is its front end.
 func TestBenchHTTP(t *testing.T) {
@@ -244,25 +232,7 @@ func TestBenchHTTP(t *testing.T) {
 				benchCase{name: "deny-errors-other", caddy: elsewhere, headers: hot, vs: []string{"bare-hot", "bare"}, denied: true},
 			)
 		case "wasm":
-			composite, floor := benchWASMModules(t)
-			placeholder := limited("placeholder",
-				`key "t={http.request.header.X-Tenant}|r={http.request.header.X-Region}|c={http.request.header.X-Client-Id}"`,
-				"X-Tenant", "acme")
-			guest := limited("wasm", "policy wasm "+composite, "X-Tenant", "acme")
-			// The composite guest denies a request without X-Tenant: a
-			// 429 here shows that the guest, not a fallback, decides.
-			if p := probe(t, guest, "", ""); p.status != http.StatusTooManyRequests {
-				t.Fatalf("wasm Caddy answered %d to a request without X-Tenant; want the guest's deny, 429", p.status)
-			}
-			uncached := limited("wasm-nocache", "policy wasm "+composite+" {\n\tcache off\n}", "X-Tenant", "acme")
-			host := limited("wasm-host", "policy wasm "+floor+" {\n\tcache off\n}", "X-Tenant", "acme")
-			cases = append(cases,
-				benchCase{name: "bare-wasm", caddy: bare, headers: wasmHeaders, vs: []string{"bare"}},
-				benchCase{name: "placeholder", caddy: placeholder, headers: wasmHeaders, vs: []string{"bare-wasm"}},
-				benchCase{name: "wasm", caddy: guest, headers: wasmHeaders, vs: []string{"bare-wasm", "placeholder"}},
-				benchCase{name: "wasm-nocache", caddy: uncached, headers: wasmHeaders, vs: []string{"bare-wasm", "placeholder"}},
-				benchCase{name: "wasm-host", caddy: host, headers: wasmHeaders, vs: []string{"bare-wasm", "placeholder"}},
-			)
+			cases = append(cases, benchWASMCases(t, bare, limited)...)
 		}
 	}
 	wrkCPUs := ""
@@ -392,21 +362,6 @@ const benchDenyErrors = `handle_errors 429 {
 const benchDenyOtherErrors = `handle_errors 404 {
 	respond "not found" 404
 }`
-
-// benchWASMModules builds the wasm group's two guests into files: the
-// composite example policy from source, and testdata/host-floor.wat with
-// wat2wasm.
-func benchWASMModules(t *testing.T) (composite, floor string) {
-	wat2wasm, err := exec.LookPath("wat2wasm")
-	if err != nil {
-		t.Fatal("the wasm group needs wat2wasm (apt-get install wabt); EDGELIMIT_BENCH_CASES=limiter leaves it out")
-	}
-	floor = filepath.Join(t.TempDir(), "host-floor.wasm")
-	if out, err := exec.Command(wat2wasm, filepath.Join("testdata", "host-floor.wat"), "-o", floor).CombinedOutput(); err != nil {
-		t.Fatalf("wat2wasm testdata/host-floor.wat: %v: %s", err, out)
-	}
-	return wasmtest.File(t, wasmtest.Example(t, "composite")), floor
-}
 
 // benchOrder returns the cases in the order round runs them: odd rounds run
 // them in reverse, so that a drift in the machine's background load during

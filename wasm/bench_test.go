@@ -256,6 +256,48 @@ var guestVariants = []struct{ name, src string }{
 	{"sdk-key-6-parts", sdkGuest(`return guest.Limit(guest.Key("t=", r.Method, "|r=", r.Path, "|c=", r.RemoteIP))`)},
 }
 
+// jwtEncodingJSON is the jwtsub example written with strings.Split,
+// base64's DecodeString and encoding/json: the reference for what
+// allocating and reflection cost a guest (BenchmarkGuestVariants).
+const jwtEncodingJSON = `package main
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"strings"
+
+	"github.com/edgelimit/edgelimit/wasm/guest"
+)
+
+func main() {}
+
+func init() {
+	guest.Register(guest.Policy{Headers: []string{"Authorization"}, Fields: guest.RemoteIP, Decide: decide})
+}
+
+func decide(r *guest.Request) guest.Verdict {
+	token, ok := strings.CutPrefix(r.Header("Authorization"), "Bearer ")
+	if !ok {
+		return guest.Limit(guest.Key("ip:", r.RemoteIP))
+	}
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return guest.Fail("not three parts")
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return guest.Fail("not base64url")
+	}
+	var claims struct {
+		Sub string ` + "`json:\"sub\"`" + `
+	}
+	if err := json.Unmarshal(payload, &claims); err != nil || claims.Sub == "" {
+		return guest.Fail("no sub claim")
+	}
+	return guest.Limit(guest.Key("sub:", claims.Sub))
+}
+`
+
 // rawGuest is a guest with the ABI exports written by hand; work runs in
 // edgelimit_decide before it answers a constant.
 func rawGuest(work string) string {
@@ -317,31 +359,53 @@ func init() {
 `
 }
 
+// exampleRequests are requests each example policy answers with a Limit
+// through its main path: apikey a known tenant's key, composite its three
+// headers, jwtsub a bearer token, pathweight a weighted path.
+var exampleRequests = map[string]*abi.Request{
+	"apikey":    &benchReq,
+	"composite": &compositeReq,
+	"jwtsub": {Method: "GET", Path: "/v1/items", RemoteIP: "192.0.2.1", Headers: []abi.Header{{Name: "Authorization",
+		Value: "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c2VyLTQyIn0.c2ln"}}}, // {"sub":"user-42"}
+	"pathweight": {Method: "GET", Path: "/search/items", RemoteIP: "192.0.2.1"},
+}
+
+// compositeReq carries the three headers of the composite example.
+var compositeReq = abi.Request{Method: "GET", Path: "/v1/items", RemoteIP: "192.0.2.1",
+	Headers: []abi.Header{{Name: "X-Tenant", Value: "acme"}, {Name: "X-Region", Value: "eu-west"}, {Name: "X-Client-Id", Value: "42"}}}
+
 // BenchmarkGuestVariants times the guests of guestVariants on the same
-// three-header request as the composite example, against the composite
-// example itself and the host-only WAT guest.
+// three-header request as the composite example, against the host-only
+// WAT guest, then each example policy on its own request, and jwtsub
+// against jwtEncodingJSON.
 func BenchmarkGuestVariants(b *testing.B) {
-	req := &abi.Request{Method: "GET", Path: "/v1/items", RemoteIP: "192.0.2.1",
-		Headers: []abi.Header{{Name: "X-Tenant", Value: "acme"}, {Name: "X-Region", Value: "eu-west"}, {Name: "X-Client-Id", Value: "42"}}}
 	type variant struct {
 		name string
 		bin  func(b *testing.B) []byte
+		req  *abi.Request
 	}
-	vs := []variant{{"wat-constant", func(b *testing.B) []byte { return wasmtest.WAT(b, "good") }}}
+	vs := []variant{{"wat-constant", func(b *testing.B) []byte { return wasmtest.WAT(b, "good") }, &compositeReq}}
 	for _, v := range guestVariants {
-		vs = append(vs, variant{"go-" + v.name, func(b *testing.B) []byte { return buildGoSource(b, v.src) }})
+		vs = append(vs, variant{"go-" + v.name, func(b *testing.B) []byte { return buildGoSource(b, v.src) }, &compositeReq})
 	}
-	vs = append(vs, variant{"go-composite", func(b *testing.B) []byte { return wasmtest.Example(b, "composite") }})
+	for _, name := range []string{"apikey", "composite", "jwtsub", "pathweight"} {
+		vs = append(vs, variant{"go-" + name, func(b *testing.B) []byte { return wasmtest.Example(b, name) }, exampleRequests[name]})
+	}
+	vs = append(vs, variant{"go-jwtsub-encoding-json", func(b *testing.B) []byte { return buildGoSource(b, jwtEncodingJSON) }, exampleRequests["jwtsub"]})
 	for _, v := range vs {
 		b.Run("guest="+v.name, func(b *testing.B) {
-			m, err := Load(context.Background(), v.bin(b), Config{Timeout: time.Second, NoCache: true})
+			cfg := Config{Timeout: time.Second, NoCache: true}
+			if v.name == "go-apikey" {
+				cfg.Config = benchConfig
+			}
+			m, err := Load(context.Background(), v.bin(b), cfg)
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer m.Close(context.Background())
 			timed(b, func() {
-				if _, err := m.Decide(req); err != nil {
-					b.Fatal(err)
+				if res, err := m.Decide(v.req); err != nil || res.Action != abi.Limit {
+					b.Fatal(res, err)
 				}
 			})
 		})

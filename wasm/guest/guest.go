@@ -18,6 +18,18 @@
 //
 // The ABI exports live in a wasip1-only file; on other platforms the package
 // builds (so `go vet ./...` covers policies) but exports nothing.
+//
+// # Cost
+//
+// The SDK decodes each request in place and encodes each verdict into
+// buffers it reuses, so a Decide that allocates nothing costs a call no
+// allocation at all. Allocation is what makes a Go guest expensive: every
+// few megabytes allocated, the guest's garbage collector runs a cycle that
+// takes milliseconds in wasm (BENCHMARKS.md, "WASM policies, in process"),
+// inside some request's call and under its deadline. Key, JSONString
+// (instead of encoding/json), strings.Cut (instead of strings.Split) and
+// the Append forms of the standard library (base64's AppendDecode) keep a
+// policy at zero allocations.
 package guest
 
 import (

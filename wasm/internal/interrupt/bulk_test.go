@@ -1,4 +1,4 @@
-package wasm
+package interrupt
 
 import (
 	"bytes"
@@ -43,7 +43,7 @@ func bulkModule(t *testing.T) []byte {
 // memory ends up the same.
 func TestBulkHelpersMatchInstructions(t *testing.T) {
 	plain := bulkModule(t)
-	rewritten, err := instrument(plain)
+	rewritten, err := Instrument(plain)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package wasm
+package interrupt
 
 import (
 	"bytes"
@@ -16,7 +16,7 @@ import (
 // TestInstrumentInterrupts: the instrumented module exports the interrupt
 // global, and setting it makes the next function entry trap.
 func TestInstrumentInterrupts(t *testing.T) {
-	code, err := instrument(wasmtest.WAT(t, "good"))
+	code, err := Instrument(wasmtest.WAT(t, "good"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,9 +27,9 @@ func TestInstrumentInterrupts(t *testing.T) {
 	if err != nil {
 		t.Fatalf("instrumented module does not instantiate: %v", err)
 	}
-	flag, ok := mod.ExportedGlobal(InterruptExport).(api.MutableGlobal)
+	flag, ok := mod.ExportedGlobal(GlobalExport).(api.MutableGlobal)
 	if !ok {
-		t.Fatalf("no mutable global %q", InterruptExport)
+		t.Fatalf("no mutable global %q", GlobalExport)
 	}
 	decide := mod.ExportedFunction("edgelimit_decide")
 	if _, err := decide.Call(ctx, 0, 0); err != nil {
@@ -50,7 +50,7 @@ func TestInstrumentInterrupts(t *testing.T) {
 // TestInstrumentMovesStart: a start section becomes the StartExport export,
 // so that the host runs it under the deadline.
 func TestInstrumentMovesStart(t *testing.T) {
-	code, err := instrument(wasmtest.WAT(t, "startloop"))
+	code, err := Instrument(wasmtest.WAT(t, "startloop"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func TestInstrumentRefuses(t *testing.T) {
 		"cut section":    {good[:len(good)-3], "section table"},
 		"unknown opcode": {unknown, "unsupported opcode 0xff"},
 	} {
-		_, err := instrument(tt.bin)
+		_, err := Instrument(tt.bin)
 		if !errors.Is(err, ErrInstrument) || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: err = %v, want %v with %q", name, err, ErrInstrument, tt.want)
 		}
@@ -101,7 +101,7 @@ func FuzzInstrument(f *testing.F) {
 		f.Add(wasmtest.WAT(f, name))
 	}
 	f.Fuzz(func(t *testing.T, bin []byte) {
-		out, err := instrument(bin)
+		out, err := Instrument(bin)
 		if err == nil && !bytes.HasPrefix(out, []byte("\x00asm")) {
 			t.Fatalf("output lost the header: %x", out[:min(8, len(out))])
 		}
