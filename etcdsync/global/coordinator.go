@@ -107,9 +107,9 @@ type Coordinator struct {
 	logWindow               time.Time
 	logLines, logSuppressed int
 
-	// beforeWatch, if set (by tests, before Start), runs before each
-	// member watch is created.
-	beforeWatch func()
+	// beforeWatch and afterWatch, if set (by tests, before Start), run
+	// before each member watch is created and once the Watch call returns.
+	beforeWatch, afterWatch func()
 }
 
 // gbucket is one global bucket as this instance holds it.

@@ -179,7 +179,11 @@ func (c *Coordinator) follow(sctx context.Context, s *concurrency.Session, lease
 		// cancelled, its channel closes, and the loop relists.
 		creating := time.AfterFunc(c.opts.LeaseTTL, cancel)
 		defer creating.Stop()
-		return c.cli.Load().Watch(wctx, c.members, clientv3.WithPrefix(), clientv3.WithRev(from))
+		wch := c.cli.Load().Watch(wctx, c.members, clientv3.WithPrefix(), clientv3.WithRev(from))
+		if c.afterWatch != nil {
+			c.afterWatch()
+		}
+		return wch
 	}
 	wch := watch(rev + 1)
 	for {

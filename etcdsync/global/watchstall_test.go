@@ -2,8 +2,6 @@ package global
 
 import (
 	"context"
-	"runtime"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -15,15 +13,18 @@ import (
 )
 
 // TestMemberWatchBoundedOnStalledEtcd stops etcd (SIGSTOP: its connections
-// stay open, nothing is answered) just as the member watch is created. The
-// Watch call must give up within LeaseTTL rather than hold the session loop
-// until etcd answers again; once etcd continues, the instance rejoins.
+// stay open, nothing is answered) just before the member watch is created.
+// The Watch call must give up within LeaseTTL rather than hold the session
+// loop until etcd answers again; once etcd continues, the instance rejoins.
+// Without the bound the Watch call returns only after SIGCONT, and the wait
+// for its return fails.
 func TestMemberWatchBoundedOnStalledEtcd(t *testing.T) {
 	etcd := e2e.StartEtcd(t)
 	pid := etcd.Members[0].Proc().PID()
 	var (
-		mu      sync.Mutex
-		stopped bool
+		mu                  sync.Mutex
+		stopped             bool
+		stoppedAt, returned time.Time
 	)
 	resume := func() {
 		mu.Lock()
@@ -43,46 +44,50 @@ func TestMemberWatchBoundedOnStalledEtcd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var once sync.Once
 	coord.beforeWatch = func() {
-		once.Do(func() {
-			mu.Lock()
-			defer mu.Unlock()
-			if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-				t.Errorf("SIGSTOP to etcd (pid %d): %v", pid, err)
-				return
-			}
-			stopped = true
-		})
+		mu.Lock()
+		defer mu.Unlock()
+		if !stoppedAt.IsZero() {
+			return
+		}
+		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+			t.Errorf("SIGSTOP to etcd (pid %d): %v", pid, err)
+			return
+		}
+		stopped, stoppedAt = true, time.Now()
+	}
+	coord.afterWatch = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped && returned.IsZero() {
+			returned = time.Now()
+		}
 	}
 	t.Cleanup(func() { coord.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := coord.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	// Start may wait out the stalled watch itself, or return first.
+	startErr := make(chan error, 1)
+	go func() { startErr <- coord.Start(ctx) }()
 
-	inWatch := func() bool {
-		buf := make([]byte, 1<<20)
-		for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
-			if strings.Contains(g, "(*watcher).Watch(") && strings.Contains(g, "global.(*Coordinator).follow") {
-				return true
-			}
-		}
-		return false
-	}
-	waitFor(t, 5*time.Second, "the session loop in the member Watch call, etcd stopped", func() (bool, string) {
+	waitFor(t, 15*time.Second, "the member Watch call returning while etcd is stopped", func() (bool, string) {
 		mu.Lock()
 		defer mu.Unlock()
-		return stopped && inWatch(), ""
+		return !returned.IsZero(), ""
 	})
-	took := waitFor(t, opts.LeaseTTL+3*time.Second, "the session loop out of the Watch call", func() (bool, string) {
-		return !inWatch(), ""
-	})
-	t.Logf("the member Watch call gave up %v after it started on a stopped etcd (bound: LeaseTTL %v)", took, opts.LeaseTTL)
+	mu.Lock()
+	took := returned.Sub(stoppedAt)
+	mu.Unlock()
+	t.Logf("the member Watch call gave up %v after etcd stopped (bound: LeaseTTL %v)", took, opts.LeaseTTL)
+	if took > opts.LeaseTTL+2*time.Second {
+		t.Errorf("the member Watch call took %v on a stopped etcd, want about LeaseTTL (%v)", took, opts.LeaseTTL)
+	}
 
 	resumed := time.Now()
 	resume()
+	if err := <-startErr; err != nil {
+		t.Logf("Start: %v (the coordinator goes on joining in the background)", err)
+	}
 	waitFor(t, 15*time.Second, "joined again with a renewed lease", func() (bool, string) {
 		st := coord.Summary()
 		return st.State == "joined" && st.LastRenewal.After(resumed), st.State
