@@ -138,3 +138,27 @@ func TestDenialMatchesCaddyErrorPath(t *testing.T) {
 		})
 	}
 }
+
+// statusExprMatch settles exactly the expressions handle_errors writes and
+// leaves every other expression to CEL.
+func TestStatusExprMatch(t *testing.T) {
+	for _, tc := range []struct {
+		expr        string
+		pass, fixed bool
+	}{
+		{"{http.error.status_code} in [429]", true, true},
+		{"{http.error.status_code} in [404, 500]", false, true},
+		{"{http.error.status_code} >= 400 && {http.error.status_code} <= 499", true, true},
+		{"{http.error.status_code} >= 500 && {http.error.status_code} <= 599 || {http.error.status_code} in [404]", false, true},
+		{"{http.error.status_code} >= 500 && {http.error.status_code} <= 599 || {http.error.status_code} in [403, 429]", true, true},
+		{"{http.error.status_code} == 429", false, false},
+		{"{http.error.status_code} in [429] && {http.request.uri.path}.startsWith('/api')", false, false},
+		{"{http.error.status_code} in [429] || path('/api/*')", false, false},
+		{"{http.error.status_code} in [+429]", false, false},
+		{"", false, false},
+	} {
+		if pass, fixed := statusExprMatch(tc.expr, 429); pass != tc.pass || fixed != tc.fixed {
+			t.Errorf("statusExprMatch(%q, 429) = %v, %v; want %v, %v", tc.expr, pass, fixed, tc.pass, tc.fixed)
+		}
+	}
+}
