@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"math/rand/v2"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -68,7 +69,14 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, reason error) err
 			w.WriteHeader(h.status)
 			return nil
 		}
-		return h.serveErrorRoutes(w, r, denyError(h.status, reason))
+		routes := h.errorRoutes()
+		if routes == nil {
+			// No error route can answer a denial: Caddy's server would
+			// write the bare status.
+			w.WriteHeader(h.status)
+			return nil
+		}
+		return h.serveErrorRoutes(w, r, routes, denyError(h.status, reason))
 	}
 	return denyError(h.status, reason)
 }
@@ -79,7 +87,7 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, reason error) err
 // encodes the whole request on every error, written or not, the costliest
 // step of Caddy's error path in a profile of a denial flood. logDenied
 // logs the denial instead.
-func (h *Handler) serveErrorRoutes(w http.ResponseWriter, r *http.Request, he caddyhttp.HandlerError) error {
+func (h *Handler) serveErrorRoutes(w http.ResponseWriter, r *http.Request, routes caddyhttp.Handler, he caddyhttp.HandlerError) error {
 	// Caddy's server hands error routes the request as it arrived, before
 	// any rewrite (not the headers), restored in place: the replacer's
 	// {http.request.*} and the access log read this request and its URL.
@@ -88,7 +96,7 @@ func (h *Handler) serveErrorRoutes(w http.ResponseWriter, r *http.Request, he ca
 		*r.URL = *orig.URL
 	}
 	r = h.srv.Errors.WithError(r, he)
-	if err := h.errorRoutes().ServeHTTP(w, r); err != nil {
+	if err := routes.ServeHTTP(w, r); err != nil {
 		h.routeErrLog.Error("an error route failed on a denied request; sent the bare status (logged at most once a second)",
 			zap.String("zone", h.Zone), zap.Int("status", h.status), zap.Error(err))
 		w.WriteHeader(h.status)
@@ -96,13 +104,22 @@ func (h *Handler) serveErrorRoutes(w http.ResponseWriter, r *http.Request, he ca
 	return nil
 }
 
-// compileErrorRoutes returns the server's error routes as one handler,
-// built on first use: Caddy provisions them after the main routes, so they
-// are not ready while this handler is provisioned. As in Caddy's server, a
-// denial that no error route answers gets the bare status.
-func compileErrorRoutes(srv *caddyhttp.Server, status int) func() caddyhttp.Handler {
+// compileErrorRoutes returns the server's error routes as a denial sees
+// them (denialRoutes), compiled into one handler on first use: Caddy
+// provisions them after the main routes, so they are not ready while this
+// handler is provisioned. As in Caddy's server, a denial that no error
+// route answers gets the bare status; nil means that no route can.
+func compileErrorRoutes(ctx caddy.Context, srv *caddyhttp.Server, status int) func() caddyhttp.Handler {
 	return sync.OnceValue(func() caddyhttp.Handler {
-		return srv.Errors.Routes.Compile(caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
+		d := denialRoutes{ctx: ctx, status: status, flatten: srv.Logs == nil || !srv.Logs.Trace}
+		routes, _, err := d.list(srv.Errors.Routes)
+		if err != nil {
+			routes = srv.Errors.Routes // as Caddy runs them
+		}
+		if len(routes) == 0 {
+			return nil
+		}
+		return routes.Compile(caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
 			w.WriteHeader(status)
 			return nil
 		}))
@@ -115,17 +132,30 @@ func compileErrorRoutes(srv *caddyhttp.Server, status int) func() caddyhttp.Hand
 // looked up once.
 var denyTrace atomic.Pointer[string]
 
-// denyError is the HandlerError of a denial, with a fresh ID ({err.id}).
+// denyError is the HandlerError of a denial, as caddyhttp.Error makes it,
+// with a fresh ID ({err.id}).
 func denyError(status int, reason error) caddyhttp.HandlerError {
-	he := caddyhttp.HandlerError{Err: reason, StatusCode: status}
-	t := denyTrace.Load()
-	if t != nil {
-		he.Trace = *t
+	if t := denyTrace.Load(); t != nil {
+		return caddyhttp.HandlerError{Err: reason, StatusCode: status, ID: errorID(), Trace: *t}
 	}
-	he = caddyhttp.Error(status, he)
-	if t == nil {
-		tr := he.Trace
-		denyTrace.Store(&tr)
-	}
+	he := caddyhttp.Error(status, reason)
+	tr := he.Trace
+	denyTrace.Store(&tr)
 	return he
+}
+
+// errorIDAlphabet is the alphabet of caddyhttp.Error's IDs; 32 characters,
+// so that a 64-bit random number gives the nine of an ID without bias.
+const errorIDAlphabet = "abcdefghijkmnpqrstuvwxyz23456789"
+
+// errorID returns a fresh ID as caddyhttp.Error makes one, from one random
+// number rather than nine.
+func errorID() string {
+	var b [9]byte
+	x := rand.Uint64()
+	for i := range b {
+		b[i] = errorIDAlphabet[x&31]
+		x >>= 5
+	}
+	return string(b[:])
 }

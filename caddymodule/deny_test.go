@@ -62,3 +62,103 @@ func TestDenialInsideErrorRoutes(t *testing.T) {
 		t.Errorf("second error: %d %q; want a bare 429 from the edge_limit in handle_errors", resp.StatusCode, body)
 	}
 }
+
+// A denial meets the error routes as the same error returned to Caddy's
+// server does: for each handle_errors configuration, a request answered by
+// Caddy's `error` directive with the denial's status and message (X-Ref: 1)
+// and a denied request get the same status and body, on paths that
+// request-dependent matchers in the error routes tell apart. The denials
+// take the path that settles handle_errors' status matchers in advance.
+func TestDenialMatchesCaddyErrorPath(t *testing.T) {
+	for _, tc := range []struct{ name, errors string }{
+		{"status", `handle_errors 429 {
+		respond "{err.status_code} {err.status_text}: {err.message} {http.request.uri}"
+	}`},
+		{"other-status-only", `handle_errors 404 5xx {
+		respond "not for denials" 418
+	}`},
+		{"several-blocks", `handle_errors 404 {
+		respond "not found"
+	}
+	handle_errors 4xx {
+		header X-Block 4xx
+		respond "4xx {err.status_code}"
+	}
+	handle_errors 429 {
+		respond "429 {err.message}"
+	}`},
+		{"request-dependent", `handle_errors 429 503 {
+		@api path /api/*
+		handle @api {
+			respond "api {err.status_code} {http.request.uri.path}" 429
+		}
+		handle {
+			respond "site {err.status_text}"
+		}
+	}`},
+		{"all-errors", `handle_errors {
+		@api path /api/*
+		respond @api "api {err.message}" 400
+		header X-Seen yes
+	}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := caddytest.NewTester(t)
+			c.InitServer(site("", `
+	rewrite /old/* /api/moved
+	route {
+		@ref header X-Ref 1
+		error @ref "caddymodule: rate limit exceeded" 429
+		edge_limit same {
+			key {http.request.header.X-Key}
+			rate 1/1h
+			burst 1
+		}
+		respond "ok"
+	}
+	`+tc.errors), "caddyfile")
+			if resp, _ := get(t, c, "/", "X-Key", tc.name); resp.StatusCode != 200 {
+				t.Fatalf("first request: %d; want 200", resp.StatusCode)
+			}
+			for _, path := range []string{"/api/x", "/web/x", "/old/y"} {
+				ref, refBody := get(t, c, path, "X-Key", tc.name, "X-Ref", "1")
+				got, body := get(t, c, path, "X-Key", tc.name)
+				if got.Header.Get("Retry-After") == "" {
+					t.Fatalf("%s: no Retry-After: the request was not denied by edge_limit", path)
+				}
+				if got.StatusCode != ref.StatusCode || body != refBody {
+					t.Errorf("%s: denial %d %q; Caddy's error path %d %q", path, got.StatusCode, body, ref.StatusCode, refBody)
+				}
+				for _, f := range []string{"X-Block", "X-Seen", "Content-Type"} {
+					if got.Header.Get(f) != ref.Header.Get(f) {
+						t.Errorf("%s: denial %s %q; Caddy's error path %q", path, f, got.Header.Get(f), ref.Header.Get(f))
+					}
+				}
+			}
+		})
+	}
+}
+
+// statusExprMatch settles exactly the expressions handle_errors writes and
+// leaves every other expression to CEL.
+func TestStatusExprMatch(t *testing.T) {
+	for _, tc := range []struct {
+		expr        string
+		pass, fixed bool
+	}{
+		{"{http.error.status_code} in [429]", true, true},
+		{"{http.error.status_code} in [404, 500]", false, true},
+		{"{http.error.status_code} >= 400 && {http.error.status_code} <= 499", true, true},
+		{"{http.error.status_code} >= 500 && {http.error.status_code} <= 599 || {http.error.status_code} in [404]", false, true},
+		{"{http.error.status_code} >= 500 && {http.error.status_code} <= 599 || {http.error.status_code} in [403, 429]", true, true},
+		{"{http.error.status_code} == 429", false, false},
+		{"{http.error.status_code} in [429] && {http.request.uri.path}.startsWith('/api')", false, false},
+		{"{http.error.status_code} in [429] || path('/api/*')", false, false},
+		{"{http.error.status_code} in [+429]", false, false},
+		{"", false, false},
+	} {
+		if pass, fixed := statusExprMatch(tc.expr, 429); pass != tc.pass || fixed != tc.fixed {
+			t.Errorf("statusExprMatch(%q, 429) = %v, %v; want %v, %v", tc.expr, pass, fixed, tc.pass, tc.fixed)
+		}
+	}
+}

@@ -145,7 +145,8 @@ type Handler struct {
 	// handle_errors fails every denied request.
 	routeErrLog *zap.Logger
 	// denyMode is how denials are answered (deny.go); srv and errorRoutes
-	// are the server and its compiled error routes for denyRoutes.
+	// are the server and its error routes as a denial sees them, compiled
+	// (nil if none can answer one), for denyRoutes.
 	denyMode    denyMode
 	srv         *caddyhttp.Server
 	errorRoutes func() caddyhttp.Handler
@@ -233,7 +234,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.hdr = newHeaderWriter(h.Headers, h.Zone, tmpl, hasTmpl)
 	h.denyMode, h.srv = denyModeOf(ctx)
 	if h.denyMode == denyRoutes {
-		h.errorRoutes = compileErrorRoutes(h.srv, h.status)
+		h.errorRoutes = compileErrorRoutes(ctx, h.srv, h.status)
 	}
 	return nil
 }
