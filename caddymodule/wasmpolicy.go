@@ -46,11 +46,11 @@ func (WASMPolicy) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// wasmPool keeps compiled modules across config reloads: compiling a Go
-// guest takes seconds (far longer under the race detector), and a reload
-// that keeps the same module and options must not pay it again. The key
-// includes the file's SHA-256, so a reload after the file changed on disk
-// compiles the new module.
+// wasmPool keeps whole policies across config reloads ("Reloads" in
+// package wasm's doc): a reload that keeps the same module and options
+// reuses its instances, verdict cache and counters. The key includes the
+// file's SHA-256, so a reload after the file changed on disk loads the new
+// module.
 var wasmPool = caddy.NewUsagePool()
 
 type wasmKey struct {
@@ -73,12 +73,10 @@ type sharedWASM struct {
 }
 
 // wasmReleaseGrace is how long a module outlives the Cleanup of the
-// handler that used it. During a reload Caddy can still hand a request to
-// a handler of the old config just after cleaning it up (seen as "wasm:
-// module closed" in TestWASMReloadSwapsModule under load); with the grace,
-// such a request is decided by the old module instead of falling to
-// on_error. A reload that keeps the module takes a new reference first,
-// so nothing is recompiled. (A variable for tests.)
+// handler that used it ("Reloads" in package wasm's doc): a request that
+// Caddy hands to an old-config handler just after cleaning it up is then
+// decided by the old module instead of falling to on_error. (A variable
+// for tests.)
 var wasmReleaseGrace = 5 * time.Second
 
 // Close implements io.Closer: it releases the reference after

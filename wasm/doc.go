@@ -17,6 +17,23 @@
 // verdicts (Config.CacheEntries, Config.NoCache): the ABI requires a
 // verdict to depend on the request alone.
 //
+// # Reloads
+//
+// One rule governs a module across Caddy reloads: whatever a config loaded
+// lives while a config still uses it, and 5 s past the last one, because
+// Caddy can hand a request to a handler of the old config just after
+// cleaning it up. It applies at two levels. Caddy's module keeps whole
+// policies (a Module with its instances, verdict cache and Stats) in a
+// caddy.UsagePool keyed by path, file SHA-256 and every setting, so a
+// reload that changes nothing around the policy reuses it as it is; its
+// Close releases the reference after the grace. Under that, Modules loaded
+// from the same bytes with the same compile settings share their compiled
+// code (compiled.go) while any of them is open, so a reload that changes
+// only the config string or the pool size makes new instances but compiles
+// nothing, since the old Module is still open while the new one loads.
+// Nothing outlives its last user, so reloads with ever-new modules do not
+// grow the process.
+//
 // The wire format is in package wasm/abi and documented in ABI.md; the Go
 // guest SDK is package wasm/guest. This package knows nothing of HTTP or
 // Caddy: package policy adapts an *http.Request into an abi.Request.
