@@ -45,7 +45,7 @@ func (s *Syncer) applyKV(kv *mvccpb.KeyValue, gen uint64) {
 			s.waiting[id] = spec.Plan
 			_, orphan := s.orphans[spec.Plan]
 			s.mu.Unlock()
-			s.rejectBucket(kv, id, missingPlan(spec.Plan, orphan), gen)
+			s.planMissing(kv, id, spec.Plan, orphan, gen)
 			return
 		}
 	}

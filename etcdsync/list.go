@@ -3,6 +3,7 @@ package etcdsync
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -56,6 +57,9 @@ func (s *Syncer) list(ctx context.Context) (int64, error) {
 	again := s.listed
 	clear(s.waiting) // the list finds them again
 	s.mu.Unlock()
+	// Plans and buckets are read at one revision, plans first: a plan
+	// missing from the list is missing.
+	s.planHorizon, s.unsure = math.MaxInt64, nil
 	if again {
 		s.relists.Add(1)
 	}

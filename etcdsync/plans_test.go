@@ -2,6 +2,7 @@ package etcdsync
 
 import (
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -123,9 +124,8 @@ func TestSyncerBucketWaitsForItsPlan(t *testing.T) {
 	mustPut(t, f.cli, bkey("marker"), specJSON(1, 1))
 	f.bucketIs(t, "marker", spec(1, 1))
 	f.bucketIs(t, "kept", spec(3, 3))
-	if st := s.Stats(); st.Rejected != 2 {
-		t.Fatalf("stats = %+v, want 2 rejected", st)
-	}
+	// Rejected once the plans channel shows no such plan on its way.
+	waitFor(t, 10*time.Second, "kept rejected", func() bool { return s.Stats().Rejected == 2 })
 	if n := f.logs.FilterMessageSnippet("last valid config stays in force").FilterField(zapcoreString("key", bkey("kept"))).Len(); n != 1 {
 		t.Fatalf("want one log saying kept's config stays, got %d", n)
 	}
@@ -366,5 +366,29 @@ func TestSyncerListGenerationWraps(t *testing.T) {
 	}
 	if st := s.Stats(); st.Buckets != 1 || st.Plans != 0 || uint8(s.gen) != 2 {
 		t.Fatalf("stats = %+v at generation %d", st, s.gen)
+	}
+}
+
+// TestSyncerPlanJustBeforeItsBucket writes plans each followed at once by
+// a bucket on it. The watch brings the two on separate channels, so a
+// bucket can come before its plan; that is no invalid value, and nothing
+// is rejected or logged as one.
+func TestSyncerPlanJustBeforeItsBucket(t *testing.T) {
+	f := newFixture(t)
+	s := f.startSyncer(t, nil)
+	const n = 100
+	for i := range n {
+		mustPut(t, f.cli, pkey(fmt.Sprintf("p%d", i)), planJSON(float64(i+1), 10))
+		mustPut(t, f.cli, bkey(fmt.Sprintf("b%d", i)), fmt.Sprintf(`{"plan":"p%d"}`, i))
+	}
+	for i := range n {
+		f.onPlan(t, fmt.Sprintf("b%d", i), fmt.Sprintf("p%d", i), spec(float64(i+1), 10))
+	}
+	// A bucket on a plan that is not coming is still rejected, after the
+	// plans channel has caught up with it.
+	mustPut(t, f.cli, bkey("stray"), `{"plan":"nosuch"}`)
+	waitFor(t, 10*time.Second, "the stray bucket rejected", func() bool { return s.Stats().Rejected == 1 })
+	if n := f.logs.FilterMessageSnippet("rejected").Len(); n != 1 {
+		t.Fatalf("%d rejections logged, want 1 (the stray bucket): %+v", n, f.logs.FilterMessageSnippet("rejected").All())
 	}
 }

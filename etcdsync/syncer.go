@@ -157,6 +157,13 @@ type Syncer struct {
 	// while syncing); warnedAt is when one was last logged at warn level.
 	failingSince, warnedAt time.Time
 
+	// planHorizon and unsure are the sync goroutine's alone (see
+	// planwait.go): every plan written at or before planHorizon has
+	// been applied, and unsure holds the buckets that named a plan not
+	// seen yet, past that horizon.
+	planHorizon int64
+	unsure      []unsureBucket
+
 	applies, rejects, relists, snapshots atomic.Uint64
 	dirty                                atomic.Bool     // changes since the last snapshot
 	decoded                              map[string]Spec // valid values seen; sync goroutine only

@@ -56,7 +56,8 @@ func (s *Syncer) watch(ctx context.Context, rev int64) error {
 	// Two watches, not one on the whole prefix: global instances write
 	// under members/ every interval, and the syncer has no use for that.
 	// The two channels come in no set order between them; a bucket that
-	// names a plan not seen yet waits for it (see applyKV).
+	// names a plan not seen yet waits for it (see planwait.go).
+	s.planHorizon = rev
 	//
 	// clientv3's Watch returns once etcd confirms the watch, which on a
 	// stalled connection is never: RequestTimeout bounds the wait.
@@ -90,15 +91,22 @@ func (s *Syncer) watch(ctx context.Context, rev int64) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case resp, ok := <-wch:
+			unsure := len(s.unsure)
 			if err := s.watchResponse(ctx, resp, ok, rev, &lastRev, s.applyEvent); err != nil {
 				return err
 			}
 			lastHeard, asked = time.Now(), false
+			if len(s.unsure) > unsure {
+				// A bucket names a plan not seen yet: the progress answer
+				// on the plans channel tells whether it is on its way.
+				ask()
+			}
 		case resp, ok := <-pch:
 			if err := s.watchResponse(ctx, resp, ok, rev, &lastRev, s.applyPlanEvent); err != nil {
 				return err
 			}
 			lastHeard, asked = time.Now(), false
+			s.plansCaughtUp(plansHeard(resp))
 		case <-tick.C:
 			if time.Since(lastHeard) < s.opts.ProgressInterval {
 				continue
@@ -172,6 +180,19 @@ func (s *Syncer) watchResponse(ctx context.Context, resp clientv3.WatchResponse,
 		s.kickSnapshot()
 	}
 	return nil
+}
+
+// plansHeard is the revision up to which a response on the plans channel
+// shows every plan write: its last event's, or for a progress notice
+// (sent only to a watch that has caught up) the header's.
+func plansHeard(resp clientv3.WatchResponse) int64 {
+	if resp.IsProgressNotify() {
+		return resp.Header.Revision
+	}
+	if n := len(resp.Events); n > 0 {
+		return resp.Events[n-1].Kv.ModRevision
+	}
+	return 0
 }
 
 // applyPlanEvent applies one watch event on a plan.
