@@ -110,17 +110,8 @@ func (p *jsonParser) object(depth int) bool {
 		} else if !p.value(depth + 1) {
 			return false
 		}
-		if p.space(); p.off >= len(p.b) {
-			return false
-		}
-		switch p.b[p.off] {
-		case ',':
-			p.off++
-		case '}':
-			p.off++
-			return true
-		default:
-			return false
+		if done, ok := p.separator('}'); !ok || done {
+			return ok
 		}
 	}
 }
@@ -137,19 +128,27 @@ func (p *jsonParser) array(depth int) bool {
 		if !p.value(depth + 1) {
 			return false
 		}
-		if p.space(); p.off >= len(p.b) {
-			return false
-		}
-		switch p.b[p.off] {
-		case ',':
-			p.off++
-		case ']':
-			p.off++
-			return true
-		default:
-			return false
+		if done, ok := p.separator(']'); !ok || done {
+			return ok
 		}
 	}
+}
+
+// separator reads what follows a member or an element: a ',' (more to
+// come), or close (done); ok is false for anything else.
+func (p *jsonParser) separator(close byte) (done, ok bool) {
+	if p.space(); p.off >= len(p.b) {
+		return false, false
+	}
+	switch p.b[p.off] {
+	case ',':
+		p.off++
+		return false, true
+	case close:
+		p.off++
+		return true, true
+	}
+	return false, false
 }
 
 func (p *jsonParser) literal(lit string) bool {
