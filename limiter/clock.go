@@ -6,23 +6,13 @@ import (
 	"time"
 )
 
-// The engine clock. Allow(id) needs "now" on every call. time.Now() costs
-// ~37 ns on the reference machine and time.Since(epoch), which reads only
-// the monotonic clock, ~21 ns: more than the rest of a decision. The engine
-// therefore keeps a coarse clock: a goroutine stores time.Since(epoch) into
-// an atomic every clockTick, and Allow reads it in ~2 ns.
-//
-// Accuracy: the coarse reading lags the true monotonic time by at most one
-// tick plus the goroutine's wake-up latency (measured in clock_test.go:
-// typically ~1.1 ms, rarely a few ms under load). A lagging clock only ever
-// under-admits (a token that arrived during the lag is granted on the next
-// tick); it never over-admits, because the reading never runs ahead of real
-// time, and the arithmetic treats a reading that goes backwards as "no time
-// passed".
-//
-// The ticker only runs while Allow is being called: after idleTicks ticks
-// with no reader it parks, and the next Allow restarts it (reading the
-// monotonic clock directly for that one call).
+// The engine clock: why Allow reads a coarse clock, and why its lag only
+// ever under-admits, is in the package doc ("Clock"). A goroutine stores
+// time.Since(epoch) into an atomic every clockTick; a reading that goes
+// backwards is taken as "no time passed". The ticker only runs while Allow
+// is being called: after idleTicks ticks with no reader it parks, and the
+// next Allow restarts it (reading the monotonic clock directly for that
+// one call).
 const (
 	clockTick = time.Millisecond
 	idleTicks = 1000
