@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -193,11 +194,8 @@ func newBucketsCommand() *cobra.Command {
 	}
 
 	var (
-		rate           float64
-		per            time.Duration
-		burst          int64
+		nums           specFlags
 		scope          string
-		shadow         bool
 		plan           string
 		create, update bool
 	)
@@ -210,12 +208,9 @@ With --plan, the bucket takes its whole config from that plan
 if it does not.`,
 		Args: cobra.RangeArgs(1, 2),
 	}
+	nums.register(putCmd)
 	pf := putCmd.Flags()
-	pf.Float64Var(&rate, "rate", 0, "tokens added every --per (fractions allowed)")
-	pf.DurationVar(&per, "per", time.Second, "refill period, at least "+etcdsync.MinPer.String())
-	pf.Int64Var(&burst, "burst", 0, "capacity")
 	pf.StringVar(&scope, "scope", string(etcdsync.ScopeLocal), "local or global")
-	pf.BoolVar(&shadow, "shadow", false, "count and log, never deny")
 	pf.StringVar(&plan, "plan", "", "take the config from this plan instead of --rate, --per, --burst, --shadow")
 	pf.BoolVar(&create, "create", false, "fail if the bucket exists")
 	pf.BoolVar(&update, "update", false, "fail if the bucket does not exist")
@@ -223,28 +218,23 @@ if it does not.`,
 		if create && update {
 			return fmt.Errorf("%w: --create and --update are exclusive", ErrInvalidConfig)
 		}
-		var spec etcdsync.Spec
-		if len(args) == 2 {
-			if changed := changedFlags(cmd, "rate", "per", "burst", "scope", "shadow", "plan"); changed != "" {
-				return fmt.Errorf("%w: give the spec as JSON or as flags, not both (%s)", ErrInvalidConfig, changed)
-			}
-			var err error
-			if spec, err = etcdsync.DecodeSpec([]byte(args[1])); err != nil {
-				return err
-			}
-		} else if plan != "" {
-			if changed := changedFlags(cmd, "rate", "per", "burst", "scope", "shadow"); changed != "" {
+		spec, fromJSON, err := jsonSpec(cmd, args, etcdsync.DecodeSpec, slices.Concat(numberFlags, []string{"scope", "plan"})...)
+		switch {
+		case err != nil:
+			return err
+		case fromJSON:
+		case plan != "":
+			if changed := changedFlags(cmd, slices.Concat(numberFlags, []string{"scope"})...); changed != "" {
 				return fmt.Errorf("%w: --plan %s gives the whole config; drop %s", ErrInvalidConfig, plan, changed)
 			}
 			spec = etcdsync.Spec{Plan: plan}
-			if _, err := etcdsync.EncodeSpec(spec); err != nil {
+		default:
+			if spec, err = nums.spec(cmd, "or give a JSON spec, or --plan"); err != nil {
 				return err
 			}
-		} else {
-			if err := checkSpecFlags(cmd, per, "or give a JSON spec, or --plan"); err != nil {
-				return err
-			}
-			spec = etcdsync.Spec{Rate: rate, Per: per, Burst: burst, Scope: etcdsync.Scope(scope), Shadow: shadow}
+			spec.Scope = etcdsync.Scope(scope)
+		}
+		if !fromJSON {
 			if _, err := etcdsync.EncodeSpec(spec); err != nil {
 				return err
 			}
@@ -326,12 +316,7 @@ func newPlansCommand() *cobra.Command {
 		})(cmd, args)
 	}
 
-	var (
-		rate   float64
-		per    time.Duration
-		burst  int64
-		shadow bool
-	)
+	var nums specFlags
 	putCmd := &cobra.Command{
 		Use:   "put <name> [<json spec>]",
 		Short: "Creates or changes a plan; every bucket on it takes the new config, keeping its tokens",
@@ -341,26 +326,16 @@ bucket on the plan, on every instance, without refilling them. A plan is
 local-only: a global bucket carries its own numbers.`,
 		Args: cobra.RangeArgs(1, 2),
 	}
-	pf := putCmd.Flags()
-	pf.Float64Var(&rate, "rate", 0, "tokens added every --per (fractions allowed)")
-	pf.DurationVar(&per, "per", time.Second, "refill period, at least "+etcdsync.MinPer.String())
-	pf.Int64Var(&burst, "burst", 0, "capacity")
-	pf.BoolVar(&shadow, "shadow", false, "count and log, never deny")
+	nums.register(putCmd)
 	putCmd.RunE = func(cmd *cobra.Command, args []string) error {
-		var spec etcdsync.Spec
-		if len(args) == 2 {
-			if changed := changedFlags(cmd, "rate", "per", "burst", "shadow"); changed != "" {
-				return fmt.Errorf("%w: give the spec as JSON or as flags, not both (%s)", ErrInvalidConfig, changed)
-			}
-			var err error
-			if spec, err = etcdsync.DecodePlan([]byte(args[1])); err != nil {
+		spec, fromJSON, err := jsonSpec(cmd, args, etcdsync.DecodePlan, numberFlags...)
+		if err != nil {
+			return err
+		}
+		if !fromJSON {
+			if spec, err = nums.spec(cmd, "or give a JSON spec"); err != nil {
 				return err
 			}
-		} else {
-			if err := checkSpecFlags(cmd, per, "or give a JSON spec"); err != nil {
-				return err
-			}
-			spec = etcdsync.Spec{Rate: rate, Per: per, Burst: burst, Shadow: shadow}
 			if _, err := etcdsync.EncodePlan(spec); err != nil {
 				return err
 			}
@@ -491,21 +466,57 @@ func flagsSet(cmd *cobra.Command, set bool, names ...string) []string {
 	return out
 }
 
-// checkSpecFlags checks what the flag defaults would hide from the spec's
-// validation: --rate and --burst have no default, so an absent one must
-// not read as a rate or burst of 0, and an explicit --per 0s must not
-// read as the default period. alt says what else the command accepts.
-func checkSpecFlags(cmd *cobra.Command, per time.Duration, alt string) error {
+// specFlags are the numbers of a spec given as flags, the alternative to
+// a JSON spec in "buckets put" and "plans put".
+type specFlags struct {
+	rate   float64
+	per    time.Duration
+	burst  int64
+	shadow bool
+}
+
+// numberFlags names specFlags' flags.
+var numberFlags = []string{"rate", "per", "burst", "shadow"}
+
+func (f *specFlags) register(cmd *cobra.Command) {
+	fs := cmd.Flags()
+	fs.Float64Var(&f.rate, "rate", 0, "tokens added every --per (fractions allowed)")
+	fs.DurationVar(&f.per, "per", time.Second, "refill period, at least "+etcdsync.MinPer.String())
+	fs.Int64Var(&f.burst, "burst", 0, "capacity")
+	fs.BoolVar(&f.shadow, "shadow", false, "count and log, never deny")
+}
+
+// spec returns the spec the flags give. It first checks what the flag
+// defaults would hide from the spec's validation: --rate and --burst have
+// no default, so an absent one must not read as a rate or burst of 0, and
+// an explicit --per 0s must not read as the default period. alt says what
+// else the command accepts.
+func (f *specFlags) spec(cmd *cobra.Command, alt string) (etcdsync.Spec, error) {
 	switch missing := flagsSet(cmd, false, "rate", "burst"); len(missing) {
 	case 1:
-		return fmt.Errorf("%w: %s is required (%s)", ErrInvalidConfig, missing[0], alt)
+		return etcdsync.Spec{}, fmt.Errorf("%w: %s is required (%s)", ErrInvalidConfig, missing[0], alt)
 	case 2:
-		return fmt.Errorf("%w: %s and %s are required (%s)", ErrInvalidConfig, missing[0], missing[1], alt)
+		return etcdsync.Spec{}, fmt.Errorf("%w: %s and %s are required (%s)", ErrInvalidConfig, missing[0], missing[1], alt)
 	}
 	if cmd.Flags().Changed("per") {
-		return etcdsync.CheckPer(per)
+		if err := etcdsync.CheckPer(f.per); err != nil {
+			return etcdsync.Spec{}, err
+		}
 	}
-	return nil
+	return etcdsync.Spec{Rate: f.rate, Per: f.per, Burst: f.burst, Shadow: f.shadow}, nil
+}
+
+// jsonSpec decodes a put command's JSON spec, its second argument, if it
+// has one (fromJSON), and refuses it beside any of the spec's flags.
+func jsonSpec(cmd *cobra.Command, args []string, decode func([]byte) (etcdsync.Spec, error), flags ...string) (spec etcdsync.Spec, fromJSON bool, err error) {
+	if len(args) < 2 {
+		return spec, false, nil
+	}
+	if changed := changedFlags(cmd, flags...); changed != "" {
+		return spec, true, fmt.Errorf("%w: give the spec as JSON or as flags, not both (%s)", ErrInvalidConfig, changed)
+	}
+	spec, err = decode([]byte(args[1]))
+	return spec, true, err
 }
 
 func printBuckets(out io.Writer, bs []etcdsync.Bucket, asJSON bool) error {

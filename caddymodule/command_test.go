@@ -280,9 +280,9 @@ func TestPutRefusesValuesThatLookWrong(t *testing.T) {
 	}
 }
 
-// Flags with no usable default are required, and an explicit --per is
-// checked rather than read as the default. These fail before any etcd
-// request, so the endpoint need not answer.
+// Flags with no usable default are required, an explicit --per is checked
+// rather than read as the default, and a spec is given one way only. These
+// fail before any etcd request, so the endpoint need not answer.
 func TestPutFlagsRequired(t *testing.T) {
 	ep := []string{"http://127.0.0.1:1"}
 	for _, c := range []struct {
@@ -300,6 +300,14 @@ func TestPutFlagsRequired(t *testing.T) {
 		{true, []string{"put", "x", "--rate", "1", "--burst", "1", "--per", "1ns"}, etcdsync.ErrInvalidSpec, `field "per": "1ns" is shorter than 1ms`},
 		// A given rate of 0 is still the validation's business.
 		{false, []string{"put", "x", "--rate", "0", "--burst", "1"}, etcdsync.ErrInvalidSpec, "rate 0"},
+		// A spec comes as JSON, as --plan or as numbers: one of them.
+		{false, []string{"put", "x", `{"rate":1,"burst":1}`, "--rate", "5"}, ErrInvalidConfig, "not both (--rate)"},
+		{false, []string{"put", "x", `{"rate":1,"burst":1}`, "--scope", "global"}, ErrInvalidConfig, "not both (--scope)"},
+		{false, []string{"put", "x", `{"plan":"gold"}`, "--plan", "gold"}, ErrInvalidConfig, "not both (--plan)"},
+		{true, []string{"put", "x", `{"rate":1,"burst":1}`, "--shadow"}, ErrInvalidConfig, "not both (--shadow)"},
+		{false, []string{"put", "x", "--plan", "gold", "--burst", "3", "--per", "1m"}, ErrInvalidConfig, "--plan gold gives the whole config; drop --per, --burst"},
+		{false, []string{"put", "x", `{"rate":1,"burst":1`}, etcdsync.ErrInvalidSpec, ""},
+		{true, []string{"put", "x", `{"rate":1,"burst":1,"scope":"global"}`}, etcdsync.ErrInvalidSpec, "scope"},
 	} {
 		run := cli
 		if c.plans {
