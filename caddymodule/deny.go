@@ -76,7 +76,7 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, reason error) err
 			w.WriteHeader(h.status)
 			return nil
 		}
-		return h.serveErrorRoutes(w, r, routes, denyError(h.status, reason))
+		return h.serveErrorRoutes(w, r, routes, reason)
 	}
 	return denyError(h.status, reason)
 }
@@ -87,7 +87,10 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, reason error) err
 // encodes the whole request on every error, written or not, the costliest
 // step of Caddy's error path in a profile of a denial flood. logDenied
 // logs the denial instead.
-func (h *Handler) serveErrorRoutes(w http.ResponseWriter, r *http.Request, routes caddyhttp.Handler, he caddyhttp.HandlerError) error {
+//
+// Routes that a denyWriter models are answered by it, without Caddy's
+// error path.
+func (h *Handler) serveErrorRoutes(w http.ResponseWriter, r *http.Request, routes *errorRoutes, reason error) error {
 	// Caddy's server hands error routes the request as it arrived, before
 	// any rewrite (not the headers), restored in place: the replacer's
 	// {http.request.*} and the access log read this request and its URL.
@@ -95,8 +98,11 @@ func (h *Handler) serveErrorRoutes(w http.ResponseWriter, r *http.Request, route
 		r.Method, r.RemoteAddr, r.RequestURI = orig.Method, orig.RemoteAddr, orig.RequestURI
 		*r.URL = *orig.URL
 	}
-	r = h.srv.Errors.WithError(r, he)
-	if err := routes.ServeHTTP(w, r); err != nil {
+	if routes.writer != nil && routes.writer.serve(w, r, reason) {
+		return nil
+	}
+	r = h.srv.Errors.WithError(r, denyError(h.status, reason))
+	if err := routes.chain.ServeHTTP(w, r); err != nil {
 		h.routeErrLog.Error("an error route failed on a denied request; sent the bare status (logged at most once a second)",
 			zap.String("zone", h.Zone), zap.Int("status", h.status), zap.Error(err))
 		w.WriteHeader(h.status)
@@ -104,14 +110,24 @@ func (h *Handler) serveErrorRoutes(w http.ResponseWriter, r *http.Request, route
 	return nil
 }
 
+// errorRoutes are the server's error routes as a denial sees them.
+type errorRoutes struct {
+	// chain is the routes compiled into one handler.
+	chain caddyhttp.Handler
+	// writer answers denials in the routes' stead where it models them
+	// (nil if it does not).
+	writer *denyWriter
+}
+
 // compileErrorRoutes returns the server's error routes as a denial sees
-// them (denialRoutes), compiled into one handler on first use: Caddy
-// provisions them after the main routes, so they are not ready while this
-// handler is provisioned. As in Caddy's server, a denial that no error
-// route answers gets the bare status; nil means that no route can.
-func compileErrorRoutes(ctx caddy.Context, srv *caddyhttp.Server, status int) func() caddyhttp.Handler {
-	return sync.OnceValue(func() caddyhttp.Handler {
-		d := denialRoutes{ctx: ctx, status: status, flatten: srv.Logs == nil || !srv.Logs.Trace}
+// them (denialRoutes), compiled on first use: Caddy provisions them after
+// the main routes, so they are not ready while this handler is
+// provisioned. As in Caddy's server, a denial that no error route answers
+// gets the bare status; nil means that no route can.
+func compileErrorRoutes(ctx caddy.Context, srv *caddyhttp.Server, status int) func() *errorRoutes {
+	return sync.OnceValue(func() *errorRoutes {
+		trace := srv.Logs != nil && srv.Logs.Trace
+		d := denialRoutes{ctx: ctx, status: status, flatten: !trace}
 		routes, _, err := d.list(srv.Errors.Routes)
 		if err != nil {
 			routes = srv.Errors.Routes // as Caddy runs them
@@ -119,10 +135,15 @@ func compileErrorRoutes(ctx caddy.Context, srv *caddyhttp.Server, status int) fu
 		if len(routes) == 0 {
 			return nil
 		}
-		return routes.Compile(caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
+		er := &errorRoutes{chain: routes.Compile(caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
 			w.WriteHeader(status)
 			return nil
-		}))
+		}))}
+		if err == nil && !trace {
+			// A traced server logs each handler that runs.
+			er.writer = newDenyWriter(routes, status, denyError(status, nil).Trace)
+		}
+		return er
 	})
 }
 

@@ -149,7 +149,7 @@ type Handler struct {
 	// (nil if none can answer one), for denyRoutes.
 	denyMode    denyMode
 	srv         *caddyhttp.Server
-	errorRoutes func() caddyhttp.Handler
+	errorRoutes func() *errorRoutes
 }
 
 // CaddyModule returns the Caddy module information.
