@@ -1,14 +1,17 @@
 package caddymodule
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddytest"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -172,7 +175,7 @@ func TestDenialMatchesCaddyErrorPath(t *testing.T) {
 			{"handle": [{"handler": "static_response", "body": "{http.error.message}"}]}
 		]`},
 		{name: "terminal", answer: "writer", json: `[
-			{"terminal": true, "handle": [{"handler": "headers", "response": {"set": {"X-T": ["{http.error.status_code}"]}}}]},
+			{"match": [{"host": ["127.0.0.1"]}], "terminal": true, "handle": [{"handler": "headers", "response": {"set": {"X-T": ["{http.error.status_code}"]}}}]},
 			{"handle": [{"handler": "static_response", "body": "unreached"}]}
 		]`},
 	} {
@@ -203,10 +206,14 @@ func TestDenialMatchesCaddyErrorPath(t *testing.T) {
 			for _, path := range []string{"/api/x", "/web/x", "/old/y"} {
 				ref, refBody := get(t, c, path, "X-Key", tc.name, "X-Ref", "1")
 				got, body := get(t, c, path, "X-Key", tc.name)
+				refIDs, ids := errorIDs(ref, refBody), errorIDs(got, body)
 				if got.Header.Get("Retry-After") == "" {
 					t.Fatalf("%s: no Retry-After: the request was not denied by edge_limit", path)
 				}
 				refBody, body = normalizeErrorValues(t, refBody), normalizeErrorValues(t, body)
+				if ids != refIDs {
+					t.Errorf("%s: denial has %d distinct error IDs; Caddy's error path %d", path, ids, refIDs)
+				}
 				if got.StatusCode != ref.StatusCode || body != refBody {
 					t.Errorf("%s: denial %d %q; Caddy's error path %d %q", path, got.StatusCode, body, ref.StatusCode, refBody)
 				}
@@ -275,6 +282,24 @@ func normalizeErrorValues(t *testing.T, s string) string {
 		}
 		return "{id} trace"
 	})
+}
+
+// errorIDs counts the distinct error IDs (<id>) in a response: an error
+// has one.
+func errorIDs(resp *http.Response, body string) int {
+	texts := []string{body}
+	for _, vals := range resp.Header {
+		texts = append(texts, vals...)
+	}
+	ids := map[string]bool{}
+	for _, text := range texts {
+		for _, v := range errorValues.FindAllString(text, -1) {
+			if v[0] == '<' {
+				ids[v] = true
+			}
+		}
+	}
+	return len(ids)
 }
 
 // responseFields lists a response's header fields, but those of edge_limit,
@@ -346,6 +371,34 @@ func TestStatusExprMatch(t *testing.T) {
 	} {
 		if pass, fixed := statusExprMatch(tc.expr, 429); pass != tc.pass || fixed != tc.fixed {
 			t.Errorf("statusExprMatch(%q, 429) = %v, %v; want %v, %v", tc.expr, pass, fixed, tc.pass, tc.fixed)
+		}
+	}
+}
+
+// A placeholder whose key holds a '{' (as a JSON body writes) is replaced
+// by Caddy only if a provider knows that key: the denyWriter assumes none
+// does, and hands the denial back, before writing anything, if one does.
+func TestDenyWriterGuard(t *testing.T) {
+	const key = `"x": "{http.error.message`
+	routes := caddyhttp.RouteList{{Handlers: []caddyhttp.MiddlewareHandler{
+		&caddyhttp.StaticResponse{Body: `{"x": "{http.error.message}"}`},
+	}}}
+	dw := newDenyWriter(routes, 429, "trace")
+	if dw == nil {
+		t.Fatal("no denyWriter for a static_response")
+	}
+	for _, known := range []bool{false, true} {
+		repl := caddy.NewReplacer()
+		repl.Map(func(k string) (any, bool) { return "known", known && k == key })
+		r := httptest.NewRequest("GET", "/", nil)
+		r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
+		w := httptest.NewRecorder()
+		served := dw.serve(w, r, ErrRateLimited)
+		switch {
+		case known && (served || w.Code != 200 || w.Body.Len() != 0 || len(w.Header()) != 0):
+			t.Errorf("key known: served %v, %d %q %v; want nothing written", served, w.Code, w.Body, w.Header())
+		case !known && (!served || w.Code != 429 || w.Body.String() != `{"x": "caddymodule: rate limit exceeded"}` || w.Header().Get("Content-Type") != "application/json"):
+			t.Errorf("key unknown: served %v, %d %q %v; want the JSON body", served, w.Code, w.Body, w.Header())
 		}
 	}
 }
