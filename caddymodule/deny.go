@@ -63,16 +63,16 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, reason error) err
 		w.WriteHeader(h.status)
 		return nil
 	case denyRoutes:
-		// An edge_limit inside handle_errors: Caddy would log its error,
-		// with the request's headers, as a failed error route.
-		if r.Context().Value(caddyhttp.ErrorCtxKey) != nil {
-			w.WriteHeader(h.status)
-			return nil
-		}
 		routes := h.errorRoutes()
 		if routes == nil {
 			// No error route can answer a denial: Caddy's server would
 			// write the bare status.
+			w.WriteHeader(h.status)
+			return nil
+		}
+		// An edge_limit inside handle_errors: Caddy would log its error,
+		// with the request's headers, as a failed error route.
+		if !routes.mainOnly && r.Context().Value(caddyhttp.ErrorCtxKey) != nil {
 			w.WriteHeader(h.status)
 			return nil
 		}
@@ -91,14 +91,18 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, reason error) err
 // Routes that a denyWriter models are answered by it, without Caddy's
 // error path.
 func (h *Handler) serveErrorRoutes(w http.ResponseWriter, r *http.Request, routes *errorRoutes, reason error) error {
+	dw := routes.writer
+	if dw != nil && !dw.readsRequest && dw.serve(w, r, reason) {
+		return nil
+	}
 	// Caddy's server hands error routes the request as it arrived, before
 	// any rewrite (not the headers), restored in place: the replacer's
-	// {http.request.*} and the access log read this request and its URL.
+	// {http.request.*} reads this request and its URL.
 	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok {
 		r.Method, r.RemoteAddr, r.RequestURI = orig.Method, orig.RemoteAddr, orig.RequestURI
 		*r.URL = *orig.URL
 	}
-	if routes.writer != nil && routes.writer.serve(w, r, reason) {
+	if dw != nil && dw.readsRequest && dw.serve(w, r, reason) {
 		return nil
 	}
 	r = h.srv.Errors.WithError(r, denyError(h.status, reason))
@@ -117,6 +121,10 @@ type errorRoutes struct {
 	// writer answers denials in the routes' stead where it models them
 	// (nil if it does not).
 	writer *denyWriter
+	// mainOnly tells that the handler is in the server's routes only, not
+	// in its error routes or named routes: no denial of it is on Caddy's
+	// error path.
+	mainOnly bool
 }
 
 // compileErrorRoutes returns the server's error routes as a denial sees
@@ -124,7 +132,7 @@ type errorRoutes struct {
 // the main routes, so they are not ready while this handler is
 // provisioned. As in Caddy's server, a denial that no error route answers
 // gets the bare status; nil means that no route can.
-func compileErrorRoutes(ctx caddy.Context, srv *caddyhttp.Server, status int) func() *errorRoutes {
+func compileErrorRoutes(ctx caddy.Context, srv *caddyhttp.Server, status int, self caddyhttp.MiddlewareHandler) func() *errorRoutes {
 	return sync.OnceValue(func() *errorRoutes {
 		trace := srv.Logs != nil && srv.Logs.Trace
 		d := denialRoutes{ctx: ctx, status: status, flatten: !trace}
@@ -143,8 +151,30 @@ func compileErrorRoutes(ctx caddy.Context, srv *caddyhttp.Server, status int) fu
 			// A traced server logs each handler that runs.
 			er.writer = newDenyWriter(routes, status, denyError(status, nil).Trace)
 		}
+		er.mainOnly = hasHandler(srv.Routes, self) && !hasHandler(srv.Errors.Routes, self)
+		for _, rt := range srv.NamedRoutes {
+			er.mainOnly = er.mainOnly && !hasHandler(caddyhttp.RouteList{*rt}, self)
+		}
 		return er
 	})
+}
+
+// hasHandler tells whether h is one of routes' handlers, in subroutes
+// included.
+func hasHandler(routes caddyhttp.RouteList, h caddyhttp.MiddlewareHandler) bool {
+	for _, rt := range routes {
+		for _, mh := range rt.Handlers {
+			if mh == h {
+				return true
+			}
+			if sub, ok := mh.(*caddyhttp.Subroute); ok {
+				if hasHandler(sub.Routes, h) || sub.Errors != nil && hasHandler(sub.Errors.Routes, h) {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 // denyTrace is the Trace that caddyhttp.Error gives a denial: the caller's

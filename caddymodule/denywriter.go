@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
 	"net/textproto"
@@ -41,6 +42,9 @@ type denyWriter struct {
 	guards []string
 	// repl tells that a template looks up the replacer.
 	repl bool
+	// readsRequest tells that the routes read the request: a template
+	// looks up the replacer, or a route has matchers.
+	readsRequest bool
 }
 
 // denyRoute is a route: its matcher sets (host matchers; nil matches
@@ -68,7 +72,21 @@ type denyRespond struct {
 	// ctype is the Content-Type for body when body is fixed; "" when it
 	// depends on the denial.
 	ctype string
+	// bodies are body for each denial reason, when body depends on
+	// nothing else.
+	bodies []denyBody
 }
+
+// denyBody is a body written in advance for one reason.
+type denyBody struct {
+	reason error
+	body   []byte
+	ctype  string
+}
+
+// denyReasons are the errors a denial carries but ErrInvalidCost's, which
+// wraps a message made per denial.
+var denyReasons = [...]error{ErrRateLimited, ErrPolicyDenied, ErrUnknownKey}
 
 // denyHeaderOp is one header operation: value templates for one field.
 type denyHeaderOp struct {
@@ -107,6 +125,7 @@ type denyTemplate []denySegment
 
 // denyError values that a template needs per denial.
 type denyValues struct {
+	reason  error
 	msg, id string
 	repl    *caddy.Replacer
 }
@@ -120,7 +139,7 @@ func newDenyWriter(routes caddyhttp.RouteList, status int, trace string) *denyWr
 	if !ok {
 		return nil
 	}
-	return &denyWriter{routes: rs, status: status, guards: c.guards, repl: c.repl}
+	return &denyWriter{routes: rs, status: status, guards: c.guards, repl: c.repl, readsRequest: c.repl || c.matchers}
 }
 
 func (c *denyCompiler) routes(routes caddyhttp.RouteList) ([]denyRoute, bool) {
@@ -139,6 +158,7 @@ func (c *denyCompiler) routes(routes caddyhttp.RouteList) ([]denyRoute, bool) {
 				}
 			}
 		}
+		c.matchers = c.matchers || len(rt.MatcherSets) > 0
 		dr := denyRoute{sets: rt.MatcherSets, terminal: rt.Terminal}
 		for _, h := range rt.Handlers {
 			var dh denyHandler
@@ -247,7 +267,16 @@ func (c *denyCompiler) respond(s *caddyhttp.StaticResponse) (*denyRespond, bool)
 		return nil, false
 	}
 	if lit, fixed := d.body.literal(); fixed && lit != "" {
-		d.ctype = bodyContentType(lit)
+		d.ctype = bodyContentType([]byte(lit))
+	}
+	if d.body.perReason() {
+		for _, reason := range denyReasons {
+			b := denyBody{reason: reason, body: d.body.appendTo(nil, &denyValues{msg: reason.Error()})}
+			if len(b.body) > 0 {
+				b.ctype = bodyContentType(b.body)
+			}
+			d.bodies = append(d.bodies, b)
+		}
 	}
 	return d, true
 }
@@ -256,7 +285,7 @@ func (c *denyCompiler) respond(s *caddyhttp.StaticResponse) (*denyRespond, bool)
 // placeholder is known to the replacer: Caddy would replace it, and the
 // caller runs the routes.
 func (d *denyWriter) serve(w http.ResponseWriter, r *http.Request, reason error) bool {
-	v := denyValues{msg: reason.Error()}
+	v := denyValues{reason: reason, msg: reason.Error()}
 	if d.repl {
 		v.repl, _ = r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 		if v.repl == nil {
@@ -329,39 +358,41 @@ func applyHeaderOps(hdr http.Header, ops []denyHeaderOp, v *denyValues) {
 func (d *denyRespond) write(w http.ResponseWriter, v *denyValues) {
 	hdr := w.Header()
 	applyHeaderOps(hdr, d.ops, v)
-	body := d.body.fill(v)
-	if body != "" && headerValue(hdr, "Content-Type") == "" {
-		ct := d.ctype
-		if ct == "" {
+	var body []byte
+	ct, ready := "", false
+	for i := range d.bodies {
+		if d.bodies[i].reason == v.reason {
+			body, ct, ready = d.bodies[i].body, d.bodies[i].ctype, true
+			break
+		}
+	}
+	if !ready {
+		body = d.body.appendTo(make([]byte, 0, 64), v)
+		if ct = d.ctype; ct == "" && len(body) > 0 {
 			ct = bodyContentType(body)
 		}
-		hdr["Content-Type"] = []string{ct}
 	}
-	if headerValue(hdr, "Content-Type") == "" {
-		hdr["Content-Type"] = nil // no sniffing
+	if v := hdr["Content-Type"]; len(v) == 0 || v[0] == "" {
+		if len(body) > 0 {
+			hdr["Content-Type"] = []string{ct}
+		} else {
+			hdr["Content-Type"] = nil // no sniffing
+		}
 	}
 	w.WriteHeader(d.status)
-	if body != "" {
-		_, _ = w.Write([]byte(body))
+	if len(body) > 0 {
+		_, _ = w.Write(body)
 	}
-}
-
-// headerValue is hdr.Get for a canonical field.
-func headerValue(hdr http.Header, field string) string {
-	if v := hdr[field]; len(v) > 0 {
-		return v[0]
-	}
-	return ""
 }
 
 // bodyContentType is the Content-Type static_response gives body when the
 // response has none.
-func bodyContentType(body string) string {
-	content := strings.TrimSpace(body)
+func bodyContentType(body []byte) string {
+	content := bytes.TrimSpace(body)
 	if len(content) > 2 &&
 		(content[0] == '{' && content[len(content)-1] == '}' ||
 			content[0] == '[' && content[len(content)-1] == ']') &&
-		json.Valid([]byte(content)) {
+		json.Valid(content) {
 		return "application/json"
 	}
 	return "text/plain; charset=utf-8"
@@ -372,27 +403,43 @@ func (t denyTemplate) fill(v *denyValues) string {
 	if len(t) == 1 && t[0].kind == segLiteral {
 		return t[0].text
 	}
-	var b strings.Builder
+	return string(t.appendTo(make([]byte, 0, 64), v))
+}
+
+// appendTo appends t for one denial to b.
+func (t denyTemplate) appendTo(b []byte, v *denyValues) []byte {
 	for _, s := range t {
 		switch s.kind {
 		case segLiteral:
-			b.WriteString(s.text)
+			b = append(b, s.text...)
 		case segMessage:
-			b.WriteString(v.msg)
+			b = append(b, v.msg...)
 		case segID:
 			if v.id == "" {
 				v.id = errorID()
 			}
-			b.WriteString(v.id)
+			b = append(b, v.id...)
 		case segLookup:
 			if val, known := v.repl.Get(s.text); known {
-				b.WriteString(caddy.ToString(val))
+				b = append(b, caddy.ToString(val)...)
 			} else {
-				b.WriteString("{" + s.text + "}")
+				b = append(b, '{')
+				b = append(b, s.text...)
+				b = append(b, '}')
 			}
 		}
 	}
-	return b.String()
+	return b
+}
+
+// perReason tells that t depends on the denial's reason only.
+func (t denyTemplate) perReason() bool {
+	for _, s := range t {
+		if s.kind != segLiteral && s.kind != segMessage {
+			return false
+		}
+	}
+	return true
 }
 
 // literal returns t's text if t has no per-denial part.
@@ -408,10 +455,11 @@ func (t denyTemplate) literal() (string, bool) {
 
 // denyCompiler splits templates for a denyWriter.
 type denyCompiler struct {
-	status int
-	trace  string
-	guards []string
-	repl   bool
+	status   int
+	trace    string
+	guards   []string
+	repl     bool
+	matchers bool
 }
 
 // fields splits a header map's templates; false if a field name has a

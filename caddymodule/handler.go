@@ -234,7 +234,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.hdr = newHeaderWriter(h.Headers, h.Zone, tmpl, hasTmpl)
 	h.denyMode, h.srv = denyModeOf(ctx)
 	if h.denyMode == denyRoutes {
-		h.errorRoutes = compileErrorRoutes(ctx, h.srv, h.status)
+		h.errorRoutes = compileErrorRoutes(ctx, h.srv, h.status, h)
 	}
 	return nil
 }
