@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -173,6 +174,10 @@ func TestDenialMatchesCaddyErrorPath(t *testing.T) {
 			{"group": "g", "handle": [{"handler": "headers", "response": {"set": {"X-First": ["yes"]}}}]},
 			{"group": "g", "handle": [{"handler": "headers", "response": {"set": {"X-Second": ["yes"]}}}]},
 			{"handle": [{"handler": "static_response", "body": "{http.error.message}"}]}
+		]`},
+		{name: "other-host", answer: "writer", json: `[
+			{"match": [{"host": ["example.com"]}], "handle": [{"handler": "static_response", "body": "wrong host"}]},
+			{"match": [{"host": ["127.0.0.1"]}], "handle": [{"handler": "static_response", "body": "{http.error.message}"}]}
 		]`},
 		{name: "terminal", answer: "writer", json: `[
 			{"match": [{"host": ["127.0.0.1"]}], "terminal": true, "handle": [{"handler": "headers", "response": {"set": {"X-T": ["{http.error.status_code}"]}}}]},
@@ -399,6 +404,57 @@ func TestDenyWriterGuard(t *testing.T) {
 			t.Errorf("key known: served %v, %d %q %v; want nothing written", served, w.Code, w.Body, w.Header())
 		case !known && (!served || w.Code != 429 || w.Body.String() != `{"x": "caddymodule: rate limit exceeded"}` || w.Header().Get("Content-Type") != "application/json"):
 			t.Errorf("key unknown: served %v, %d %q %v; want the JSON body", served, w.Code, w.Body, w.Header())
+		}
+	}
+}
+
+// A denial's {err.message} is its reason's: a denial of an unknown key
+// meets the error routes as Caddy's `error` with that message does.
+func TestDenialReasonInErrorRoutes(t *testing.T) {
+	c := caddytest.NewTester(t)
+	c.InitServer(site("", `
+	route {
+		@ref header X-Ref 1
+		error @ref "caddymodule: no bucket for key" 429
+		edge_limit tenants {
+			policy header X-Key
+			unknown deny
+		}
+		respond "ok"
+	}
+	handle_errors 429 {
+		respond "{err.message} ({err.status_code})"
+	}`), "caddyfile")
+	ref, refBody := get(t, c, "/", "X-Key", "nobody", "X-Ref", "1")
+	got, body := get(t, c, "/", "X-Key", "nobody")
+	if got.StatusCode != ref.StatusCode || body != refBody || body != "caddymodule: no bucket for key (429)" {
+		t.Errorf("denial %d %q; Caddy's error path %d %q", got.StatusCode, body, ref.StatusCode, refBody)
+	}
+	if got := denialAnswer(t); got != "writer" {
+		t.Errorf("denials answered by %q; want the writer", got)
+	}
+}
+
+// The writer's body for each reason, the wrapped one made per denial
+// included, is the reason's message.
+func TestDenyWriterReasons(t *testing.T) {
+	routes := caddyhttp.RouteList{{Handlers: []caddyhttp.MiddlewareHandler{
+		&caddyhttp.StaticResponse{Body: `{"error": "{http.error.message}"}`},
+	}}}
+	dw := newDenyWriter(routes, 429, "trace")
+	if dw == nil {
+		t.Fatal("no denyWriter for a static_response")
+	}
+	for _, reason := range append(denyReasons[:], fmt.Errorf("%w: %w", ErrRateLimited, errors.New("cost 9 > burst 3"))) {
+		w := httptest.NewRecorder()
+		r := httptest.NewRequest("GET", "/", nil)
+		r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
+		if !dw.serve(w, r, reason) {
+			t.Fatalf("%v: not served", reason)
+		}
+		want := `{"error": "` + reason.Error() + `"}`
+		if w.Code != 429 || w.Body.String() != want || w.Header().Get("Content-Type") != "application/json" {
+			t.Errorf("%v: %d %q %v; want 429 %q as JSON", reason, w.Code, w.Body, w.Header(), want)
 		}
 	}
 }
