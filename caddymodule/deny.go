@@ -31,7 +31,8 @@ const (
 	// when the server has no error routes.
 	denyWrite
 	// denyRoutes runs the server's error routes (handle_errors) itself,
-	// with the request and the placeholders Caddy's server gives them.
+	// with the request and the placeholders Caddy's server gives them, or
+	// writes what they would where a denyWriter models them.
 	denyRoutes
 )
 
@@ -89,7 +90,9 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, reason error) err
 // logs the denial instead.
 //
 // Routes that a denyWriter models are answered by it, without Caddy's
-// error path.
+// error path; routes that read the request get it restored first, as
+// Caddy's server gives it to them. Caddy restores it after the handlers
+// returned, so the writer leaves it alone when nothing reads it.
 func (h *Handler) serveErrorRoutes(w http.ResponseWriter, r *http.Request, routes *errorRoutes, reason error) error {
 	dw := routes.writer
 	if dw != nil && !dw.readsRequest && dw.serve(w, r, reason) {

@@ -123,7 +123,7 @@ const (
 // Replacer.ReplaceKnown splits it.
 type denyTemplate []denySegment
 
-// denyError values that a template needs per denial.
+// denyValues are what a template needs of one denial.
 type denyValues struct {
 	reason  error
 	msg, id string
@@ -142,6 +142,8 @@ func newDenyWriter(routes caddyhttp.RouteList, status int, trace string) *denyWr
 	return &denyWriter{routes: rs, status: status, guards: c.guards, repl: c.repl, readsRequest: c.repl || c.matchers}
 }
 
+// routes models a route list; false if a route has a group, a matcher
+// other than a host, or a handler routes does not model.
 func (c *denyCompiler) routes(routes caddyhttp.RouteList) ([]denyRoute, bool) {
 	var out []denyRoute
 	for _, rt := range routes {
@@ -307,7 +309,7 @@ func (d *denyWriter) serve(w http.ResponseWriter, r *http.Request, reason error)
 // next handler.
 func (d *denyWriter) run(routes []denyRoute, w http.ResponseWriter, r *http.Request, v *denyValues) bool {
 	for _, rt := range routes {
-		if rt.sets != nil && !rt.sets.AnyMatch(r) {
+		if len(rt.sets) > 0 && !rt.sets.AnyMatch(r) {
 			continue
 		}
 		for _, h := range rt.handlers {
