@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -205,12 +206,14 @@ func TestDenialMatchesCaddyErrorPath(t *testing.T) {
 			} else {
 				c.InitServer(config, "caddyfile")
 			}
-			if resp, _ := get(t, c, "/", "X-Key", tc.name); resp.StatusCode != 200 {
+			// Buckets outlive config reloads: a key of this run only.
+			key := fmt.Sprintf("%s-%d", tc.name, time.Now().UnixNano())
+			if resp, _ := get(t, c, "/", "X-Key", key); resp.StatusCode != 200 {
 				t.Fatalf("first request: %d; want 200", resp.StatusCode)
 			}
 			for _, path := range []string{"/api/x", "/web/x", "/old/y"} {
-				ref, refBody := get(t, c, path, "X-Key", tc.name, "X-Ref", "1")
-				got, body := get(t, c, path, "X-Key", tc.name)
+				ref, refBody := get(t, c, path, "X-Key", key, "X-Ref", "1")
+				got, body := get(t, c, path, "X-Key", key)
 				refIDs, ids := errorIDs(ref, refBody), errorIDs(got, body)
 				if got.Header.Get("Retry-After") == "" {
 					t.Fatalf("%s: no Retry-After: the request was not denied by edge_limit", path)
