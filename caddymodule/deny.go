@@ -31,7 +31,8 @@ const (
 	// when the server has no error routes.
 	denyWrite
 	// denyRoutes runs the server's error routes (handle_errors) itself,
-	// with the request and the placeholders Caddy's server gives them.
+	// with the request and the placeholders Caddy's server gives them, or
+	// writes what they would where a denyWriter models them.
 	denyRoutes
 )
 
@@ -63,12 +64,6 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, reason error) err
 		w.WriteHeader(h.status)
 		return nil
 	case denyRoutes:
-		// An edge_limit inside handle_errors: Caddy would log its error,
-		// with the request's headers, as a failed error route.
-		if r.Context().Value(caddyhttp.ErrorCtxKey) != nil {
-			w.WriteHeader(h.status)
-			return nil
-		}
 		routes := h.errorRoutes()
 		if routes == nil {
 			// No error route can answer a denial: Caddy's server would
@@ -76,7 +71,13 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, reason error) err
 			w.WriteHeader(h.status)
 			return nil
 		}
-		return h.serveErrorRoutes(w, r, routes, denyError(h.status, reason))
+		// An edge_limit inside handle_errors: Caddy would log its error,
+		// with the request's headers, as a failed error route.
+		if !routes.mainOnly && r.Context().Value(caddyhttp.ErrorCtxKey) != nil {
+			w.WriteHeader(h.status)
+			return nil
+		}
+		return h.serveErrorRoutes(w, r, routes, reason)
 	}
 	return denyError(h.status, reason)
 }
@@ -87,16 +88,28 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, reason error) err
 // encodes the whole request on every error, written or not, the costliest
 // step of Caddy's error path in a profile of a denial flood. logDenied
 // logs the denial instead.
-func (h *Handler) serveErrorRoutes(w http.ResponseWriter, r *http.Request, routes caddyhttp.Handler, he caddyhttp.HandlerError) error {
+//
+// Routes that a denyWriter models are answered by it, without Caddy's
+// error path; routes that read the request get it restored first, as
+// Caddy's server gives it to them. Caddy restores it after the handlers
+// returned, so the writer leaves it alone when nothing reads it.
+func (h *Handler) serveErrorRoutes(w http.ResponseWriter, r *http.Request, routes *errorRoutes, reason error) error {
+	dw := routes.writer
+	if dw != nil && !dw.readsRequest && dw.serve(w, r, reason) {
+		return nil
+	}
 	// Caddy's server hands error routes the request as it arrived, before
 	// any rewrite (not the headers), restored in place: the replacer's
-	// {http.request.*} and the access log read this request and its URL.
+	// {http.request.*} reads this request and its URL.
 	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok {
 		r.Method, r.RemoteAddr, r.RequestURI = orig.Method, orig.RemoteAddr, orig.RequestURI
 		*r.URL = *orig.URL
 	}
-	r = h.srv.Errors.WithError(r, he)
-	if err := routes.ServeHTTP(w, r); err != nil {
+	if dw != nil && dw.readsRequest && dw.serve(w, r, reason) {
+		return nil
+	}
+	r = h.srv.Errors.WithError(r, denyError(h.status, reason))
+	if err := routes.chain.ServeHTTP(w, r); err != nil {
 		h.routeErrLog.Error("an error route failed on a denied request; sent the bare status (logged at most once a second)",
 			zap.String("zone", h.Zone), zap.Int("status", h.status), zap.Error(err))
 		w.WriteHeader(h.status)
@@ -104,14 +117,28 @@ func (h *Handler) serveErrorRoutes(w http.ResponseWriter, r *http.Request, route
 	return nil
 }
 
+// errorRoutes are the server's error routes as a denial sees them.
+type errorRoutes struct {
+	// chain is the routes compiled into one handler.
+	chain caddyhttp.Handler
+	// writer answers denials in the routes' stead where it models them
+	// (nil if it does not).
+	writer *denyWriter
+	// mainOnly tells that the handler is in the server's routes only, not
+	// in its error routes or named routes: no denial of it is on Caddy's
+	// error path.
+	mainOnly bool
+}
+
 // compileErrorRoutes returns the server's error routes as a denial sees
-// them (denialRoutes), compiled into one handler on first use: Caddy
-// provisions them after the main routes, so they are not ready while this
-// handler is provisioned. As in Caddy's server, a denial that no error
-// route answers gets the bare status; nil means that no route can.
-func compileErrorRoutes(ctx caddy.Context, srv *caddyhttp.Server, status int) func() caddyhttp.Handler {
-	return sync.OnceValue(func() caddyhttp.Handler {
-		d := denialRoutes{ctx: ctx, status: status, flatten: srv.Logs == nil || !srv.Logs.Trace}
+// them (denialRoutes), compiled on first use: Caddy provisions them after
+// the main routes, so they are not ready while this handler is
+// provisioned. As in Caddy's server, a denial that no error route answers
+// gets the bare status; nil means that no route can.
+func compileErrorRoutes(ctx caddy.Context, srv *caddyhttp.Server, status int, self caddyhttp.MiddlewareHandler) func() *errorRoutes {
+	return sync.OnceValue(func() *errorRoutes {
+		trace := srv.Logs != nil && srv.Logs.Trace
+		d := denialRoutes{ctx: ctx, status: status, flatten: !trace}
 		routes, _, err := d.list(srv.Errors.Routes)
 		if err != nil {
 			routes = srv.Errors.Routes // as Caddy runs them
@@ -119,11 +146,38 @@ func compileErrorRoutes(ctx caddy.Context, srv *caddyhttp.Server, status int) fu
 		if len(routes) == 0 {
 			return nil
 		}
-		return routes.Compile(caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
+		er := &errorRoutes{chain: routes.Compile(caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
 			w.WriteHeader(status)
 			return nil
-		}))
+		}))}
+		if err == nil && !trace {
+			// A traced server logs each handler that runs.
+			er.writer = newDenyWriter(routes, status, denyError(status, nil).Trace)
+		}
+		er.mainOnly = hasHandler(srv.Routes, self) && !hasHandler(srv.Errors.Routes, self)
+		for _, rt := range srv.NamedRoutes {
+			er.mainOnly = er.mainOnly && !hasHandler(caddyhttp.RouteList{*rt}, self)
+		}
+		return er
 	})
+}
+
+// hasHandler tells whether h is one of routes' handlers, in subroutes
+// included.
+func hasHandler(routes caddyhttp.RouteList, h caddyhttp.MiddlewareHandler) bool {
+	for _, rt := range routes {
+		for _, mh := range rt.Handlers {
+			if mh == h {
+				return true
+			}
+			if sub, ok := mh.(*caddyhttp.Subroute); ok {
+				if hasHandler(sub.Routes, h) || sub.Errors != nil && hasHandler(sub.Errors.Routes, h) {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 // denyTrace is the Trace that caddyhttp.Error gives a denial: the caller's

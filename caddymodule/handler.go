@@ -149,7 +149,7 @@ type Handler struct {
 	// (nil if none can answer one), for denyRoutes.
 	denyMode    denyMode
 	srv         *caddyhttp.Server
-	errorRoutes func() caddyhttp.Handler
+	errorRoutes func() *errorRoutes
 }
 
 // CaddyModule returns the Caddy module information.
@@ -234,7 +234,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.hdr = newHeaderWriter(h.Headers, h.Zone, tmpl, hasTmpl)
 	h.denyMode, h.srv = denyModeOf(ctx)
 	if h.denyMode == denyRoutes {
-		h.errorRoutes = compileErrorRoutes(ctx, h.srv, h.status)
+		h.errorRoutes = compileErrorRoutes(ctx, h.srv, h.status, h)
 	}
 	return nil
 }
