@@ -9,16 +9,16 @@ import (
 	"github.com/edgelimit/edgelimit/limiter"
 )
 
-// Members apply a new allocation at slightly different times: each gets the
-// watch events a little sooner or later (each applies a batch batchDelay
-// after its first event, so they differ by the delivery skew, a few ms). If
-// a member raised its share before another lowered its own, the fleet would
-// briefly hold more than the global rate. So a member lowers at once and
-// raises only after raiseGuard, which is far longer than that skew: the
-// shares then add up to at most the global rate at every instant, not only
-// once every member has caught up. The price is a tenth of an interval of
-// convergence time when a member's share grows.
-func (c *Coordinator) raiseGuard() time.Duration { return c.opts.SyncInterval / 10 }
+// Members apply a new allocation at slightly different times. If a member
+// raised its share before another lowered its own, the fleet would briefly
+// hold more than the global rate. So a member lowers at once and raises
+// only after raiseGuard. Every member applies the same batch at the same
+// cut (session.go), so they differ by their timers' lateness and clock
+// offset, not by the delivery of the events; half a check window (25 ms by
+// default) covers that: the shares then add up to at most the global rate
+// at every instant, not only once every member has caught up. The price is
+// that much convergence time when a member's share grows.
+func (c *Coordinator) raiseGuard() time.Duration { return c.checkInterval() / 2 }
 
 // lowered splits a change from applied to next into what applies now (each
 // of rate and burst lowered, or kept if next raises it) and whether a raise

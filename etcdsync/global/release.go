@@ -75,21 +75,45 @@ func (c *Coordinator) releaseLocked() releaseNote {
 // known; a raise that falls due while a batch with releases is gathered
 // waits for it (see follow). It requires c.mu.
 func (c *Coordinator) claimLocked(freed map[string]uint64) {
+	for id, tokens := range freed {
+		c.claimBucketLocked(id, tokens)
+	}
+}
+
+// claimSettledLocked claims at once the releases of the buckets whose
+// shares the batch being gathered does not change: a release is written
+// just after the lower that made it, a few ms after the cut, and the raise
+// it goes to is already held back, due half a check window after the cut
+// (raise.go); waiting for the next cut would make that raise wait too. It
+// requires c.mu.
+func (c *Coordinator) claimSettledLocked(d *dirtySet) {
+	if d.all {
+		return
+	}
+	for id, tokens := range d.freed {
+		if _, changed := d.ids[id]; !changed {
+			c.claimBucketLocked(id, tokens)
+			delete(d.freed, id)
+		}
+	}
+}
+
+// claimBucketLocked credits this instance with its part of tokens released
+// on bucket id, if its raise is held back. It requires c.mu.
+func (c *Coordinator) claimBucketLocked(id string, tokens uint64) {
 	if c.state != stateJoined {
 		return
 	}
-	for id, tokens := range freed {
-		gb, ok := c.buckets[id]
-		if !ok || gb.raiseAt.IsZero() {
-			continue
-		}
-		room := gb.target.Burst - gb.applied.Burst
-		if room <= 0 {
-			continue
-		}
-		// tokens is capped at the burst (a report may claim anything), so
-		// the product stays below 2^60.
-		part := int64(min(tokens, uint64(gb.global.Burst))) * gb.target.Burst / gb.global.Burst
-		gb.credit = min(gb.credit+part, room)
+	gb, ok := c.buckets[id]
+	if !ok || gb.raiseAt.IsZero() {
+		return
 	}
+	room := gb.target.Burst - gb.applied.Burst
+	if room <= 0 {
+		return
+	}
+	// tokens is capped at the burst (a report may claim anything), so the
+	// product stays below 2^60.
+	part := int64(min(tokens, uint64(gb.global.Burst))) * gb.target.Burst / gb.global.Burst
+	gb.credit = min(gb.credit+part, room)
 }

@@ -18,9 +18,11 @@ type view struct {
 
 // dirtySet collects the buckets whose inputs changed since the last flush;
 // all means every bucket (the member set changed). freed sums the tokens
-// other members released since then, per bucket.
+// other members released since then, per bucket. first: a report holds
+// demand for a bucket no other member reports any for (see flushAt).
 type dirtySet struct {
 	all   bool
+	first bool
 	ids   map[string]struct{}
 	freed map[string]uint64
 }
@@ -141,6 +143,9 @@ func (c *Coordinator) applyEventLocked(ev *mvccpb.Event, dirty *dirtySet) {
 	for b, d := range rep {
 		if old[b] != d {
 			dirty.add(b)
+			if old[b] == 0 && !dirty.first && !c.othersReportLocked(k.id, b) {
+				dirty.first = true
+			}
 		}
 		if d > old[b] && k.id != c.opts.InstanceID {
 			if gb, ok := c.buckets[b]; ok && gb.tookOver(d-old[b]) {
@@ -153,6 +158,17 @@ func (c *Coordinator) applyEventLocked(ev *mvccpb.Event, dirty *dirtySet) {
 			dirty.add(b)
 		}
 	}
+}
+
+// othersReportLocked reports whether a member other than id reports demand
+// for bucket b. It requires c.mu.
+func (c *Coordinator) othersReportLocked(id, b string) bool {
+	for m, rep := range c.view.reports {
+		if m != id && rep[b] != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // removeMemberLocked takes the i-th member out of the view. It requires c.mu.
