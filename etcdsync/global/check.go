@@ -11,8 +11,8 @@ import (
 // the bucket's rate (so that a share ends within 2.5% of the rate of where
 // the demand puts it), the instance writes its report at once instead of
 // at the next tick. A load that moves between instances is then followed
-// within one to three check windows plus the batch delay and the raise
-// guard (about a third of an interval), not one to two intervals. Steady
+// within two to three check windows, the wait for the cut and the raise
+// guard (0.15 to 0.2 of an interval), not one to two intervals. Steady
 // demand does not trigger it: random arrivals are not a clear move, and a
 // move that leaves the shares where they are (every member above its
 // share, or spare to go round) is left to the ticks.
@@ -32,8 +32,9 @@ import (
 const fallWindows = 3
 
 // checkInterval is the width of a check window: a twentieth of the
-// interval, half the batch delay. Each check reads every global bucket's
-// demand counter (tens of ns each).
+// interval. Each check reads every global bucket's demand counter (tens of
+// ns each). Reports written at a check are applied at the cut half a
+// window later (session.go).
 func (c *Coordinator) checkInterval() time.Duration { return c.opts.SyncInterval / 20 }
 
 // checkDemandLocked measures every bucket over the check window that ends

@@ -72,6 +72,15 @@ func TestKilledMemberShareReclaimed(t *testing.T) {
 	if limit := bound + max(0, 500*time.Millisecond-testInterval) + 200*time.Millisecond; took > limit {
 		t.Errorf("reclaim took %v, more than %v", took, limit)
 	}
+	// The coordinator's part: the removal applies at once and the raise
+	// after the guard, a twentieth of the interval with a loaded machine's
+	// timer lateness; a fifth of the interval is what a batch delay and a
+	// guard of a tenth each took.
+	if expiry == 0 {
+		t.Errorf("the key's deletion was not seen")
+	} else if followed := took - expiry; followed > testInterval/5 {
+		t.Errorf("the shares followed the key's deletion %v later, more than %v", followed, testInterval/5)
+	}
 	closeAll(fleet)
 	checkNoLeak(t)
 }

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
@@ -242,13 +243,26 @@ func (c *Coordinator) follow(sctx context.Context, s *concurrency.Session, lease
 				continue
 			}
 			arrived := time.Now()
+			removals := dirty.empty()
 			c.mu.Lock()
 			for _, ev := range wr.Events {
 				c.applyEventLocked(ev, &dirty)
+				removals = removals && ev.Type == mvccpb.DELETE
 			}
 			c.claimSettledLocked(&dirty)
 			c.mu.Unlock()
 			if dirty.empty() {
+				continue
+			}
+			if removals {
+				// Member keys gone (a lease expired, a Close) and nothing
+				// else: applied at once, not at the next cut. A removal
+				// hands the member's share to the others, so members that
+				// apply it a few ms apart cannot add up to more than the
+				// rate (but for a unit of rounding, which the guard
+				// covers); the wait would only delay the survivors.
+				cut, due = arrived, arrived
+				flush.Reset(0)
 				continue
 			}
 			if cut.IsZero() {
