@@ -73,7 +73,7 @@ func TestKilledMemberShareReclaimed(t *testing.T) {
 		t.Errorf("reclaim took %v, more than %v", took, limit)
 	}
 	// The coordinator's part: the removal applies at once and the raise
-	// after the guard, a twentieth of the interval with a loaded machine's
+	// after the guard, a fortieth of the interval, plus a loaded machine's
 	// timer lateness; a fifth of the interval is what a batch delay and a
 	// guard of a tenth each took.
 	if expiry == 0 {
