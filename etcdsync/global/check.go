@@ -69,7 +69,11 @@ func (c *Coordinator) checkDemandLocked(now time.Time) bool {
 			continue
 		}
 		gb.moving = 0
-		if !gb.moveAt.Equal(fromAt) { // over all the windows of the move
+		// Over all the windows of the move, but for a fall whose last
+		// window saw no request: the load stopped or moved elsewhere, and
+		// the first windows of the fall hold the part of it that came
+		// before (that instance would keep a share for it until the tick).
+		if !gb.moveAt.Equal(fromAt) && (rose || req != fromReq) {
 			fromReq, fromAt = gb.moveReq, gb.moveAt
 			d = demandRate(req-fromReq, now.Sub(fromAt))
 		}
@@ -103,15 +107,27 @@ func (c *Coordinator) windowsLocked(id string, gb *gbucket, rise, none bool) int
 	return 2
 }
 
-// tookOver reports whether another member's reported demand rising by rise
-// may be this instance's load moving there: by at least half of what this
-// instance reports, and by a fortieth of the bucket's rate (a rise that
-// moves shares). The reports of each tick rise and fall a little with
-// random arrivals; if such a rise counted, a single window in which this
-// instance's traffic stalls (a pause of the process or of its clients)
-// would report a fall at once and hand its share away and back.
-func (gb *gbucket) tookOver(rise uint64) bool {
-	return rise >= gb.demand/2 && float64(rise) >= gb.global.Rate.PerSecondFloat()*DemandScale/40
+// tookOver reports whether another member's reported demand rising from
+// old to next may be this instance's load moving there: by a fortieth of
+// the bucket's rate (a rise that moves shares), and by at least half of
+// what this instance reports, or, for a member that at least doubled its
+// demand, half of this instance's share if that is lower. The share too,
+// because the member the load moved to may report only part of it at
+// first (its first window saw only part of it) and nothing more until the
+// tick once its share is as large as the others'. Only a member that at
+// least doubled, because the reports of each tick rise and fall a little
+// with random arrivals, those of busy members by more than half a share:
+// if such a rise counted, a single window in which this instance's traffic
+// stalls (a pause of the process or of its clients) would report a fall
+// at once and hand its share away and back (measured with three Caddy
+// processes and a contested bucket: 0.965 of rate*T + burst).
+func (gb *gbucket) tookOver(old, next uint64) bool {
+	rise := float64(next - old)
+	if rise < gb.global.Rate.PerSecondFloat()*DemandScale/40 {
+		return false
+	}
+	share := gb.target.Rate.PerSecondFloat() * DemandScale
+	return rise >= float64(gb.demand)/2 || (rise > float64(old) && rise >= min(float64(gb.demand), share)/2)
 }
 
 // demandMovedLocked reports whether seen requests over elapsed are a demand

@@ -49,9 +49,10 @@ func rateLess(a, b limiter.Rate) bool {
 // raise that is already due keeps its time and its config, so that a
 // stream of changes cannot postpone it forever (see raiseDueLocked). It
 // requires c.mu.
-func (c *Coordinator) scheduleRaiseLocked(gb *gbucket, cfg limiter.Config) {
+func (c *Coordinator) scheduleRaiseLocked(id string, gb *gbucket, cfg limiter.Config) {
 	if gb.raiseAt.IsZero() {
 		gb.raiseAt, gb.raiseTo = time.Now().Add(c.raiseGuard()), cfg
+		c.awaitReleasesLocked(id, gb)
 	}
 }
 
@@ -72,6 +73,7 @@ func (c *Coordinator) raiseDueLocked(now time.Time) {
 			safe = lowerOf(gb.raiseTo, cur)
 		}
 		credit := max(min(gb.credit, safe.Burst-gb.applied.Burst), 0)
+		gb.awaiting = 0
 		if safe == cur {
 			gb.raiseAt, gb.credit = time.Time{}, 0
 		} else {

@@ -250,6 +250,7 @@ func (c *Coordinator) follow(sctx context.Context, s *concurrency.Session, lease
 				removals = removals && ev.Type == mvccpb.DELETE
 			}
 			c.claimSettledLocked(&dirty)
+			c.armRaiseLocked(raise) // a raise that waited for releases may be due now
 			c.mu.Unlock()
 			if dirty.empty() {
 				continue
@@ -268,19 +269,21 @@ func (c *Coordinator) follow(sctx context.Context, s *concurrency.Session, lease
 			if cut.IsZero() {
 				cut = c.cutAfter(arrived)
 			}
-			if at := c.flushAt(cut, dirty.first); !at.Equal(due) {
+			if at := c.flushAt(cut, len(dirty.firsts) > 0); !at.Equal(due) {
 				due = at
 				flush.Reset(time.Until(due))
 			}
 		case <-flush.C:
 			c.mu.Lock()
+			c.markFirstsLocked(dirty.firsts, true)
 			switch {
 			case dirty.all:
 				c.reapplyLocked(nil, true)
 			case len(dirty.ids) > 0: // none if a relist already reapplied all
 				c.reapplyLocked(dirty.ids, true)
 			}
-			c.claimLocked(dirty.freed) // after the raises this batch holds back
+			c.markFirstsLocked(dirty.firsts, false)
+			c.claimLocked(dirty.freed, dirty.releases) // after the raises this batch holds back
 			c.armRaiseLocked(raise)
 			c.mu.Unlock()
 			dirty = dirtySet{}
