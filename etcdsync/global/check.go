@@ -70,10 +70,12 @@ func (c *Coordinator) checkDemandLocked(now time.Time) bool {
 		}
 		gb.moving = 0
 		// Over all the windows of the move, but for a fall whose last
-		// window saw no request: the load stopped or moved elsewhere, and
-		// the first windows of the fall hold the part of it that came
-		// before (that instance would keep a share for it until the tick).
-		if !gb.moveAt.Equal(fromAt) && (rose || req != fromReq) {
+		// window saw no request while another member took the load over:
+		// it moved there, and the first windows of the fall hold the part
+		// of it that came before (this instance would keep a share for it
+		// until the tick). Without a taker, an empty window may be a stall
+		// of the clients, and the average keeps more of the share.
+		if !gb.moveAt.Equal(fromAt) && (rose || req != fromReq || !gb.othersRose) {
 			fromReq, fromAt = gb.moveReq, gb.moveAt
 			d = demandRate(req-fromReq, now.Sub(fromAt))
 		}

@@ -34,7 +34,7 @@ func TestCuts(t *testing.T) {
 				tc.event, tc.first, cut.Sub(base).Milliseconds(), flush.Sub(base).Milliseconds(), tc.cut, tc.flush)
 		}
 	}
-	if g, ci := c.raiseGuard(), c.checkInterval(); g != 25*time.Millisecond || ci != 50*time.Millisecond {
-		t.Errorf("guard %v, check window %v; want 25 ms and 50 ms", g, ci)
+	if g, ci := c.raiseGuard(), c.checkInterval(); g != 50*time.Millisecond || ci != 50*time.Millisecond {
+		t.Errorf("guard %v, check window %v; want 50 ms each", g, ci)
 	}
 }
