@@ -12,7 +12,7 @@ import (
 // the demand puts it), the instance writes its report at once instead of
 // at the next tick. A load that moves between instances is then followed
 // within two to three check windows, the wait for the cut and the raise
-// guard (0.15 to 0.2 of an interval), not one to two intervals. Steady
+// guard (about a fifth of an interval), not one to two intervals. Steady
 // demand does not trigger it: random arrivals are not a clear move, and a
 // move that leaves the shares where they are (every member above its
 // share, or spare to go round) is left to the ticks.

@@ -84,7 +84,7 @@ func (c *Coordinator) claimLocked(freed map[string]uint64, releases map[string]i
 // claimSettledLocked claims at once the releases of the buckets whose
 // shares the batch being gathered does not change: a release is written
 // just after the lower that made it, a few ms after the cut, and the raise
-// it goes to is already held back, due half a check window after the cut
+// it goes to is already held back, due a check window after the cut
 // (raise.go); waiting for the next cut would make that raise wait too. It
 // requires c.mu.
 func (c *Coordinator) claimSettledLocked(d *dirtySet) {
