@@ -113,23 +113,25 @@ func (c *Coordinator) windowsLocked(id string, gb *gbucket, rise, none bool) int
 // old to next may be this instance's load moving there: by a fortieth of
 // the bucket's rate (a rise that moves shares), and by at least half of
 // what this instance reports, or, for a member that at least doubled its
-// demand, half of this instance's share if that is lower. The share too,
-// because the member the load moved to may report only part of it at
-// first (its first window saw only part of it) and nothing more until the
-// tick once its share is as large as the others'. Only a member that at
-// least doubled, because the reports of each tick rise and fall a little
-// with random arrivals, those of busy members by more than half a share:
-// if such a rise counted, a single window in which this instance's traffic
+// demand, a quarter of this instance's share if that is lower. The share,
+// because the member the load moved to reports it after its first window,
+// which saw only part of it (a quarter of the share: three shifts in four
+// are seen in that first report), and nothing more until the tick once its
+// share is as large as the others'. Only a member that at least doubled,
+// because the reports of each tick rise and fall a little with random
+// arrivals, those of busy members by more than a quarter of a share: if
+// such a rise counted, a single window in which this instance's traffic
 // stalls (a pause of the process or of its clients) would report a fall
 // at once and hand its share away and back (measured with three Caddy
-// processes and a contested bucket: 0.965 of rate*T + burst).
+// processes and a bucket contested 4:1, any rise by half a share
+// counting: 0.965 of rate*T + burst).
 func (gb *gbucket) tookOver(old, next uint64) bool {
 	rise := float64(next - old)
 	if rise < gb.global.Rate.PerSecondFloat()*DemandScale/40 {
 		return false
 	}
 	share := gb.target.Rate.PerSecondFloat() * DemandScale
-	return rise >= float64(gb.demand)/2 || (rise > float64(old) && rise >= min(float64(gb.demand), share)/2)
+	return rise >= float64(gb.demand)/2 || (rise > float64(old) && rise >= min(float64(gb.demand), share)/4)
 }
 
 // demandMovedLocked reports whether seen requests over elapsed are a demand

@@ -241,12 +241,12 @@ func TestTookOver(t *testing.T) {
 		want                     bool
 	}{
 		{600, 298, 0, 600, true},   // the whole load moved
-		{600, 298, 0, 200, true},   // part of it seen in a first window
-		{600, 298, 0, 140, false},  // less than half the share
+		{600, 298, 0, 120, true},   // part of it seen in a first window
+		{600, 298, 0, 60, false},   // less than a quarter of the share
 		{600, 298, 300, 600, true}, // doubled, by half of this demand
 		{600, 74, 150, 190, false}, // a contested member's noise
 		{600, 74, 150, 260, false}, // not doubled, under half this demand
-		{600, 74, 0, 60, true},     // from nothing, by half the share
+		{600, 74, 0, 30, true},     // from nothing, by a quarter of the share
 		{4, 298, 0, 5, false},      // under a fortieth of the rate
 	} {
 		gb := &gbucket{
