@@ -153,9 +153,9 @@ func (c *Coordinator) markFirstsLocked(ids map[string]struct{}, on bool) {
 // a few ms after the cut. The raise waits for that many releases, up to
 // releaseWait, and at least the guard: a raise that applied before them
 // would leave them no room, and the load that moved to this member would
-// lose the tokens the bucket held (measured with three Caddy processes,
-// 0.958 of rate*T + burst after the whole load moved to an idle member,
-// 86 of 139 released tokens credited). When demand moves between members
+// lose the tokens the bucket held (measured with three Caddy processes and
+// a guard of half a window: 0.958 of rate*T + burst after the whole load
+// moved to an idle member, 86 of 139 released tokens credited). When demand moves between members
 // that already report it, the members that lose it have spent their
 // bursts: nothing is waited for. It requires c.mu.
 func (c *Coordinator) awaitReleasesLocked(id string, gb *gbucket) {

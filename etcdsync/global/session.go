@@ -43,7 +43,7 @@ func (c *Coordinator) leaseMargin() time.Duration { return c.opts.LeaseTTL / 5 }
 // where each member's batch happened to start.
 //
 // A batch is applied at the first cut after its first event, or one cut
-// later (cutsFor) if it started at a tick, when every member writes and a
+// later (flushAt) if it started at a tick, when every member writes and a
 // large fleet's writes may spread past a cut, or if it holds a bucket's
 // first demand: demand that starts on several members at about the same
 // time, seen by some in one check window and by the others in the next, is
