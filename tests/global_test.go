@@ -21,6 +21,9 @@ const (
 	// slack is what the timing assertions allow beyond each target on
 	// this shared 2-core machine; the figures are logged either way.
 	slack = 2 * time.Second
+	// convTarget is the convergence target after a load moves: the share
+	// of the instance it moved to within 5% of its final value.
+	convTarget = 300 * time.Millisecond
 )
 
 // TestGlobalLimits runs the global-limit scenarios on one real etcd process and
@@ -168,6 +171,9 @@ func globalShifting(t *testing.T, f *fleet, id string) bool {
 	}
 
 	conv, ok := shareConvergence(l, 1, shift, end, 0.9*gBurst)
+	qs := l.Quotas(1, end-time.Second, end)
+	final := qs[len(qs)-1]
+	conv5, ok5 := shareConvergence(l, 1, shift, end, final*95/100)
 	steadyFrom := shift + 2*time.Second
 	steady := l.Counts(-1, steadyFrom, steadyFrom+10*time.Second)
 	after := l.Counts(-1, shift, shift+10*time.Second)
@@ -177,15 +183,15 @@ func globalShifting(t *testing.T, f *fleet, id string) bool {
 	split, sok := shareConvergence(l, 0, both, bothEnd, gBurst/2*9/10)
 	joint := l.Counts(-1, both, bothEnd)
 	jointAllowed := gRate * (bothEnd - both).Seconds()
-	t.Logf("GLOBAL scenario=shifting share_convergence=%v converged=%v target=%v steady10s_admitted=%d steady10s_ratio=%.4f after_shift10s_admitted=%d after_shift10s_ratio=%.4f counts={%v} share_b=[%s] rate_b=[%s]",
-		conv, ok, 2*syncInterval, steady.OK, float64(steady.OK)/(gRate*10), after.OK, float64(after.OK)/(gRate*10),
+	t.Logf("GLOBAL scenario=shifting share_b_within5pct=%v converged=%v target=%v share_b_final=%d share_convergence_90pct=%v reached_90pct=%v steady10s_admitted=%d steady10s_ratio=%.4f after_shift10s_admitted=%d after_shift10s_ratio=%.4f counts={%v} share_b=[%s] rate_b=[%s]",
+		conv5, ok5, convTarget, final, conv, ok, steady.OK, float64(steady.OK)/(gRate*10), after.OK, float64(after.OK)/(gRate*10),
 		l.Counts(-1, 0, end), quotas(l, 1, shift, shift+4*time.Second), series(l, shift, shift+4*time.Second, 1))
 	t.Logf("GLOBAL scenario=shifting-rejoin split_convergence=%v converged=%v joint6s_admitted=%d joint6s_allowed=%.0f overadmission_ratio=%.4f share_a=[%s] share_b=[%s] rate_fleet=[%s]",
 		split, sok, joint.OK, jointAllowed, float64(joint.OK)/jointAllowed,
 		quotas(l, 0, both, both+3*time.Second), quotas(l, 1, both, both+3*time.Second), series(l, both, both+3*time.Second))
 	checkNoFailures(t, l)
-	if !ok || conv > 2*syncInterval+slack {
-		t.Errorf("shifting load: B's share reached 90%% after %v (reached: %v), want about %v", conv, ok, 2*syncInterval)
+	if !ok5 || conv5 > convTarget+slack {
+		t.Errorf("shifting load: B's share came within 5%% of its final %d after %v (reached: %v), want %v", final, conv5, ok5, convTarget)
 	}
 	checkRatio(t, "shifting load, 10s after convergence", steady.OK, gRate*10)
 	if !sok || split > 2*syncInterval+slack {
@@ -233,9 +239,9 @@ func globalFullShift(t *testing.T, f *fleet, id string) bool {
 	final := qs[len(qs)-1]
 	conv, ok := shareConvergence(l, 2, shift, end, final*95/100)
 	moves := f.globalCounters(t).since(before)
-	t.Logf("GLOBAL scenario=full-shift skewed15s_admitted=%d skewed15s_ratio=%.4f moved15s_admitted=%d moved15s_ratio=%.4f allowed=%.0f moved_first1s_admitted=%d moved_first1s_ratio=%.4f share_c_within5pct=%v converged=%v share_c_final=%d event_writes=%.0f released_tokens=%.0f credited_tokens=%.0f counts={%v} share_c=[%s] rate_c=[%s]",
+	t.Logf("GLOBAL scenario=full-shift skewed15s_admitted=%d skewed15s_ratio=%.4f moved15s_admitted=%d moved15s_ratio=%.4f allowed=%.0f moved_first1s_admitted=%d moved_first1s_ratio=%.4f share_c_within5pct=%v converged=%v target=%v share_c_final=%d event_writes=%.0f released_tokens=%.0f credited_tokens=%.0f counts={%v} share_c=[%s] rate_c=[%s]",
 		skewed.OK, float64(skewed.OK)/allowed, moved.OK, float64(moved.OK)/allowed, allowed,
-		firstSecond.OK, float64(firstSecond.OK)/(fsRate+fsBurst), conv, ok, final, moves.eventWrites, moves.released, moves.credited,
+		firstSecond.OK, float64(firstSecond.OK)/(fsRate+fsBurst), conv, ok, convTarget, final, moves.eventWrites, moves.released, moves.credited,
 		l.Counts(-1, 0, end), quotas(l, 2, shift, shift+2*time.Second), series(l, shift, shift+2*time.Second, 2))
 	// The shift moves demand between ticks and the burst of A and B to C:
 	// the metrics must show both, and no token taken that was not given.
@@ -252,8 +258,8 @@ func globalFullShift(t *testing.T, f *fleet, id string) bool {
 			t.Errorf("full shift, %s: admitted %d in %v, want %.0f +-3%% (ratio %.4f)", p.what, p.got, fsPhase, allowed, r)
 		}
 	}
-	if !ok || conv > syncInterval+slack {
-		t.Errorf("full shift: C's share came within 5%% of its final %d after %v (reached: %v), want a fraction of %v", final, conv, ok, syncInterval)
+	if !ok || conv > convTarget+slack {
+		t.Errorf("full shift: C's share came within 5%% of its final %d after %v (reached: %v), want %v", final, conv, ok, convTarget)
 	}
 	return true
 }

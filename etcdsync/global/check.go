@@ -11,8 +11,8 @@ import (
 // the bucket's rate (so that a share ends within 2.5% of the rate of where
 // the demand puts it), the instance writes its report at once instead of
 // at the next tick. A load that moves between instances is then followed
-// within one to three check windows plus the batch delay and the raise
-// guard (about a third of an interval), not one to two intervals. Steady
+// within two to three check windows, the wait for the cut and the raise
+// guard (about a fifth of an interval), not one to two intervals. Steady
 // demand does not trigger it: random arrivals are not a clear move, and a
 // move that leaves the shares where they are (every member above its
 // share, or spare to go round) is left to the ticks.
@@ -32,8 +32,9 @@ import (
 const fallWindows = 3
 
 // checkInterval is the width of a check window: a twentieth of the
-// interval, half the batch delay. Each check reads every global bucket's
-// demand counter (tens of ns each).
+// interval. Each check reads every global bucket's demand counter (tens of
+// ns each). Reports written at a check are applied at the cut half a
+// window later (session.go).
 func (c *Coordinator) checkInterval() time.Duration { return c.opts.SyncInterval / 20 }
 
 // checkDemandLocked measures every bucket over the check window that ends
@@ -68,7 +69,13 @@ func (c *Coordinator) checkDemandLocked(now time.Time) bool {
 			continue
 		}
 		gb.moving = 0
-		if !gb.moveAt.Equal(fromAt) { // over all the windows of the move
+		// Over all the windows of the move, but for a fall whose last
+		// window saw no request while another member took the load over:
+		// it moved there, and the first windows of the fall hold the part
+		// of it that came before (this instance would keep a share for it
+		// until the tick). Without a taker, an empty window may be a stall
+		// of the clients, and the average keeps more of the share.
+		if !gb.moveAt.Equal(fromAt) && (rose || req != fromReq || !gb.othersRose) {
 			fromReq, fromAt = gb.moveReq, gb.moveAt
 			d = demandRate(req-fromReq, now.Sub(fromAt))
 		}
@@ -102,15 +109,29 @@ func (c *Coordinator) windowsLocked(id string, gb *gbucket, rise, none bool) int
 	return 2
 }
 
-// tookOver reports whether another member's reported demand rising by rise
-// may be this instance's load moving there: by at least half of what this
-// instance reports, and by a fortieth of the bucket's rate (a rise that
-// moves shares). The reports of each tick rise and fall a little with
-// random arrivals; if such a rise counted, a single window in which this
-// instance's traffic stalls (a pause of the process or of its clients)
-// would report a fall at once and hand its share away and back.
-func (gb *gbucket) tookOver(rise uint64) bool {
-	return rise >= gb.demand/2 && float64(rise) >= gb.global.Rate.PerSecondFloat()*DemandScale/40
+// tookOver reports whether another member's reported demand rising from
+// old to next may be this instance's load moving there: by a fortieth of
+// the bucket's rate (a rise that moves shares), and by at least half of
+// what this instance reports, or, for a member that at least doubled its
+// demand, a quarter of this instance's share if that is lower. The share,
+// because the member the load moved to reports it after its first window,
+// which saw only part of it (a quarter of the share: three shifts in four
+// are seen in that first report), and nothing more until the tick once its
+// share is as large as the others'. Only a member that at least doubled,
+// because the reports of each tick rise and fall a little with random
+// arrivals, those of busy members by more than a quarter of a share: if
+// such a rise counted, a single window in which this instance's traffic
+// stalls (a pause of the process or of its clients) would report a fall
+// at once and hand its share away and back (measured with three Caddy
+// processes and a bucket contested 4:1, any rise by half a share
+// counting: 0.965 of rate*T + burst).
+func (gb *gbucket) tookOver(old, next uint64) bool {
+	rise := float64(next - old)
+	if rise < gb.global.Rate.PerSecondFloat()*DemandScale/40 {
+		return false
+	}
+	share := gb.target.Rate.PerSecondFloat() * DemandScale
+	return rise >= float64(gb.demand)/2 || (rise > float64(old) && rise >= min(float64(gb.demand), share)/4)
 }
 
 // demandMovedLocked reports whether seen requests over elapsed are a demand

@@ -139,8 +139,13 @@ type gbucket struct {
 	raiseAt time.Time
 	raiseTo limiter.Config
 	// credit is the tokens other members gave up that the held-back raise
-	// adds (see release.go).
-	credit int64
+	// adds (see release.go). first: the bucket gets its first demand in
+	// the batch being applied; awaiting is the releases the raise still
+	// waits for, and guardAt when it would apply without them.
+	credit   int64
+	first    bool
+	awaiting int
+	guardAt  time.Time
 }
 
 // New returns a Coordinator for this instance. inner receives local specs
@@ -298,11 +303,11 @@ func (c *Coordinator) applyLocked(id string, gb *gbucket, guard bool) error {
 	if guard && gb.applied.Burst != 0 {
 		now, raise := lowered(gb.applied, cfg)
 		if raise {
-			c.scheduleRaiseLocked(gb, cfg)
+			c.scheduleRaiseLocked(id, gb, cfg)
 		}
 		cfg = now
 	} else {
-		gb.raiseAt, gb.credit = time.Time{}, 0
+		gb.raiseAt, gb.credit, gb.awaiting = time.Time{}, 0, 0
 	}
 	return c.setLocked(id, gb, cfg, 0, guard)
 }
@@ -339,14 +344,10 @@ func (c *Coordinator) setLocked(id string, gb *gbucket, cfg limiter.Config, cred
 func (c *Coordinator) shareLocked(id string, gb *gbucket, own *uint64) (Share, error) {
 	if c.state == stateJoined {
 		if self, ok := slices.BinarySearch(c.view.members, c.opts.InstanceID); ok {
-			d := c.demands[:0]
-			for _, m := range c.view.members {
-				d = append(d, c.view.reports[m][id])
-			}
+			d := c.demandsLocked(id)
 			if own != nil {
 				d[self] = *own
 			}
-			c.demands = d
 			shares, err := AllocateBucket(gb.global, d)
 			if err == nil {
 				return shares[self], nil
@@ -355,6 +356,18 @@ func (c *Coordinator) shareLocked(id string, gb *gbucket, own *uint64) (Share, e
 		}
 	}
 	return SafeShare(gb.global, c.safeMembersLocked())
+}
+
+// demandsLocked returns the members' reported demands for bucket id, in
+// member order, in a scratch slice that the next call reuses. It requires
+// c.mu.
+func (c *Coordinator) demandsLocked(id string) []uint64 {
+	d := c.demands[:0]
+	for _, m := range c.view.members {
+		d = append(d, c.view.reports[m][id])
+	}
+	c.demands = d
+	return d
 }
 
 // safeMembersLocked is the divisor of the safe share: the last known member

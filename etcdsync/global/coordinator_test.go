@@ -196,26 +196,67 @@ func TestSkewedDemand(t *testing.T) {
 	}
 }
 
+// TestShiftingDemand moves the load between two members four times, with
+// the default interval: each time, the member it moved to must hold the
+// rate (the others their floor) within 0.6 intervals, before the next tick
+// could have helped.
 func TestShiftingDemand(t *testing.T) {
 	srv := etcdtest.Start(t)
-	fleet := startFleet(t, srv, 3)
+	const interval = DefaultSyncInterval
+	fleet := make([]*member, 3)
+	for i := range fleet {
+		opts := testOptions(fmt.Sprintf("edge-%d", i))
+		opts.SyncInterval, opts.LeaseTTL = interval, 3*time.Second
+		fleet[i] = startMemberWith(t, srv.Client(t), opts)
+	}
 	putAll(t, fleet, "api", globalSpec)
 	la := startLoad(t, fleet[0], "api", 600)
 	waitFor(t, 10*time.Second, "edge-0 holding the rate", func() (bool, string) {
 		s := shares(t, fleet, "api")
 		return s[0] >= 297, fmt.Sprint(s)
 	})
-	// The traffic moves from edge-0 to edge-1.
-	la.halt()
-	startLoad(t, fleet[1], "api", 600)
-	took := waitFor(t, 10*time.Second, "edge-1 holding the rate", func() (bool, string) {
-		s := shares(t, fleet, "api")
-		return s[1] >= 297 && s[0] <= 2, fmt.Sprint(s)
-	})
-	t.Logf("shifting: converged in %v = %.2f sync intervals (target <= 2)", took, took.Seconds()/testInterval.Seconds())
-	// Two intervals are the target; allow a third for a loaded machine.
-	if took > 3*testInterval {
-		t.Errorf("convergence took %v, more than 3 intervals of %v", took, testInterval)
+	for i := range 4 {
+		from, to := i%2, (i+1)%2
+		// The traffic moves from one member to the other.
+		sleepFor(t, interval)
+		la.halt()
+		la = startLoad(t, fleet[to], "api", 600)
+		took := waitFor(t, 10*time.Second, fmt.Sprintf("edge-%d holding the rate", to), func() (bool, string) {
+			s := shares(t, fleet, "api")
+			return s[to] >= 297 && s[from] <= 2, fmt.Sprint(s)
+		})
+		t.Logf("shifting: edge-%d -> edge-%d converged in %v = %.2f sync intervals", from, to, took, took.Seconds()/interval.Seconds())
+		if took > interval*6/10 {
+			t.Errorf("shift %d: convergence took %v, more than 0.6 intervals of %v", i+1, took, interval)
+		}
+	}
+}
+
+// TestTookOver is a step table of the rises of another member's report
+// that count as this instance's load moving there (rate 300/s, in tokens
+// per second; this instance reports 600 and holds a share of 298 or 74).
+func TestTookOver(t *testing.T) {
+	for _, tc := range []struct {
+		demand, share, old, next float64
+		want                     bool
+	}{
+		{600, 298, 0, 600, true},   // the whole load moved
+		{600, 298, 0, 120, true},   // part of it seen in a first window
+		{600, 298, 0, 60, false},   // less than a quarter of the share
+		{600, 298, 300, 600, true}, // doubled, by half of this demand
+		{600, 74, 150, 190, false}, // a contested member's noise
+		{600, 74, 150, 260, false}, // not doubled, under half this demand
+		{600, 74, 0, 30, true},     // from nothing, by a quarter of the share
+		{4, 298, 0, 5, false},      // under a fortieth of the rate
+	} {
+		gb := &gbucket{
+			global: Bucket{Rate: limiter.Rate{Tokens: 300, Per: time.Second}, Burst: 300},
+			demand: uint64(tc.demand * DemandScale),
+			target: Share{Rate: limiter.Rate{Tokens: int64(tc.share), Per: time.Second}},
+		}
+		if got := gb.tookOver(uint64(tc.old*DemandScale), uint64(tc.next*DemandScale)); got != tc.want {
+			t.Errorf("demand %v share %v, another member %v -> %v: tookOver = %v, want %v", tc.demand, tc.share, tc.old, tc.next, got, tc.want)
+		}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -34,18 +35,51 @@ func TestKilledMemberShareReclaimed(t *testing.T) {
 	fleet := startFleet(t, srv, 3)
 	putAll(t, fleet, "api", globalSpec)
 	waitFor(t, 5*time.Second, "an even split", evenOf(t, fleet, 100))
+	// When etcd deletes the key, seen on a watch of its own: the part of
+	// the time that is etcd's, not the coordinator's.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	deleted := make(chan time.Time, 1)
+	wch := srv.Client(t).Watch(ctx, MemberKey("", fleet[2].id))
+	go func() {
+		for wr := range wch {
+			for _, ev := range wr.Events {
+				if ev.Type == mvccpb.DELETE {
+					deleted <- time.Now()
+					return
+				}
+			}
+		}
+	}()
 	// kill -9: the instance stops renewing its lease without revoking it.
 	// Closing its client does exactly that; its coordinator keeps running
 	// (as a process frozen by kill would not, but it can reach no one).
+	killed := time.Now()
 	fleet[2].cli.Close()
 	survivors := fleet[:2]
 	took := waitFor(t, 3*testTTL, "the survivors splitting the whole rate", evenOf(t, survivors, 150))
 	bound := testTTL + testInterval
-	t.Logf("kill: survivors reclaimed the share %v after the kill (TTL %v + interval %v = %v)", took, testTTL, testInterval, bound)
+	var expiry time.Duration
+	select {
+	case at := <-deleted:
+		expiry = at.Sub(killed)
+	default:
+	}
+	t.Logf("kill: survivors reclaimed the share %v after the kill (TTL %v + interval %v = %v); etcd deleted the key after %v, the shares followed %v later",
+		took, testTTL, testInterval, bound, expiry, took-expiry)
 	// etcd checks lease expiry every 500 ms, so allow that on top of the
 	// bound when the interval is shorter.
 	if limit := bound + max(0, 500*time.Millisecond-testInterval) + 200*time.Millisecond; took > limit {
 		t.Errorf("reclaim took %v, more than %v", took, limit)
+	}
+	// The coordinator's part: the removal applies at once and the raise
+	// after the guard, a fortieth of the interval, plus a loaded machine's
+	// timer lateness; a fifth of the interval is what a batch delay and a
+	// guard of a tenth each took.
+	if expiry == 0 {
+		t.Errorf("the key's deletion was not seen")
+	} else if followed := took - expiry; followed > testInterval/5 {
+		t.Errorf("the shares followed the key's deletion %v later, more than %v", followed, testInterval/5)
 	}
 	closeAll(fleet)
 	checkNoLeak(t)

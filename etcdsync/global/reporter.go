@@ -69,7 +69,7 @@ func (c *Coordinator) nextRun(now time.Time) (time.Time, bool) {
 // untilTick is the time from now to the next multiple of interval on the
 // wall clock. Every member ticks at the same instants (to within clock
 // sync, milliseconds with NTP), so their reports measure the same window
-// and reach the others in one batch (see batchDelay). The price is that
+// and reach the others in one batch (see cutAfter). The price is that
 // etcd takes the fleet's writes in a burst each interval rather than
 // spread out: N small writes that etcd batches into a few raft proposals.
 func untilTick(now time.Time, interval time.Duration) time.Duration {

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
@@ -31,16 +32,48 @@ const (
 // spare, so this instance falls back before its peers can reclaim its share.
 func (c *Coordinator) leaseMargin() time.Duration { return c.opts.LeaseTTL / 5 }
 
-// batchDelay is how long watch events are gathered before the shares are
-// recomputed: a tenth of the interval. Half of it is longer than the spread
-// of the members' report writes at a tick (aligned clocks, a few ms of write
-// latency); the other half is a check window (check.go), so that demand
-// that appears on several members at about the same time, seen by some in
-// one window and by the others in the next, is applied in one batch, not
-// as a swing to the first and back that clamps away the others' tokens
-// (measured in process, loads started within a window of each other on all
-// three members: 0.94 of rate*T + burst with one window, 0.997 with two).
-func (c *Coordinator) batchDelay() time.Duration { return c.opts.SyncInterval / 10 }
+// Watch events are applied in batches, at cuts: the instants cutOffset after
+// each check instant (check.go), on the wall clock, the same instants on
+// every member. Members write their reports at check instants and ticks
+// (reporter.go), and a report reaches every member within a few ms (put to
+// watch event: p99 1-2.4 ms measured, BENCHMARKS.md E1), so at a cut every
+// member holds the same reports and applies the same allocation at the
+// same instant: the skew the raise guard covers (raise.go) is the members'
+// timer lateness and clock offset, not the spread of watch delivery or
+// where each member's batch happened to start.
+//
+// A batch is applied at the first cut after its first event, or one cut
+// later (flushAt) if it started at a tick, when every member writes and a
+// large fleet's writes may spread past a cut, or if it holds a bucket's
+// first demand: demand that starts on several members at about the same
+// time, seen by some in one check window and by the others in the next, is
+// then applied in one batch, not as a swing to the first and back that
+// clamps away the others' tokens (measured in process, loads started
+// within a window of each other on all three members: 0.94 of rate*T +
+// burst with one window, 0.997 with two). Batches also bound recomputes to
+// one per check window whatever the fleet size.
+
+// cutOffset is how long after a check instant its reports are applied:
+// half a check window, ten times the delivery time measured, and as long
+// again before the next check's writes.
+func (c *Coordinator) cutOffset() time.Duration { return c.checkInterval() / 2 }
+
+// cutAfter returns the first cut strictly after t.
+func (c *Coordinator) cutAfter(t time.Time) time.Time {
+	ci, off := c.checkInterval(), c.cutOffset()
+	return t.Add(-off).Truncate(ci).Add(ci + off)
+}
+
+// flushAt returns when a batch whose first event came before cut is
+// applied: at cut, or one cut later if it started at a tick or holds a
+// first demand.
+func (c *Coordinator) flushAt(cut time.Time, first bool) time.Time {
+	check := cut.Add(-c.cutOffset())
+	if first || check.Equal(check.Truncate(c.opts.SyncInterval)) {
+		return cut.Add(c.checkInterval())
+	}
+	return cut
+}
 
 // sessions keeps this instance in the fleet: it joins, stays until the
 // session ends (lease lost, etcd gone for longer than the TTL), and joins
@@ -142,12 +175,14 @@ func (c *Coordinator) session() error {
 // relisting when the watch fails (compaction, lost leader).
 func (c *Coordinator) follow(sctx context.Context, s *concurrency.Session, lease clientv3.LeaseID, renewals <-chan *clientv3.LeaseKeepAliveResponse, rev int64) error {
 	var (
-		dirty  dirtySet
-		armed  bool
-		flush  = time.NewTimer(time.Hour)
-		relist = time.NewTimer(time.Hour)
-		raise  = newRaiseTimer()
-		bo     = retry.Backoff{Min: c.opts.SyncInterval / 4, Max: c.opts.LeaseTTL}
+		dirty dirtySet
+		// cut is the first cut after the batch's first event, zero while
+		// no batch is gathered; due is when the batch is applied.
+		cut, due time.Time
+		flush    = time.NewTimer(time.Hour)
+		relist   = time.NewTimer(time.Hour)
+		raise    = newRaiseTimer()
+		bo       = retry.Backoff{Min: c.opts.SyncInterval / 4, Max: c.opts.LeaseTTL}
 	)
 	flush.Stop()
 	relist.Stop()
@@ -157,14 +192,6 @@ func (c *Coordinator) follow(sctx context.Context, s *concurrency.Session, lease
 	c.mu.Lock()
 	c.armRaiseLocked(raise) // raises held back by the first list
 	c.mu.Unlock()
-	// Events are applied in batches: the first event after a flush arms
-	// the flush for batchDelay later. Members report at the same instants
-	// (ticks are aligned to the clock), so one batch holds every member's
-	// report for an interval and the allocation moves straight to its new
-	// value instead of swinging towards whoever reported first; a swing
-	// would clamp away the burst tokens of the members it shrinks. It also
-	// bounds recomputes to 1/batchDelay per second whatever the fleet size.
-	batchDelay := c.batchDelay()
 	stopWatch := func() {}
 	defer func() { stopWatch() }()
 	watch := func(from int64) clientv3.WatchChan {
@@ -215,31 +242,55 @@ func (c *Coordinator) follow(sctx context.Context, s *concurrency.Session, lease
 				relist.Reset(0)
 				continue
 			}
+			arrived := time.Now()
+			removals := dirty.empty()
 			c.mu.Lock()
 			for _, ev := range wr.Events {
 				c.applyEventLocked(ev, &dirty)
+				removals = removals && ev.Type == mvccpb.DELETE
 			}
+			c.claimSettledLocked(&dirty)
+			c.armRaiseLocked(raise) // a raise that waited for releases may be due now
 			c.mu.Unlock()
-			if !dirty.empty() && !armed {
-				flush.Reset(batchDelay)
-				armed = true
+			if dirty.empty() {
+				continue
+			}
+			if removals {
+				// Member keys gone (a lease expired, a Close) and nothing
+				// else: applied at once, not at the next cut. A removal
+				// hands the member's share to the others, so members that
+				// apply it a few ms apart cannot add up to more than the
+				// rate (but for a unit of rounding, which the guard
+				// covers); the wait would only delay the survivors.
+				cut, due = arrived, arrived
+				flush.Reset(0)
+				continue
+			}
+			if cut.IsZero() {
+				cut = c.cutAfter(arrived)
+			}
+			if at := c.flushAt(cut, len(dirty.firsts) > 0); !at.Equal(due) {
+				due = at
+				flush.Reset(time.Until(due))
 			}
 		case <-flush.C:
 			c.mu.Lock()
+			c.markFirstsLocked(dirty.firsts, true)
 			switch {
 			case dirty.all:
 				c.reapplyLocked(nil, true)
 			case len(dirty.ids) > 0: // none if a relist already reapplied all
 				c.reapplyLocked(dirty.ids, true)
 			}
-			c.claimLocked(dirty.freed) // after the raises this batch holds back
+			c.markFirstsLocked(dirty.firsts, false)
+			c.claimLocked(dirty.freed, dirty.releases) // after the raises this batch holds back
 			c.armRaiseLocked(raise)
 			c.mu.Unlock()
 			dirty = dirtySet{}
-			armed = false
+			cut, due = time.Time{}, time.Time{}
 		case <-raise.C:
 			raise.fired()
-			if armed && len(dirty.freed) > 0 {
+			if !cut.IsZero() && len(dirty.freed) > 0 {
 				// Releases are on their way to the raise: it waits for
 				// the batch (a raise may always come later), which arms
 				// the timer again.
@@ -258,6 +309,8 @@ func (c *Coordinator) follow(sctx context.Context, s *concurrency.Session, lease
 			}
 			bo.Reset()
 			dirty = dirtySet{}
+			cut, due = time.Time{}, time.Time{}
+			flush.Stop()
 			c.mu.Lock()
 			c.armRaiseLocked(raise)
 			c.mu.Unlock()

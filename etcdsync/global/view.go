@@ -18,11 +18,15 @@ type view struct {
 
 // dirtySet collects the buckets whose inputs changed since the last flush;
 // all means every bucket (the member set changed). freed sums the tokens
-// other members released since then, per bucket.
+// members released since then, per bucket, in releases releases. firsts
+// holds the buckets for which a report holds demand that no other member
+// reports any for (see flushAt and awaitReleasesLocked).
 type dirtySet struct {
-	all   bool
-	ids   map[string]struct{}
-	freed map[string]uint64
+	all      bool
+	ids      map[string]struct{}
+	firsts   map[string]struct{}
+	freed    map[string]uint64
+	releases map[string]int
 }
 
 func (d *dirtySet) add(id string) {
@@ -34,9 +38,17 @@ func (d *dirtySet) add(id string) {
 
 func (d *dirtySet) free(id string, tokens uint64) {
 	if d.freed == nil {
-		d.freed = map[string]uint64{}
+		d.freed, d.releases = map[string]uint64{}, map[string]int{}
 	}
 	d.freed[id] = min(d.freed[id]+min(tokens, math.MaxUint32), math.MaxUint64/2)
+	d.releases[id]++
+}
+
+func (d *dirtySet) first(id string) {
+	if d.firsts == nil {
+		d.firsts = map[string]struct{}{}
+	}
+	d.firsts[id] = struct{}{}
 }
 
 func (d *dirtySet) empty() bool { return !d.all && len(d.ids) == 0 && len(d.freed) == 0 }
@@ -141,9 +153,12 @@ func (c *Coordinator) applyEventLocked(ev *mvccpb.Event, dirty *dirtySet) {
 	for b, d := range rep {
 		if old[b] != d {
 			dirty.add(b)
+			if old[b] == 0 && !c.othersReportLocked(k.id, b) {
+				dirty.first(b)
+			}
 		}
 		if d > old[b] && k.id != c.opts.InstanceID {
-			if gb, ok := c.buckets[b]; ok && gb.tookOver(d-old[b]) {
+			if gb, ok := c.buckets[b]; ok && gb.tookOver(old[b], d) {
 				gb.othersRose = true // see windowsLocked
 			}
 		}
@@ -153,6 +168,17 @@ func (c *Coordinator) applyEventLocked(ev *mvccpb.Event, dirty *dirtySet) {
 			dirty.add(b)
 		}
 	}
+}
+
+// othersReportLocked reports whether a member other than id reports demand
+// for bucket b. It requires c.mu.
+func (c *Coordinator) othersReportLocked(id, b string) bool {
+	for m, rep := range c.view.reports {
+		if m != id && rep[b] != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // removeMemberLocked takes the i-th member out of the view. It requires c.mu.
