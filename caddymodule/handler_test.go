@@ -289,3 +289,25 @@ func TestStackedZonesListEachPolicy(t *testing.T) {
 		t.Errorf("RateLimit = %q", got)
 	}
 }
+
+// A deferred header replacement edits each response's field values in
+// place (Caddy's headers handler writes hdr[field][i]). It must edit that
+// response's fields only: if a field's slice were shared between responses
+// (the zone's RateLimit-Policy is the same on nearly all of them), every
+// replacement would land in all later responses too, and race with them.
+func TestHeaderReplaceEditsOneResponse(t *testing.T) {
+	tc := caddytest.NewTester(t)
+	tc.InitServer(site("", `
+	header >Ratelimit-Policy ";q=" ";q=1"
+	edge_limit shared {
+		rate 100/1s
+		burst 100
+	}
+	respond "ok"`), "caddyfile")
+	for i := range 3 {
+		resp, _ := get(t, tc, "/")
+		if got := resp.Header.Get("RateLimit-Policy"); got != `"shared";q=1100;w=1` {
+			t.Fatalf("response %d: RateLimit-Policy = %q, want the zone's policy with the replacement made once", i, got)
+		}
+	}
+}

@@ -82,9 +82,11 @@ type headerWriter struct {
 	mode HeaderMode
 	zone string
 	// tmplConfig and tmplPolicy cache the RateLimit-Policy of the zone's
-	// template, the value on nearly every response.
+	// template, the value on nearly every response. The value is shared,
+	// never its slice: a later handler may edit a response's field values
+	// in place (Caddy's header replacements do).
 	tmplConfig limiter.Config
-	tmplPolicy []string
+	tmplPolicy string
 }
 
 func newHeaderWriter(mode HeaderMode, zone string, tmpl limiter.Config, hasTmpl bool) headerWriter {
@@ -94,7 +96,7 @@ func newHeaderWriter(mode HeaderMode, zone string, tmpl limiter.Config, hasTmpl 
 	hw := headerWriter{mode: mode, zone: zone}
 	if hasTmpl {
 		hw.tmplConfig = tmpl
-		hw.tmplPolicy = []string{policyValue(zone, tmpl)}
+		hw.tmplPolicy = policyValue(zone, tmpl)
 	}
 	return hw
 }
@@ -110,8 +112,8 @@ func (hw *headerWriter) write(h http.Header, c limiter.Config, remaining int64, 
 	resetS := ceilSeconds(reset)
 	if hw.mode == HeadersDraft || hw.mode == HeadersBoth {
 		pol := hw.tmplPolicy
-		if pol == nil || c != hw.tmplConfig {
-			pol = []string{policyValue(hw.zone, c)}
+		if pol == "" || c != hw.tmplConfig {
+			pol = policyValue(hw.zone, c)
 		}
 		var buf [128]byte // zones are at most 64 bytes: no heap buffer
 		b := append(buf[:0], '"')
@@ -123,10 +125,10 @@ func (hw *headerWriter) write(h http.Header, c limiter.Config, remaining int64, 
 		// Both fields are lists: when several edge_limit handlers pass a
 		// request, each adds its zone's item (the draft's multiple policies).
 		if prev := h[hdrPolicy]; prev != nil {
-			h[hdrPolicy] = append(prev, pol...)
+			h[hdrPolicy] = append(prev, pol)
 			h[hdrRateLimit] = append(h[hdrRateLimit], string(b))
 		} else {
-			h[hdrPolicy] = pol // cap 1: a later append copies, never writes into the cache
+			h[hdrPolicy] = []string{pol}
 			h[hdrRateLimit] = oneValue(b)
 		}
 	}
