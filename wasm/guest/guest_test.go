@@ -35,6 +35,33 @@ func TestSameName(t *testing.T) {
 	}
 }
 
+// TestSameNameWords checks the word-at-a-time comparison against the
+// byte-at-a-time one, for names of every length up to three words and
+// every pair of bytes that could fool it: letters in both cases, the
+// bytes that differ from a letter by 0x20 only ('@' '[' '^' '`' '{' '~'),
+// and bytes outside ASCII.
+func TestSameNameWords(t *testing.T) {
+	bytes := []byte("aAzZmM@[^`{~-_09\x00\x7f\x80\xc1\xe1\xda\xfa")
+	for n := 1; n <= 24; n++ {
+		for pos := 0; pos < n; pos++ {
+			for _, c := range bytes {
+				for _, d := range bytes {
+					a := []byte("X-Tenant-Region-Client-I"[:n])
+					b := append([]byte(nil), a...)
+					a[pos], b[pos] = c, d
+					want := true
+					for i := range a {
+						want = want && sameByte(a[i], b[i])
+					}
+					if got := sameName(string(a), string(b)); got != want {
+						t.Fatalf("sameName(%q, %q) = %v, want %v", a, b, got, want)
+					}
+				}
+			}
+		}
+	}
+}
+
 func TestHeader(t *testing.T) {
 	r := &Request{abi.Request{Headers: []abi.Header{
 		{Name: "X-Region", Value: "eu-west"},

@@ -48,21 +48,29 @@ func initPolicy(config string) (out []byte) {
 //
 // It is the per-request path, and Go compiled to wasm pays for every call
 // (stack in linear memory, the host's deadline check at each entry): the
-// recovery is a plain deferred function rather than a closure, and nothing
-// is returned through the export's wrapper but the packed outBuf.
+// recovery is a plain deferred function rather than a closure that calls
+// recover, a call into the runtime, only when Decide did not return, and
+// nothing is returned through the export's wrapper but the packed outBuf.
 func decide(buf []byte) {
-	defer recoverDecide()
+	returned := false
+	defer recoverDecide(&returned)
 	scratch = scratch[:0]
 	if err := abi.DecodeRequest(buf, &req.Request); err != nil {
 		outBuf = abi.AppendResult(outBuf[:0], abi.Fail, 0, err.Error())
+		returned = true
 		return
 	}
 	v := registered.Decide(&req)
 	outBuf = v.appendTo(outBuf[:0])
+	returned = true
 }
 
-// recoverDecide turns a panic in Decide into a Fail verdict.
-func recoverDecide() {
+// recoverDecide turns a panic in Decide into a Fail verdict; returned says
+// that decide got to its end, so there is nothing to recover.
+func recoverDecide(returned *bool) {
+	if *returned {
+		return
+	}
 	if r := recover(); r != nil {
 		outBuf = abi.AppendResult(outBuf[:0], abi.Fail, 0, "panic in Decide: "+panicText(r))
 	}

@@ -30,6 +30,10 @@ const (
 	Examples = modulePath + "/wasm/examples/"
 	// GoHostile is the misbehaving Go guest (see gohostile/main.go).
 	GoHostile = modulePath + "/wasm/wasmtest/gohostile"
+	// AllocStats is the build tag that gives a Go guest the exports
+	// edgelimit_test_mallocs and edgelimit_test_gcs () -> i64: its heap
+	// allocations and GC cycles so far (wasm/guest/allocstats_wasip1.go).
+	AllocStats = "edgelimit_allocstats"
 )
 
 var cache = struct {
@@ -67,14 +71,21 @@ func Example(t testing.TB, name string) []byte {
 // WASI reactor and returns its bytes.
 func Go(t testing.TB, pkg string) []byte {
 	t.Helper()
+	return GoTags(t, pkg, "")
+}
+
+// GoTags is Go with the build tags tags (comma-separated), e.g.
+// AllocStats.
+func GoTags(t testing.TB, pkg, tags string) []byte {
+	t.Helper()
 	goTool := goCommand()
 	if goTool == "" {
 		t.Skip("wasmtest: no go command found to build Go guests")
 	}
 	dir := t.TempDir()
-	b, err := build("go:"+pkg, func() ([]byte, error) {
+	b, err := build("go:"+tags+":"+pkg, func() ([]byte, error) {
 		file := filepath.Join(dir, "guest.wasm")
-		cmd := exec.Command(goTool, "build", "-buildmode=c-shared", "-o", file, pkg)
+		cmd := exec.Command(goTool, "build", "-buildmode=c-shared", "-tags="+tags, "-o", file, pkg)
 		cmd.Dir = moduleRoot()
 		cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm", "CGO_ENABLED=0")
 		var stderr bytes.Buffer
