@@ -90,8 +90,7 @@ func (o *SyncerOptions) setDefaults() {
 }
 
 // defaultPageBytes is SyncerOptions.PageBytes's default, chosen with
-// BenchmarkInitialLoad (EDGELIMIT_BENCH_PAGE_BYTES); BENCHMARKS.md has the
-// figures.
+// BenchmarkInitialLoad (EDGELIMIT_BENCH_PAGE_BYTES compares page sizes).
 const defaultPageBytes = 8 << 20
 
 // Health is the sync state, for health checks and metrics.

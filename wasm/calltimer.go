@@ -18,11 +18,12 @@ const (
 // set (instrument's checks then trap) or, in the measured alternative, its
 // context is cancelled.
 //
-// A timer that never fires costs no wake-up. That is why it replaced a
-// single watchdog goroutine ticking every Timeout/4: each tick woke a
-// thread, which on this project's VMs cost ~17 us of Caddy's CPU per
-// request at 3000 requests/s (+40%, where a Reset and Stop cost ~70 ns
-// per call) and ~2% of a core with no requests at all (BENCHMARKS.md).
+// A timer that never fires costs no wake-up, where a single watchdog
+// goroutine ticking every Timeout/4 would wake a thread on every tick:
+// measured on this project's VMs, that cost ~17 us of Caddy's CPU per
+// request at 3000 requests/s (+40%) and ~2% of a core with no requests at
+// all, against ~70 ns per call for a Reset and a Stop. The idle cost is
+// the "idle Caddy" row of BENCHMARKS.md.
 type callTimer struct {
 	timer *time.Timer
 	// mu is held while the timer's function interrupts a call, so that
