@@ -112,7 +112,8 @@ EOF
 wasmHeaders=(-H 'X-Tenant: acme' -H 'X-Region: eu-west' -H 'X-Client-Id: 42' -H 'X-API-Key: acme_5f2b9c0e'
 	-H 'Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c2VyLTQyIn0.c2ln')
 
-# count NAME PORT: instructions per request, two pairs.
+# count NAME PORT: sets result to the instructions per request, two pairs.
+# (Not in a subshell: the cleanup must know every Caddy's PID.)
 count() {
 	local name=$1 port=$2 out="$work/$1"
 	mkdir -p "$out"
@@ -122,11 +123,12 @@ count() {
 	local vpid=$!
 	pids+=("$vpid")
 	local up=""
-	for _ in $(seq 240); do
+	# A Go guest compiles for minutes under valgrind.
+	for _ in $(seq 1200); do
 		if curl -s -o /dev/null "http://127.0.0.1:$port/"; then up=1; break; fi
 		sleep 0.5
 	done
-	[ -n "$up" ] || { echo "$name: Caddy did not answer on $port"; cat "$out/log"; exit 1; }
+	[ -n "$up" ] || { echo "$name: Caddy did not answer on $port" >&2; cat "$out/log" >&2; exit 1; }
 	local hdrs=(-H 'X-Key: hot')
 	case "$name" in wasm-* | placeholder) hdrs=("${wasmHeaders[@]}") ;; esac
 	# Warm-up; it also spends the deny cases' one token.
@@ -143,7 +145,7 @@ count() {
 	local a b c d
 	a=$(run 1000); b=$(run 5000); c=$(run 1000); d=$(run 5000)
 	kill "$vpid"; wait "$vpid" 2>/dev/null || true
-	echo "$(( (b - a) / 4000 )) $(( (d - c) / 4000 ))"
+	result="$(( (b - a) / 4000 )) $(( (d - c) / 4000 ))"
 }
 
 cases=("$@")
@@ -152,7 +154,8 @@ declare -A got
 port=18300
 for c in "${cases[@]}"; do
 	port=$((port + 1))
-	got[$c]="$(count "$c" "$port")"
+	count "$c" "$port"
+	got[$c]="$result"
 	echo "INSTRUCTIONS case=$c per_request=${got[$c]// /,}"
 done
 ratio() { # case reference
