@@ -140,33 +140,25 @@ func (t KeyTemplate) Expand(r *http.Request) (key string, empty bool) {
 		v, _ := p.res(r)
 		return v, v == ""
 	}
-	var vals [8]string // enough for any sane template without allocating
-	var vs []string
-	if len(t.parts) <= len(vals) {
-		vs = vals[:len(t.parts)]
-	} else {
-		vs = make([]string, len(t.parts))
-	}
-	n := 0
+	// One pass into a stack buffer, then one copy to the heap for the key.
+	var buf [keyBuf]byte
+	b := buf[:0]
 	empty = true
-	for i, p := range t.parts {
+	for i := range t.parts {
+		p := &t.parts[i]
 		if p.name == "" {
-			vs[i] = p.lit
+			b = append(b, p.lit...)
 		} else if v, _ := p.res(r); v != "" {
-			vs[i] = v
+			b = append(b, v...)
 			empty = false
-		} else {
-			vs[i] = ""
 		}
-		n += len(vs[i])
 	}
-	var b strings.Builder
-	b.Grow(n)
-	for _, v := range vs {
-		b.WriteString(v)
-	}
-	return b.String(), empty
+	return string(b), empty
 }
+
+// keyBuf is the key length Expand builds on the stack; a longer key grows
+// onto the heap, costing one more allocation.
+const keyBuf = 256
 
 // Placeholder keys a request by a KeyTemplate. When every placeholder of the
 // template is empty the configured Fallback applies.
