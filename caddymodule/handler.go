@@ -365,15 +365,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		d, err = h.zone.lim.AllowN(key, now, int(v.Cost))
 	}
-	if errors.Is(err, limiter.ErrInvalidCost) {
-		// A cost above the bucket's burst can never be paid: deny, without
-		// Retry-After, since waiting will not help. Passing it would let a
-		// policy's (or a tenant's) large cost bypass the limit.
-		h.counters.byResult[resultDenied].Inc()
-		h.logDenied(zap.DebugLevel, "cost exceeds the bucket's burst", key)
-		return h.deny(w, r, fmt.Errorf("%w: %w", ErrRateLimited, err))
-	}
 	if err != nil {
+		if errors.Is(err, limiter.ErrInvalidCost) {
+			// A cost above the bucket's burst can never be paid: deny,
+			// without Retry-After, since waiting will not help. Passing it
+			// would let a policy's (or a tenant's) large cost bypass the limit.
+			h.counters.byResult[resultDenied].Inc()
+			h.logDenied(zap.DebugLevel, "cost exceeds the bucket's burst", key)
+			return h.deny(w, r, fmt.Errorf("%w: %w", ErrRateLimited, err))
+		}
 		// An engine error: fail open, since a limiter bug must not take the
 		// site down.
 		h.counters.byResult[resultError].Inc()
