@@ -25,10 +25,12 @@ type Lookup func(name string) Resolver
 // "\}" are literal braces.
 type KeyTemplate struct {
 	parts []part
+	tail  string // the literal after the last placeholder
 	text  string
 }
 
-// part is either a literal (name == "") or a placeholder.
+// part is a placeholder and the literal before it, so that expanding a
+// template takes one step per placeholder.
 type part struct {
 	lit  string
 	name string
@@ -61,19 +63,14 @@ func ParseKeyTemplate(s string) (KeyTemplate, error) {
 			if name == "" || strings.ContainsAny(name, "{ \t") {
 				return KeyTemplate{}, fmt.Errorf("%w: %q: bad placeholder %q at byte %d", ErrInvalidTemplate, s, "{"+name+"}", i)
 			}
-			if lit.Len() > 0 {
-				t.parts = append(t.parts, part{lit: lit.String()})
-				lit.Reset()
-			}
-			t.parts = append(t.parts, part{name: name})
+			t.parts = append(t.parts, part{lit: lit.String(), name: name})
+			lit.Reset()
 			i += end + 1
 		default:
 			lit.WriteByte(c)
 		}
 	}
-	if lit.Len() > 0 {
-		t.parts = append(t.parts, part{lit: lit.String()})
-	}
+	t.tail = lit.String()
 	if s == "" {
 		return KeyTemplate{}, fmt.Errorf("%w: empty key template", ErrInvalidTemplate)
 	}
@@ -105,9 +102,7 @@ func (t KeyTemplate) String() string { return t.text }
 func (t KeyTemplate) Names() []string {
 	var names []string
 	for _, p := range t.parts {
-		if p.name != "" {
-			names = append(names, p.name)
-		}
+		names = append(names, p.name)
 	}
 	return names
 }
@@ -117,9 +112,7 @@ func (t KeyTemplate) Names() []string {
 func (t KeyTemplate) Bind(lookup Lookup) KeyTemplate {
 	parts := make([]part, len(t.parts))
 	for i, p := range t.parts {
-		if p.name != "" {
-			p.res = lookup(p.name)
-		}
+		p.res = lookup(p.name)
 		parts[i] = p
 	}
 	t.parts = parts
@@ -130,14 +123,12 @@ func (t KeyTemplate) Bind(lookup Lookup) KeyTemplate {
 // placeholder resolved to the empty string (or is unknown), as when the
 // header an API key template reads is missing.
 func (t KeyTemplate) Expand(r *http.Request) (key string, empty bool) {
-	// Fast path for the common single-placeholder template: no concatenation.
-	// A constant key is a single literal part (literals merge).
-	if len(t.parts) == 1 {
-		p := t.parts[0]
-		if p.name == "" {
-			return p.lit, false
-		}
-		v, _ := p.res(r)
+	switch {
+	case len(t.parts) == 0: // a constant key
+		return t.tail, false
+	case len(t.parts) == 1 && t.parts[0].lit == "" && t.tail == "":
+		// The common single-placeholder template: no concatenation.
+		v, _ := t.parts[0].res(r)
 		return v, v == ""
 	}
 	// One pass into a stack buffer, then one copy to the heap for the key.
@@ -146,13 +137,13 @@ func (t KeyTemplate) Expand(r *http.Request) (key string, empty bool) {
 	empty = true
 	for i := range t.parts {
 		p := &t.parts[i]
-		if p.name == "" {
-			b = append(b, p.lit...)
-		} else if v, _ := p.res(r); v != "" {
+		b = append(b, p.lit...)
+		if v, _ := p.res(r); v != "" {
 			b = append(b, v...)
 			empty = false
 		}
 	}
+	b = append(b, t.tail...)
 	return string(b), empty
 }
 
