@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"unsafe"
 )
 
 // Resolver returns one placeholder's value for a request; ok is false for
@@ -123,17 +124,40 @@ func (t KeyTemplate) Bind(lookup Lookup) KeyTemplate {
 // placeholder resolved to the empty string (or is unknown), as when the
 // header an API key template reads is missing.
 func (t KeyTemplate) Expand(r *http.Request) (key string, empty bool) {
-	switch {
-	case len(t.parts) == 0: // a constant key
-		return t.tail, false
-	case len(t.parts) == 1 && t.parts[0].lit == "" && t.tail == "":
-		// The common single-placeholder template: no concatenation.
-		v, _ := t.parts[0].res(r)
-		return v, v == ""
+	if key, empty, ok := t.direct(r); ok {
+		return key, empty
 	}
 	// One pass into a stack buffer, then one copy to the heap for the key.
-	var buf [keyBuf]byte
-	b := buf[:0]
+	var buf [KeyBufSize]byte
+	b, empty := t.appendParts(buf[:0], r)
+	return string(b), empty
+}
+
+// expandInto is Expand building a key of several parts in buf's capacity
+// (or on the heap if it does not fit): such a key aliases buf.
+func (t *KeyTemplate) expandInto(buf []byte, r *http.Request) (key string, empty bool) {
+	if key, empty, ok := t.direct(r); ok {
+		return key, empty
+	}
+	b, empty := t.appendParts(buf[:0], r)
+	return unsafe.String(unsafe.SliceData(b), len(b)), empty
+}
+
+// direct expands the templates that need no concatenation, a constant and
+// a single placeholder; ok is false for the others.
+func (t *KeyTemplate) direct(r *http.Request) (key string, empty, ok bool) {
+	switch {
+	case len(t.parts) == 0:
+		return t.tail, false, true
+	case len(t.parts) == 1 && t.parts[0].lit == "" && t.tail == "":
+		v, _ := t.parts[0].res(r)
+		return v, v == "", true
+	}
+	return "", false, false
+}
+
+// appendParts appends the expansion of every part of t to b.
+func (t *KeyTemplate) appendParts(b []byte, r *http.Request) (_ []byte, empty bool) {
 	empty = true
 	for i := range t.parts {
 		p := &t.parts[i]
@@ -143,13 +167,13 @@ func (t KeyTemplate) Expand(r *http.Request) (key string, empty bool) {
 			empty = false
 		}
 	}
-	b = append(b, t.tail...)
-	return string(b), empty
+	return append(b, t.tail...), empty
 }
 
-// keyBuf is the key length Expand builds on the stack; a longer key grows
-// onto the heap, costing one more allocation.
-const keyBuf = 256
+// KeyBufSize is the longest key Expand, and a caller of
+// Placeholder.EvaluateInto with a buffer of this size, builds without a
+// heap buffer; a longer key grows onto the heap.
+const KeyBufSize = 256
 
 // Placeholder keys a request by a KeyTemplate. When every placeholder of the
 // template is empty the configured Fallback applies.
@@ -198,6 +222,18 @@ func NewPlaceholder(c PlaceholderConfig) (*Placeholder, error) {
 // Evaluate implements Policy.
 func (p *Placeholder) Evaluate(r *http.Request) (Verdict, error) {
 	key, empty := p.tmpl.Expand(r)
+	if empty {
+		return p.fallback.verdict(r)
+	}
+	return Verdict{Key: key, Cost: p.cost}, nil
+}
+
+// EvaluateInto is Evaluate with a key of several parts built in buf's
+// capacity when it fits, so that a caller with buf on its stack spares the
+// key's allocation. The verdict's key may alias buf: it is valid only while
+// buf is not written again.
+func (p *Placeholder) EvaluateInto(buf []byte, r *http.Request) (Verdict, error) {
+	key, empty := p.tmpl.expandInto(buf, r)
 	if empty {
 		return p.fallback.verdict(r)
 	}
