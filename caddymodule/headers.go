@@ -122,9 +122,9 @@ func (hw *headerWriter) write(h http.Header, c limiter.Config, remaining int64, 
 		b := append(f.buf[:0:len(f.buf)], '"') // grows onto the heap past fieldInline
 		b = append(b, hw.zone...)
 		b = append(b, `";r=`...)
-		b = strconv.AppendInt(b, remaining, 10)
+		b = appendDecimal(b, remaining)
 		b = append(b, ";t="...)
-		b = strconv.AppendInt(b, resetS, 10)
+		b = appendDecimal(b, resetS)
 		// The bytes are never written again; the string keeps them alive.
 		f.rateLimit[0] = unsafe.String(unsafe.SliceData(b), len(b))
 		// Both fields are lists: when several edge_limit handlers pass a
@@ -144,6 +144,22 @@ func (hw *headerWriter) write(h http.Header, c limiter.Config, remaining int64, 
 		h[hdrRemaining] = []string{strconv.FormatInt(remaining, 10)}
 		h[hdrReset] = []string{strconv.FormatInt(resetS, 10)}
 	}
+}
+
+// appendDecimal appends n >= 0 in decimal, as strconv.AppendInt does, in a
+// fraction of its instructions for the numbers of these fields.
+func appendDecimal(b []byte, n int64) []byte {
+	var d [20]byte // the digits of the largest int64
+	i := len(d)
+	u := uint64(n)
+	for u >= 10 {
+		i--
+		d[i] = byte('0' + u%10)
+		u /= 10
+	}
+	i--
+	d[i] = byte('0' + u)
+	return append(b, d[i:]...)
 }
 
 // fieldInline is the longest RateLimit value draftFields holds in its own
