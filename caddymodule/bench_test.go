@@ -24,10 +24,11 @@ func benchHandler(b testing.TB) *Handler {
 		b.Fatal(err)
 	}
 	pm := &PlaceholderPolicy{Key: "{http.request.header.X-Key}"}
-	h.policy, err = pm.NewPolicy(PolicyEnv{Cost: 1, Lookup: caddyLookup, ClientAddr: caddyClientAddr})
+	pol, err := pm.NewPolicy(PolicyEnv{Cost: 1, Lookup: caddyLookup, ClientAddr: caddyClientAddr})
 	if err != nil {
 		b.Fatal(err)
 	}
+	h.setPolicy(pol)
 	// An app whose start has run, as in a running Caddy.
 	h.app = &App{started: new(startOnce)}
 	h.app.started.once.Do(func() {})
@@ -105,4 +106,31 @@ func BenchmarkServeHTTP(b *testing.B) {
 			return varying
 		})
 	})
+}
+
+// On the allowed path with draft fields, a request costs one allocation,
+// the response's fields (draftFields): a key of several parts is built on
+// ServeHTTP's stack.
+func TestServeHTTPAllocs(t *testing.T) {
+	h := benchHandler(t)
+	pm := &PlaceholderPolicy{Key: "t={http.request.header.X-Key}|r={http.request.header.X-Region}"}
+	pol, err := pm.NewPolicy(PolicyEnv{Cost: 1, Lookup: caddyLookup, ClientAddr: caddyClientAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.setPolicy(pol)
+	r := caddyRequest("acme")
+	r.Header.Set("X-Region", "eu")
+	w := &discard{h: http.Header{}}
+	if a := testing.AllocsPerRun(1000, func() {
+		clear(w.h)
+		if err := h.ServeHTTP(w, r, noop); err != nil {
+			t.Fatal(err)
+		}
+	}); a != 1 {
+		t.Errorf("ServeHTTP: %v allocations per request, want 1", a)
+	}
+	if got := w.h.Get("RateLimit"); got != `"bench";r=999999999;t=1` {
+		t.Errorf("RateLimit = %q", got)
+	}
 }

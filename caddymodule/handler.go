@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -121,15 +122,18 @@ type Handler struct {
 	// often API keys or personal data.
 	LogKey bool `json:"log_key,omitempty"`
 
-	policy   policy.Policy
-	polClose io.Closer
-	app      *App
-	explicit *limiter.Limiter
-	zone     *zoneState
-	zoneKey  *zoneKey
-	unknown  string
-	status   int
-	hdr      headerWriter
+	policy policy.Policy
+	// placeholder is policy when it is a *policy.Placeholder, called
+	// directly so that its key can be built on ServeHTTP's stack.
+	placeholder *policy.Placeholder
+	polClose    io.Closer
+	app         *App
+	explicit    *limiter.Limiter
+	zone        *zoneState
+	zoneKey     *zoneKey
+	unknown     string
+	status      int
+	hdr         headerWriter
 	// counters are set when the app starts (App.countOnStart).
 	counters zoneCounters
 	// rateText is the rate as the Caddyfile wrote it, for the adapter's
@@ -204,10 +208,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("%w: module %T is not an edge_limit policy", ErrInvalidConfig, mod)
 		}
 	}
-	h.policy, err = pm.NewPolicy(env)
+	pol, err := pm.NewPolicy(env)
 	if err != nil {
 		return policyError(string(pm.CaddyModule().ID.Name()), err)
 	}
+	h.setPolicy(pol)
 	if c, ok := h.policy.(io.Closer); ok {
 		h.polClose = c
 	}
@@ -237,6 +242,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.errorRoutes = compileErrorRoutes(ctx, h.srv, h.status, h)
 	}
 	return nil
+}
+
+// setPolicy sets the handler's key policy.
+func (h *Handler) setPolicy(p policy.Policy) {
+	h.policy = p
+	h.placeholder, _ = p.(*policy.Placeholder)
 }
 
 // zoneClaim is what the handler claims of its zone (see zoneClaims.claim),
@@ -331,7 +342,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// that failed fails Caddy's start too; until then, requests get the
 	// zone templates.
 	_ = h.app.start()
-	v, err := h.policy.Evaluate(r)
+	// The key may alias keyBuf: it is only used in this call, and
+	// logDenied copies it. A call through the Policy interface would move
+	// keyBuf to the heap.
+	var keyBuf [policy.KeyBufSize]byte
+	var v policy.Verdict
+	var err error
+	if h.placeholder != nil {
+		v, err = h.placeholder.EvaluateInto(keyBuf[:0], r)
+	} else {
+		v, err = h.policy.Evaluate(r)
+	}
 	if err != nil {
 		// The verdict is already the policy's fallback; the error is news.
 		h.counters.policyErrors.Inc()
@@ -365,15 +386,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		d, err = h.zone.lim.AllowN(key, now, int(v.Cost))
 	}
-	if errors.Is(err, limiter.ErrInvalidCost) {
-		// A cost above the bucket's burst can never be paid: deny, without
-		// Retry-After, since waiting will not help. Passing it would let a
-		// policy's (or a tenant's) large cost bypass the limit.
-		h.counters.byResult[resultDenied].Inc()
-		h.logDenied(zap.DebugLevel, "cost exceeds the bucket's burst", key)
-		return h.deny(w, r, fmt.Errorf("%w: %w", ErrRateLimited, err))
-	}
 	if err != nil {
+		if errors.Is(err, limiter.ErrInvalidCost) {
+			// A cost above the bucket's burst can never be paid: deny,
+			// without Retry-After, since waiting will not help. Passing it
+			// would let a policy's (or a tenant's) large cost bypass the limit.
+			h.counters.byResult[resultDenied].Inc()
+			h.logDenied(zap.DebugLevel, "cost exceeds the bucket's burst", key)
+			return h.deny(w, r, fmt.Errorf("%w: %w", ErrRateLimited, err))
+		}
 		// An engine error: fail open, since a limiter bug must not take the
 		// site down.
 		h.counters.byResult[resultError].Inc()
@@ -409,7 +430,8 @@ func (h *Handler) logDenied(level zapcore.Level, msg, key string) {
 		return
 	}
 	if h.LogKey {
-		ce.Write(zap.String("zone", h.Zone), zap.String("key", key))
+		// A copy: key may be on the caller's stack.
+		ce.Write(zap.String("zone", h.Zone), zap.String("key", strings.Clone(key)))
 		return
 	}
 	ce.Write(zap.String("zone", h.Zone))

@@ -64,7 +64,7 @@ func (failingPolicy) Evaluate(*http.Request) (policy.Verdict, error) {
 // a broken module cannot flood the log, and that its fallback applies.
 func TestPolicyErrorsCountedEveryTimeLoggedOncePerSecond(t *testing.T) {
 	h := benchHandler(t)
-	h.policy = failingPolicy{}
+	h.setPolicy(failingPolicy{})
 	core, logs := observer.New(zapcore.InfoLevel)
 	h.setLogger(zap.New(core))
 	before := testutil.ToFloat64(h.counters.policyErrors)

@@ -9,21 +9,30 @@ import (
 	"github.com/edgelimit/edgelimit/wasm"
 )
 
-// Decision results, the values of the "result" label.
+// Decision results: indexes of zoneCounters.byResult, so that counting one
+// is an array index rather than a map lookup on every request.
 const (
-	resultAllowed        = "allowed"
-	resultDenied         = "denied"
-	resultShadowDenied   = "shadow_denied" // would have been denied; passed in shadow mode
-	resultSkipped        = "skipped"       // the policy said Skip
-	resultPolicyDenied   = "policy_denied" // the policy said Deny
-	resultUnknownAllowed = "unknown_allowed"
-	resultUnknownDenied  = "unknown_denied"
-	resultError          = "error" // the engine failed (not a cost over the burst, which is denied); the request passed
+	resultAllowed = iota
+	resultDenied
+	resultShadowDenied // would have been denied; passed in shadow mode
+	resultSkipped      // the policy said Skip
+	resultPolicyDenied // the policy said Deny
+	resultUnknownAllowed
+	resultUnknownDenied
+	resultError // the engine failed (not a cost over the burst, which is denied); the request passed
+	numResults
 )
 
-var allResults = []string{
-	resultAllowed, resultDenied, resultShadowDenied, resultSkipped,
-	resultPolicyDenied, resultUnknownAllowed, resultUnknownDenied, resultError,
+// resultLabels are the values of the "result" label, by result.
+var resultLabels = [numResults]string{
+	resultAllowed:        "allowed",
+	resultDenied:         "denied",
+	resultShadowDenied:   "shadow_denied",
+	resultSkipped:        "skipped",
+	resultPolicyDenied:   "policy_denied",
+	resultUnknownAllowed: "unknown_allowed",
+	resultUnknownDenied:  "unknown_denied",
+	resultError:          "error",
 }
 
 // metrics are process-wide and created once: Caddy gives every config load
@@ -73,15 +82,15 @@ func registerMetrics(reg *prometheus.Registry) error {
 // zoneCounters are one zone's decision counters, resolved once at
 // provisioning so that a request only does an atomic add.
 type zoneCounters struct {
-	byResult     map[string]prometheus.Counter
+	byResult     [numResults]prometheus.Counter
 	policyErrors prometheus.Counter
 }
 
 func newZoneCounters(zone string) zoneCounters {
 	initMetrics()
-	zc := zoneCounters{byResult: make(map[string]prometheus.Counter, len(allResults))}
-	for _, r := range allResults {
-		zc.byResult[r] = metrics.decisions.WithLabelValues(zone, r)
+	var zc zoneCounters
+	for r, label := range resultLabels {
+		zc.byResult[r] = metrics.decisions.WithLabelValues(zone, label)
 	}
 	zc.policyErrors = metrics.policyErrors.WithLabelValues(zone)
 	return zc

@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"unsafe"
 )
 
 // mapLookup resolves placeholders from request headers and a fixed map,
@@ -222,5 +223,72 @@ func BenchmarkClientIP(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		p.Evaluate(r)
+	}
+}
+
+// EvaluateInto makes Evaluate's verdicts, building keys of several parts in
+// the caller's buffer when they fit and on the heap when they do not.
+func TestPlaceholderEvaluateInto(t *testing.T) {
+	long := strings.Repeat("k", KeyBufSize)
+	reqs := []*http.Request{
+		req("192.0.2.1:5"),
+		req("192.0.2.1:5", "X-A", "a"),
+		req("192.0.2.1:5", "X-B", "b"),
+		req("192.0.2.1:5", "X-A", "acme", "X-B", "bob"),
+		req("192.0.2.1:5", "X-A", long, "X-B", "b"),
+		req("192.0.2.1:5", "X-A", long[:KeyBufSize-3], "X-B", "b"),
+	}
+	for _, tmpl := range []string{
+		"fleet",
+		"{http.request.header.X-A}",
+		"{http.request.header.X-A}{http.request.header.X-B}",
+		"a={http.request.header.X-A}|b={http.request.header.X-B}",
+		"a={http.request.header.X-A}|b={http.request.header.X-B};",
+		`\{{http.request.header.X-A}\}`,
+		"{http.request.header.X-A}:{http.request.method}:{nope}",
+	} {
+		p, err := NewPlaceholder(PlaceholderConfig{Template: tmpl, Lookup: mapLookup, Cost: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range reqs {
+			want, wantErr := p.Evaluate(r)
+			var buf [KeyBufSize]byte
+			got, err := p.EvaluateInto(buf[:0], r)
+			if got != want || err != wantErr {
+				t.Errorf("%q: EvaluateInto = %+v, %v; Evaluate = %+v, %v", tmpl, got, err, want, wantErr)
+			}
+			// A key of several parts that fits is built in buf.
+			if r.Header.Get("X-A")+r.Header.Get("X-B") != "" && len(want.Key) <= KeyBufSize && strings.Count(tmpl, "{h") == 2 &&
+				unsafe.StringData(got.Key) != &buf[0] {
+				t.Errorf("%q: EvaluateInto built %q off the caller's buffer", tmpl, got.Key)
+			}
+		}
+	}
+}
+
+// A literal after the last placeholder is the template's tail.
+func TestPlaceholderTail(t *testing.T) {
+	p, err := NewPlaceholder(PlaceholderConfig{Template: "a={http.request.header.X-A}|b={http.request.header.X-B};", Lookup: mapLookup})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(t, p, req("192.0.2.1:5", "X-A", "acme", "X-B", "bob"), Verdict{Key: "a=acme|b=bob;", Cost: 1}, nil)
+	check(t, p, req("192.0.2.1:5", "X-B", "bob"), Verdict{Key: "a=|b=bob;", Cost: 1}, nil)
+}
+
+func TestPlaceholderEvaluateIntoAllocs(t *testing.T) {
+	p, err := NewPlaceholder(PlaceholderConfig{Template: "t={http.request.header.X-A}|b={http.request.header.X-B}", Lookup: mapLookup})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := req("192.0.2.1:5", "X-A", "acme", "X-B", "bob")
+	n := 0
+	if a := testing.AllocsPerRun(100, func() {
+		var buf [KeyBufSize]byte
+		v, _ := p.EvaluateInto(buf[:0], r)
+		n += len(v.Key)
+	}); a != 0 {
+		t.Errorf("EvaluateInto with a stack buffer: %v allocations, want 0", a)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"unsafe"
 )
 
 // Resolver returns one placeholder's value for a request; ok is false for
@@ -25,10 +26,12 @@ type Lookup func(name string) Resolver
 // "\}" are literal braces.
 type KeyTemplate struct {
 	parts []part
+	tail  string // the literal after the last placeholder
 	text  string
 }
 
-// part is either a literal (name == "") or a placeholder.
+// part is a placeholder and the literal before it, so that expanding a
+// template takes one step per placeholder.
 type part struct {
 	lit  string
 	name string
@@ -61,19 +64,14 @@ func ParseKeyTemplate(s string) (KeyTemplate, error) {
 			if name == "" || strings.ContainsAny(name, "{ \t") {
 				return KeyTemplate{}, fmt.Errorf("%w: %q: bad placeholder %q at byte %d", ErrInvalidTemplate, s, "{"+name+"}", i)
 			}
-			if lit.Len() > 0 {
-				t.parts = append(t.parts, part{lit: lit.String()})
-				lit.Reset()
-			}
-			t.parts = append(t.parts, part{name: name})
+			t.parts = append(t.parts, part{lit: lit.String(), name: name})
+			lit.Reset()
 			i += end + 1
 		default:
 			lit.WriteByte(c)
 		}
 	}
-	if lit.Len() > 0 {
-		t.parts = append(t.parts, part{lit: lit.String()})
-	}
+	t.tail = lit.String()
 	if s == "" {
 		return KeyTemplate{}, fmt.Errorf("%w: empty key template", ErrInvalidTemplate)
 	}
@@ -105,9 +103,7 @@ func (t KeyTemplate) String() string { return t.text }
 func (t KeyTemplate) Names() []string {
 	var names []string
 	for _, p := range t.parts {
-		if p.name != "" {
-			names = append(names, p.name)
-		}
+		names = append(names, p.name)
 	}
 	return names
 }
@@ -117,9 +113,7 @@ func (t KeyTemplate) Names() []string {
 func (t KeyTemplate) Bind(lookup Lookup) KeyTemplate {
 	parts := make([]part, len(t.parts))
 	for i, p := range t.parts {
-		if p.name != "" {
-			p.res = lookup(p.name)
-		}
+		p.res = lookup(p.name)
 		parts[i] = p
 	}
 	t.parts = parts
@@ -130,43 +124,56 @@ func (t KeyTemplate) Bind(lookup Lookup) KeyTemplate {
 // placeholder resolved to the empty string (or is unknown), as when the
 // header an API key template reads is missing.
 func (t KeyTemplate) Expand(r *http.Request) (key string, empty bool) {
-	// Fast path for the common single-placeholder template: no concatenation.
-	// A constant key is a single literal part (literals merge).
-	if len(t.parts) == 1 {
-		p := t.parts[0]
-		if p.name == "" {
-			return p.lit, false
-		}
-		v, _ := p.res(r)
-		return v, v == ""
+	if key, empty, ok := t.direct(r); ok {
+		return key, empty
 	}
-	var vals [8]string // enough for any sane template without allocating
-	var vs []string
-	if len(t.parts) <= len(vals) {
-		vs = vals[:len(t.parts)]
-	} else {
-		vs = make([]string, len(t.parts))
-	}
-	n := 0
-	empty = true
-	for i, p := range t.parts {
-		if p.name == "" {
-			vs[i] = p.lit
-		} else if v, _ := p.res(r); v != "" {
-			vs[i] = v
-			empty = false
-		} else {
-			vs[i] = ""
-		}
-		n += len(vs[i])
-	}
-	var b strings.Builder
-	b.Grow(n)
-	for _, v := range vs {
-		b.WriteString(v)
-	}
-	return b.String(), empty
+	// One pass into a stack buffer, then one copy to the heap for the key.
+	var buf [KeyBufSize]byte
+	b, empty := t.appendParts(buf[:0], r)
+	return string(b), empty
 }
+
+// expandInto is Expand building a key of several parts in buf's capacity
+// (or on the heap if it does not fit): such a key aliases buf.
+func (t *KeyTemplate) expandInto(buf []byte, r *http.Request) (key string, empty bool) {
+	if key, empty, ok := t.direct(r); ok {
+		return key, empty
+	}
+	b, empty := t.appendParts(buf[:0], r)
+	return unsafe.String(unsafe.SliceData(b), len(b)), empty
+}
+
+// direct expands the templates that need no concatenation, a constant and
+// a single placeholder; ok is false for the others.
+func (t *KeyTemplate) direct(r *http.Request) (key string, empty, ok bool) {
+	switch {
+	case len(t.parts) == 0:
+		return t.tail, false, true
+	case len(t.parts) == 1 && t.parts[0].lit == "" && t.tail == "":
+		v, _ := t.parts[0].res(r)
+		return v, v == "", true
+	}
+	return "", false, false
+}
+
+// appendParts appends the expansion of every part of t to b.
+func (t *KeyTemplate) appendParts(b []byte, r *http.Request) (_ []byte, empty bool) {
+	empty = true
+	for i := range t.parts {
+		p := &t.parts[i]
+		b = append(b, p.lit...)
+		if v, _ := p.res(r); v != "" {
+			b = append(b, v...)
+			empty = false
+		}
+	}
+	return append(b, t.tail...), empty
+}
+
+// KeyBufSize is the longest key Expand, and a caller of
+// Placeholder.EvaluateInto with a buffer of this size, builds without a
+// heap buffer; a longer key grows onto the heap.
+const KeyBufSize = 256
 
 // Placeholder keys a request by a KeyTemplate. When every placeholder of the
 // template is empty the configured Fallback applies.
@@ -215,6 +222,18 @@ func NewPlaceholder(c PlaceholderConfig) (*Placeholder, error) {
 // Evaluate implements Policy.
 func (p *Placeholder) Evaluate(r *http.Request) (Verdict, error) {
 	key, empty := p.tmpl.Expand(r)
+	if empty {
+		return p.fallback.verdict(r)
+	}
+	return Verdict{Key: key, Cost: p.cost}, nil
+}
+
+// EvaluateInto is Evaluate with a key of several parts built in buf's
+// capacity when it fits, so that a caller with buf on its stack spares the
+// key's allocation. The verdict's key may alias buf: it is valid only while
+// buf is not written again.
+func (p *Placeholder) EvaluateInto(buf []byte, r *http.Request) (Verdict, error) {
+	key, empty := p.tmpl.expandInto(buf, r)
 	if empty {
 		return p.fallback.verdict(r)
 	}
