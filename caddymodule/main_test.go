@@ -1,11 +1,13 @@
 package caddymodule
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -48,6 +50,12 @@ func get(t *testing.T, tc *caddytest.Tester, path string, headers ...string) (*h
 		req.Header.Set(headers[i], headers[i+1])
 	}
 	resp, err := tc.Client.Do(req)
+	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) {
+		// A config reload closes the old server's connections: a request
+		// sent on one as it closes gets no answer. Once more, on a new one.
+		tc.Client.CloseIdleConnections()
+		resp, err = tc.Client.Do(req)
+	}
 	if err != nil {
 		t.Fatalf("GET %s: %v", path, err)
 	}
