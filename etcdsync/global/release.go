@@ -155,9 +155,10 @@ func (c *Coordinator) markFirstsLocked(ids map[string]struct{}, on bool) {
 // would leave them no room, and the load that moved to this member would
 // lose the tokens the bucket held (measured with three Caddy processes and
 // a guard of half a window: 0.958 of rate*T + burst after the whole load
-// moved to an idle member, 86 of 139 released tokens credited). When demand moves between members
-// that already report it, the members that lose it have spent their
-// bursts: nothing is waited for. It requires c.mu.
+// moved to an idle member, 86 of 139 released tokens credited). When
+// demand moves between members that already report it, the members that
+// lose it have spent their bursts: nothing is waited for. It requires
+// c.mu.
 func (c *Coordinator) awaitReleasesLocked(id string, gb *gbucket) {
 	if !gb.first || c.state != stateJoined {
 		return
